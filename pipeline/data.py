@@ -1,0 +1,97 @@
+"""IDX and npz files: reading, writing, checking; SHA-256 digests. No TensorFlow here.
+
+IDX is MNIST's format: a 4-byte magic number (two zero bytes, a type code, the number of
+dimensions), one big-endian uint32 per dimension, then the values. MNIST uses unsigned bytes:
+images are idx3 (count, 28, 28) and labels idx1 (count,).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataError
+
+UBYTE = 0x08
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+SPLITS = ("train", "val", "test")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (used by tests and tools that make their own data)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, UBYTE, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an unsigned-byte IDX file of `ndim` dimensions, checking header against size."""
+    raw = path.read_bytes()
+    if len(raw) < 4:
+        raise DataError(f"{path}: {len(raw)} bytes too short for an IDX header; fetch it again.")
+    zero, zero2, dtype, dims = struct.unpack(">BBBB", raw[:4])
+    if (zero, zero2, dtype) != (0, 0, UBYTE) or dims != ndim:
+        raise DataError(
+            f"{path}: bad IDX magic number 0x{raw[:4].hex()}, expected 0x000008{ndim:02x} "
+            f"(unsigned bytes, {ndim} dimensions); delete it and run the fetch stage again."
+        )
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise DataError(f"{path}: truncated header ({len(raw)} bytes); fetch it again.")
+    shape = struct.unpack(f">{ndim}I", raw[4:header_len])
+    expected = header_len + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(raw)} "
+            "bytes; delete it and run the fetch stage again."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
+
+
+def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read matching image and label files, checking shapes, counts and label range."""
+    images = read_idx(images_path, 3)
+    labels = read_idx(labels_path, 1)
+    if images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{images_path}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}.")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+            "labels; the files come from different sets. Fetch them again."
+        )
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(f"{labels_path}: label {labels.max()} is outside 0-9.")
+    return images, labels
+
+
+def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:
+    """Write one split as `<split>.npz` (x: float32 images in 0-1, y: uint8 labels), atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{split}.npz"
+    tmp = directory / f".{split}.npz.tmp"
+    with tmp.open("wb") as fh:
+        np.savez(fh, x=x, y=y)
+    os.replace(tmp, path)
+    return path
+
+
+def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(directory) / f"{split}.npz"
+    if not path.is_file():
+        raise DataError(f"{path} not found; run `uv run dvc repro preprocess` first.")
+    with np.load(path) as npz:
+        return npz["x"], npz["y"]

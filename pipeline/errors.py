@@ -1,0 +1,36 @@
+"""Errors a user can act on, and the one way every command reports them.
+
+A `PipelineError` says what was wrong (the thing, the value received) and what to do; `run_cli`
+prints it as one line on stderr and exits non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class PipelineError(Exception):
+    """A failure caused by input or environment that the user can fix."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError):
+    """A config value that is unknown, of the wrong type or out of range."""
+
+    exit_code = 2
+
+
+class DataError(PipelineError):
+    """A data file that is missing, corrupt or cannot be fetched."""
+
+
+def run_cli(main: Callable[..., Any], *args: Any) -> None:
+    """Call a command's `main`, turning a `PipelineError` into a message and an exit code."""
+    try:
+        main(*args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,86 @@
+"""Stage evaluate: score the trained model on the 10,000 test digits and draw what it got wrong.
+
+Inputs: models/model.keras and models/run.json (from train), reports/history.csv,
+data/processed/test.npz; `tracking` from params.yaml.
+Outputs: reports/metrics.json (test_accuracy, test_loss, macro_f1, per-class precision, recall
+and F1), reports/predictions.csv (true and predicted label per digit: the DVC confusion plot)
+and reports/figures/*.png, all logged to the MLflow run that train started.
+Command: `uv run dvc repro evaluate` (or `uv run python -m pipeline.evaluate`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import load_params
+from pipeline.data import load_split
+from pipeline.errors import run_cli
+from pipeline.paths import (
+    FIGURES_DIR,
+    HISTORY_CSV,
+    METRICS_JSON,
+    MODEL_PATH,
+    PREDICTIONS_CSV,
+    PROCESSED_DIR,
+)
+
+GRID = 32  # test digits shown in the predictions grid
+
+
+def read_history(path: Path = HISTORY_CSV) -> dict[str, list[float]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {key: [float(r[key]) for r in rows] for key in rows[0] if key != "epoch"}
+
+
+def write_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(y_true.tolist(), y_pred.tolist(), strict=True))
+
+
+def main() -> None:
+    cfg = load_params()
+    import mlflow
+
+    from pipeline import metrics, plots, tracking
+    from pipeline.model import load_model
+
+    tracking.setup(cfg.tracking.experiment_name)
+    run_id = tracking.read_run_id()
+    x, y = load_split(PROCESSED_DIR, "test")
+    with tracking.tracked_run(run_id=run_id):
+        probs = load_model(MODEL_PATH).predict(x, batch_size=1024, verbose=0)
+        y_pred = probs.argmax(axis=1)
+        report = metrics.classification_report(y, probs)
+        figures = {
+            "predictions.png": plots.prediction_grid(x[:GRID], y[:GRID], y_pred[:GRID]),
+            "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
+            "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
+            "learning_curves.png": plots.learning_curves(read_history()),
+        }
+        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            fig.savefig(FIGURES_DIR / name, dpi=100)
+        METRICS_JSON.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_predictions(y, y_pred, PREDICTIONS_CSV)
+        per_class = {f"f1_class_{c}": v["f1"] for c, v in report["per_class"].items()}
+        mlflow.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "macro_f1")})
+        mlflow.log_metrics(per_class)
+        mlflow.log_artifacts(str(FIGURES_DIR), "figures")
+        mlflow.log_artifact(str(METRICS_JSON))
+        mlflow.set_tag("evaluated", "true")
+    print(
+        f"evaluate: test_accuracy {report['test_accuracy']:.4f}, "
+        f"test_loss {report['test_loss']:.4f}, macro_f1 {report['macro_f1']:.4f} "
+        f"-> {METRICS_JSON}, MLflow run {run_id}"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)

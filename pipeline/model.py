@@ -1,0 +1,142 @@
+"""Model builders and training: plain functions over plain values, no Hydra or MLflow inside.
+
+`BUILDERS` maps `model.name` to a builder taking that model's config keys as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
+from pipeline.data import IMAGE_SHAPE, NUM_CLASSES  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def build_mlp(hidden_units: int) -> keras.Model:
+    """Flatten(28x28) -> Dense(hidden_units, relu) -> Dense(10, softmax): the seed model."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=IMAGE_SHAPE),
+            keras.layers.Flatten(),
+            keras.layers.Dense(hidden_units, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ],
+        name="mlp",
+    )
+
+
+def build_cnn(
+    filters: Sequence[int], kernel_size: int, hidden_units: int, dropout: float
+) -> keras.Model:
+    """A small convnet: per entry of `filters` a conv + 2x2 max-pool block, then a dense head."""
+    layers: list[keras.layers.Layer] = [
+        keras.Input(shape=IMAGE_SHAPE),
+        keras.layers.Reshape((*IMAGE_SHAPE, 1)),
+    ]
+    for n in filters:
+        layers += [
+            keras.layers.Conv2D(n, kernel_size, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+        ]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dropout(dropout),
+        keras.layers.Dense(hidden_units, activation="relu"),
+        keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]
+    return keras.Sequential(layers, name="cnn")
+
+
+BUILDERS: dict[str, Callable[..., keras.Model]] = {"mlp": build_mlp, "cnn": build_cnn}
+
+
+def build_model(cfg: ModelConfig) -> keras.Model:
+    """Build the model `cfg.name` names, passing it the rest of `cfg` as arguments."""
+    params = {k: v for k, v in vars(cfg).items() if k != "name"}
+    return BUILDERS[cfg.name](**params)
+
+
+def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    model.compile(
+        optimizer=optimizers[train.optimizer](learning_rate=train.learning_rate),
+        loss=train.loss,
+        metrics=list(train.metrics),
+    )
+    return model
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[dict[str, list[float]], float]:
+    """Fit `model`; return its per-epoch history (HISTORY_KEYS) and the seconds `fit` took."""
+    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where it can redraw
+    start = time.perf_counter()
+    history = model.fit(
+        *train,
+        validation_data=val,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        callbacks=list(callbacks),
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    return {k: [float(v) for v in history.history[k]] for k in HISTORY_KEYS}, seconds
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save in the `.keras` format, atomically: a failed save leaves no file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a `.keras` model with safe_mode on (no arbitrary code from the file)."""
+    if not Path(path).is_file():
+        raise PipelineError(f"model file {path} not found; run `uv run dvc repro train` first.")
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def limit(
+    data: tuple[np.ndarray, np.ndarray], max_examples: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `max_examples` examples of (x, y), or all of them when it is None."""
+    x, y = data
+    return (x, y) if max_examples is None else (x[:max_examples], y[:max_examples])
+
+
+def describe(model: keras.Model) -> dict[str, Any]:
+    return {"model_params": int(model.count_params()), "model_layers": len(model.layers)}

@@ -1,0 +1,102 @@
+"""Figures, each a pure function from arrays to a matplotlib Figure (no pyplot, no globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+RIGHT, WRONG = "tab:green", "tab:red"
+
+
+def _digit_grid(
+    images: np.ndarray, titles: Sequence[str], colours: Sequence[str], cols: int, title: str
+) -> Figure:
+    rows = max(1, -(-len(images) // cols))
+    fig = Figure(figsize=(cols * 1.3, rows * 1.5 + 0.5), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text, colour in zip(axes.flat, images, titles, colours, strict=False):
+        ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)
+        ax.set_title(text, color=colour, fontsize=9)
+    return fig
+
+
+def prediction_grid(
+    images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, cols: int = 8
+) -> Figure:
+    """Digits titled 'pred (true)'; wrong predictions in red."""
+    wrong = y_true != y_pred
+    titles = [f"{p} ({t})" for p, t in zip(y_pred, y_true, strict=True)]
+    colours = [WRONG if w else RIGHT for w in wrong]
+    return _digit_grid(
+        images,
+        titles,
+        colours,
+        cols,
+        f"Predictions (true label in brackets): {int(wrong.sum())} of {len(wrong)} wrong",
+    )
+
+
+def misclassified_gallery(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    confidence: np.ndarray,
+    limit: int = 40,
+    cols: int = 8,
+) -> Figure:
+    """The most confidently misclassified digits, titled 'pred (true) confidence'."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    titles = [f"{y_pred[i]} ({y_true[i]}) {confidence[i]:.2f}" for i in worst]
+    return _digit_grid(
+        images[worst],
+        titles,
+        [WRONG] * len(worst),
+        cols,
+        f"Misclassified: {len(wrong)} digits, the {len(worst)} most confident shown",
+    )
+
+
+def confusion_heatmap(cm: np.ndarray) -> Figure:
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    classes = range(len(cm))
+    ax.set(
+        xticks=classes,
+        yticks=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix (test set)",
+    )
+    threshold = cm.max() / 2
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(
+            j,
+            i,
+            str(n),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if n > threshold else "black",
+        )
+    return fig
+
+
+def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
+    """Loss and accuracy per epoch, training and validation side by side."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, history[metric], marker="o", label="train")
+        ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric.capitalize(), xticks=epochs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig

@@ -1,0 +1,57 @@
+"""Stage preprocess: parse the IDX files, scale pixels to 0-1, split validation from train.
+
+Inputs: data/raw/ (from fetch); `data.files`, `data.val_fraction` and `seed` from params.yaml.
+Outputs: data/processed/{train,val,test}.npz (x: float32 28x28 images in 0-1, y: uint8 labels)
+and reports/data.json (examples per class per split).
+Command: `uv run dvc repro preprocess` (or `uv run python -m pipeline.preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipeline.config import load_params
+from pipeline.data import NUM_CLASSES, read_mnist_pair, save_split
+from pipeline.errors import run_cli
+from pipeline.paths import DATA_REPORT, PROCESSED_DIR, RAW_DIR
+
+
+def scale(images: np.ndarray) -> np.ndarray:
+    """Pixels 0-255 to float32 0-1, the seed model's only preprocessing."""
+    return images.astype(np.float32) / 255.0
+
+
+def split_validation(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Hold out a seeded random `fraction` of (x, y); return (train, val) in a fixed order."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = round(len(x) * fraction)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def class_counts(y: np.ndarray) -> dict[str, int]:
+    return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=NUM_CLASSES))}
+
+
+def main() -> None:
+    cfg = load_params()
+    files = {key: RAW_DIR / spec.name for key, spec in cfg.data.files.items()}
+    x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"])
+    x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"])
+    train, val = split_validation(scale(x_train), y_train, cfg.data.val_fraction, cfg.seed)
+    splits = {"train": train, "val": val, "test": (scale(x_test), y_test)}
+    report = {}
+    for split, (x, y) in splits.items():
+        save_split(PROCESSED_DIR, split, x, y)
+        report[split] = {"examples": len(y), "per_class": class_counts(y)}
+        print(f"preprocess: {split}: {len(y)} examples -> {PROCESSED_DIR / split}.npz")
+    DATA_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    DATA_REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    run_cli(main)

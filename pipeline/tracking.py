@@ -1,0 +1,182 @@
+"""Everything MLflow: where the store is, how a run starts and ends, what it is tagged with.
+
+The store is MLflow's own default layout at the project root: `sqlite:///mlflow.db` with
+artifacts in `mlruns/`, so `uv run mlflow ui` there shows every run. The root is DVC_ROOT when
+DVC sets it (also for queued experiments run in a temporary copy), else the working directory.
+A MLFLOW_TRACKING_URI in the environment (a team server) wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.paths import RUN_FILE
+
+FAILURE_TAG = "failure_reason"
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+    )
+
+
+def setup(experiment_name: str) -> str:
+    """Point MLflow at the store and return the id of `experiment_name`, creating it if new."""
+    root = project_root()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Only a local store gets a local artifact folder; a server decides its own.
+    location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(experiment_name, artifact_location=location)
+
+
+def run_name(cfg: Config) -> str:
+    """A readable name saying what differs between runs, such as `mlp-h128-e5`."""
+    return f"{cfg.model.name}-h{cfg.model.hidden_units}-e{cfg.train.epochs}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: the resolved config as MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """Commit, branch and dirty flag of the code a run was made from.
+
+    dvc.lock is left out of the dirty check: DVC rewrites it while the pipeline runs.
+    """
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": "none"}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+    return {
+        "git_commit": commit,
+        "git_branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
+        "git_dirty": str(bool(status)).lower(),
+    }
+
+
+def provenance_tags(root: Path, data_digests: Mapping[str, str]) -> dict[str, str]:
+    tags = git_tags(root)
+    tags.update({f"data.{name}.sha256": digest for name, digest in data_digests.items()})
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            tags[var.lower()] = os.environ[var]
+    return tags
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+@contextmanager
+def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run`, ended FINISHED on success, KILLED on SIGINT/SIGTERM, else FAILED.
+
+    The reason for a failure is kept in the run's `failure_reason` tag.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    run = mlflow.start_run(**start_run_kwargs)
+    try:
+        yield run
+    except BaseException as exc:
+        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+        mlflow.set_tag(FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(RunStatus.to_string(status))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_run_file(run: mlflow.ActiveRun, path: Path = RUN_FILE) -> None:
+    """Record which MLflow run holds the model at `models/`, for the evaluate stage."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run_id(path: Path = RUN_FILE) -> str:
+    """The id of the run train logged, checked to exist in the current store."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run `uv run dvc repro train` first.")
+    run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise PipelineError(
+            f"MLflow run {run_id} (from {path}) is not in the store {mlflow.get_tracking_uri()}; "
+            "train again with `uv run dvc repro --force train`."
+        ) from exc
+    return run_id
+
+
+def log_keras_model(model: Any, example: Any) -> None:
+    """Log `model` with a signature and an input example.
+
+    The tensorflow flavour is used: it stores the same `.keras` file and, unlike the keras
+    flavour in MLflow 3.17, accepts an input example.
+    """
+    from importlib.metadata import version
+
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # Named here, MLflow need not reload the model in a subprocess to infer them.
+    requirements = [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")]
+    mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements,
+    )
+
+
+def epoch_logger() -> Any:
+    """A Keras callback logging each epoch's metrics to the active run (step = epoch, from 1)."""
+    import keras
+
+    def log(epoch: int, logs: dict[str, float] | None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=log)
