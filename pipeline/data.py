@@ -42,7 +42,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """Read an unsigned-byte IDX file of `ndim` dimensions, checking header against size."""
     raw = path.read_bytes()
     if len(raw) < 4:
-        raise DataError(f"{path}: {len(raw)} bytes too short for an IDX header; fetch it again.")
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header; fetch again.")
     zero, zero2, dtype, dims = struct.unpack(">BBBB", raw[:4])
     if (zero, zero2, dtype) != (0, 0, UBYTE) or dims != ndim:
         raise DataError(

@@ -1,0 +1,90 @@
+"""Shared fixtures: small IDX files, a copy of the project under git, the MNIST mirror."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import compose, validate
+from pipeline.data import write_idx
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+    "GIT_COMMITTER_NAME": "tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+}
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment for commands under test: this venv first on PATH, no user MLflow URI."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    env.update(GIT_ENV)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=run_env(**env), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+            f"stderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's files as git sees them (tracked and untracked-not-ignored) and commit."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "copy of the project"], dest)
+    return dest
+
+
+@pytest.fixture
+def small_mnist(tmp_path: Path) -> Path:
+    """A folder with the four MNIST file names holding small random IDX data."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "small-mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return folder
+
+
+@pytest.fixture
+def default_params() -> dict:
+    return compose()
+
+
+@pytest.fixture
+def default_config():
+    return validate(compose())
+
+
+def mnist_mirror() -> str | None:
+    """The MNIST mirror the tests use: MNIST_MIRROR when set, else the public mirrors (None)."""
+    return os.environ.get("MNIST_MIRROR") or None

@@ -1,0 +1,90 @@
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data import load_split, read_idx, read_mnist_pair, save_split, sha256_file, write_idx
+from pipeline.errors import DataError
+
+
+def test_idx_round_trip(tmp_path: Path) -> None:
+    images = np.arange(3 * 28 * 28, dtype=np.uint64).reshape(3, 28, 28) % 256
+    write_idx(tmp_path / "img", images)
+    write_idx(tmp_path / "lab", np.array([1, 2, 3]))
+    x, y = read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+    assert x.shape == (3, 28, 28) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x, images.astype(np.uint8))
+    np.testing.assert_array_equal(y, [1, 2, 3])
+
+
+def test_bad_magic_names_file_and_magic(tmp_path: Path) -> None:
+    path = tmp_path / "bad"
+    path.write_bytes(b"<html>not idx</html>")
+    with pytest.raises(DataError, match=r"bad.*bad IDX magic number 0x3c68746d"):
+        read_idx(path, 3)
+
+
+def test_wrong_dimension_count(tmp_path: Path) -> None:
+    write_idx(tmp_path / "labels", np.zeros(5))
+    with pytest.raises(DataError, match="expected 0x00000803"):
+        read_idx(tmp_path / "labels", 3)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "img"
+    write_idx(path, np.zeros((4, 28, 28)))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"shape \(4, 28, 28\).*but the file has 3052 bytes"):
+        read_idx(path, 3)
+
+
+def test_too_short_for_header(tmp_path: Path) -> None:
+    path = tmp_path / "tiny"
+    path.write_bytes(b"\x00\x00")
+    with pytest.raises(DataError, match="2 bytes, too short"):
+        read_idx(path, 1)
+
+
+def test_counts_disagree(tmp_path: Path) -> None:
+    write_idx(tmp_path / "img", np.zeros((4, 28, 28)))
+    write_idx(tmp_path / "lab", np.zeros(5))
+    with pytest.raises(DataError, match="holds 4 images but .* holds 5 labels"):
+        read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+
+
+def test_wrong_image_size(tmp_path: Path) -> None:
+    write_idx(tmp_path / "img", np.zeros((2, 32, 32)))
+    write_idx(tmp_path / "lab", np.zeros(2))
+    with pytest.raises(DataError, match=r"\(32, 32\), expected \(28, 28\)"):
+        read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    write_idx(tmp_path / "img", np.zeros((2, 28, 28)))
+    write_idx(tmp_path / "lab", np.array([3, 12]))
+    with pytest.raises(DataError, match="label 12 is outside 0-9"):
+        read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+
+
+def test_header_is_big_endian(tmp_path: Path) -> None:
+    write_idx(tmp_path / "lab", np.zeros(258))
+    assert (tmp_path / "lab").read_bytes()[:8] == b"\x00\x00\x08\x01" + struct.pack(">I", 258)
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "f") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+
+
+def test_split_round_trip_and_missing(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).random((5, 28, 28), dtype=np.float32)
+    save_split(tmp_path, "val", x, np.arange(5, dtype=np.uint8))
+    x2, y2 = load_split(tmp_path, "val")
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, np.arange(5))
+    assert [p.name for p in tmp_path.iterdir()] == ["val.npz"]
+    with pytest.raises(DataError, match="test.npz not found; run `uv run dvc repro preprocess`"):
+        load_split(tmp_path, "test")

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline import plots
+
+
+def rendered(fig: Figure, path: Path) -> int:
+    fig.savefig(path, dpi=50)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return path.stat().st_size
+
+
+def test_prediction_grid_marks_wrong_predictions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y_true = np.array([1, 2, 3, 4, 5])
+    y_pred = np.array([1, 2, 0, 4, 0])
+    fig = plots.prediction_grid(rng.random((5, 28, 28)), y_true, y_pred, cols=4)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == ["1 (1)", "2 (2)", "0 (3)", "4 (4)", "0 (5)"]
+    red = [ax.get_title() for ax in titled if ax.title.get_color() == plots.WRONG]
+    assert red == ["0 (3)", "0 (5)"]
+    assert "2 of 5 wrong" in fig.get_suptitle()
+    assert rendered(fig, tmp_path / "grid.png") > 1000
+
+
+def test_misclassified_gallery_shows_most_confident_mistakes_first(tmp_path: Path) -> None:
+    y_true = np.array([0, 1, 2, 3])
+    y_pred = np.array([0, 7, 8, 9])
+    confidence = np.array([0.99, 0.6, 0.95, 0.7])
+    fig = plots.misclassified_gallery(np.zeros((4, 28, 28)), y_true, y_pred, confidence, limit=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["8 (2) 0.95", "9 (3) 0.70"]
+    assert "3 digits, the 2 most confident shown" in fig.get_suptitle()
+    assert rendered(fig, tmp_path / "wrong.png") > 1000
+
+
+def test_confusion_heatmap_writes_every_count(tmp_path: Path) -> None:
+    cm = np.arange(100).reshape(10, 10)
+    fig = plots.confusion_heatmap(cm)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert texts == {str(n) for n in range(100)}
+    assert rendered(fig, tmp_path / "cm.png") > 1000
+
+
+def test_learning_curves_plot_train_and_validation(tmp_path: Path) -> None:
+    history = {
+        "loss": [0.5, 0.3],
+        "val_loss": [0.6, 0.4],
+        "accuracy": [0.8, 0.9],
+        "val_accuracy": [0.7, 0.85],
+    }
+    fig = plots.learning_curves(history)
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["train", "validation"]
+    np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), [0.7, 0.85])
+    assert rendered(fig, tmp_path / "curves.png") > 1000

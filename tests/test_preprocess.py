@@ -1,0 +1,69 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from conftest import ROOT, run
+from pipeline.data import load_split, sha256_file
+from pipeline.preprocess import class_counts, scale, split_validation
+
+
+def test_scale_maps_bytes_to_unit_floats() -> None:
+    out = scale(np.array([[0, 51, 255]], dtype=np.uint8))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.0, 0.2, 1.0]])
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    x = np.arange(100).reshape(100, 1)
+    y = np.arange(100) % 10
+    (xt, yt), (xv, yv) = split_validation(x, y, 0.1, seed=7)
+    assert len(xv) == 10 and len(xt) == 90
+    assert set(xt.ravel()).isdisjoint(xv.ravel())
+    assert sorted([*xt.ravel(), *xv.ravel()]) == list(range(100))
+    np.testing.assert_array_equal(yv, xv.ravel() % 10)
+    (_, _), (xv2, _) = split_validation(x, y, 0.1, seed=7)
+    (_, _), (xv3, _) = split_validation(x, y, 0.1, seed=8)
+    np.testing.assert_array_equal(xv, xv2)
+    assert not np.array_equal(xv, xv3)
+
+
+def test_class_counts_cover_every_digit() -> None:
+    assert class_counts(np.array([0, 0, 9])) == {
+        "0": 2,
+        **{str(c): 0 for c in range(1, 9)},
+        "9": 1,
+    }
+
+
+def test_preprocess_stage_writes_splits_and_report(small_mnist: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for spec in params["data"]["files"].values():
+        path = small_mnist / spec["name"]
+        spec.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    params["data"]["val_fraction"] = 0.25
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    (work / "data/raw").symlink_to(small_mnist)
+    run(["python", "-m", "pipeline.preprocess"], work, PYTHONPATH=str(ROOT))
+    sizes = {s: len(load_split(work / "data/processed", s)[1]) for s in ("train", "val", "test")}
+    assert sizes == {"train": 45, "val": 15, "test": 20}
+    x, _ = load_split(work / "data/processed", "train")
+    assert x.dtype == np.float32 and x.shape[1:] == (28, 28) and 0 <= x.min() <= x.max() <= 1
+    report = json.loads((work / "reports/data.json").read_text())
+    assert {s: r["examples"] for s, r in report.items()} == sizes
+    assert sum(report["val"]["per_class"].values()) == 15
+
+
+def test_preprocess_names_a_corrupt_file(small_mnist: Path, tmp_path: Path) -> None:
+    (small_mnist / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (work / "data/raw").symlink_to(small_mnist)
+    proc = run(["python", "-m", "pipeline.preprocess"], work, check=False, PYTHONPATH=str(ROOT))
+    assert proc.returncode == 1
+    assert "t10k-labels-idx1-ubyte: header says shape (9,)" in proc.stderr
+    assert "Traceback" not in proc.stderr
