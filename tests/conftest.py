@@ -83,8 +83,3 @@ def default_params() -> dict:
 @pytest.fixture
 def default_config():
     return validate(compose())
-
-
-def mnist_mirror() -> str | None:
-    """The MNIST mirror the tests use: MNIST_MIRROR when set, else the public mirrors (None)."""
-    return os.environ.get("MNIST_MIRROR") or None
