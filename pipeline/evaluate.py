@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +27,11 @@ from pipeline.paths import (
     MODEL_PATH,
     PREDICTIONS_CSV,
     PROCESSED_DIR,
+    REPORTS_DIR,
 )
+
+if TYPE_CHECKING:
+    import keras
 
 GRID = 32  # test digits shown in the predictions grid
 
@@ -44,37 +49,56 @@ def write_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> Non
         writer.writerows(zip(y_true.tolist(), y_pred.tolist(), strict=True))
 
 
-def main() -> None:
-    cfg = load_params()
+def evaluate_logged(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    history: dict[str, list[float]],
+    reports_dir: Path = REPORTS_DIR,
+) -> dict[str, Any]:
+    """Score `model` on (x, y), write metrics, predictions and figures, log them to the active run.
+
+    Writes `metrics.json`, `predictions.csv` and `figures/*.png` under `reports_dir` and returns
+    the metrics (see `metrics.classification_report`).
+    """
     import mlflow
 
-    from pipeline import metrics, plots, tracking
+    from pipeline import metrics, plots
+
+    probs = model.predict(x, batch_size=1024, verbose=0)
+    y_pred = probs.argmax(axis=1)
+    report = metrics.classification_report(y, probs)
+    figures = {
+        "predictions.png": plots.prediction_grid(x[:GRID], y[:GRID], y_pred[:GRID]),
+        "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
+        "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
+        "learning_curves.png": plots.learning_curves(history),
+    }
+    figures_dir = reports_dir / FIGURES_DIR.name
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(figures_dir / name, dpi=100)
+    metrics_json = reports_dir / METRICS_JSON.name
+    metrics_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_predictions(y, y_pred, reports_dir / PREDICTIONS_CSV.name)
+    mlflow.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "macro_f1")})
+    mlflow.log_metrics({f"f1_class_{c}": v["f1"] for c, v in report["per_class"].items()})
+    mlflow.log_artifacts(str(figures_dir), "figures")
+    mlflow.log_artifact(str(metrics_json))
+    return report
+
+
+def main() -> None:
+    cfg = load_params()
+    # Imported after the config is checked, so a bad value fails in a second, not after TF loads.
+    from pipeline import tracking
     from pipeline.model import load_model
 
     tracking.setup(cfg.tracking.experiment_name)
     run_id = tracking.read_run_id()
     x, y = load_split(PROCESSED_DIR, "test")
     with tracking.tracked_run(run_id=run_id):
-        probs = load_model(MODEL_PATH).predict(x, batch_size=1024, verbose=0)
-        y_pred = probs.argmax(axis=1)
-        report = metrics.classification_report(y, probs)
-        figures = {
-            "predictions.png": plots.prediction_grid(x[:GRID], y[:GRID], y_pred[:GRID]),
-            "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
-            "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
-            "learning_curves.png": plots.learning_curves(read_history()),
-        }
-        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-        for name, fig in figures.items():
-            fig.savefig(FIGURES_DIR / name, dpi=100)
-        METRICS_JSON.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        write_predictions(y, y_pred, PREDICTIONS_CSV)
-        per_class = {f"f1_class_{c}": v["f1"] for c, v in report["per_class"].items()}
-        mlflow.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "macro_f1")})
-        mlflow.log_metrics(per_class)
-        mlflow.log_artifacts(str(FIGURES_DIR), "figures")
-        mlflow.log_artifact(str(METRICS_JSON))
-        mlflow.set_tag("evaluated", "true")
+        report = evaluate_logged(load_model(MODEL_PATH), x, y, read_history())
     print(
         f"evaluate: test_accuracy {report['test_accuracy']:.4f}, "
         f"test_loss {report['test_loss']:.4f}, macro_f1 {report['macro_f1']:.4f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -100,3 +101,69 @@ def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend()
     return fig
+
+
+def sweep_lines(hidden: Sequence[int], accuracy: Sequence[float], groups: Sequence[str]) -> Figure:
+    """Test accuracy against hidden units, one line per group (an epoch count, say 'mlp e5')."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for group in sorted(set(groups), key=_natural):
+        points = sorted(
+            (h, a) for h, a, g in zip(hidden, accuracy, groups, strict=True) if g == group
+        )
+        ax.plot(*zip(*points, strict=True), marker="o", label=group)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(hidden))
+    ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="hidden units", ylabel="test accuracy", title="Test accuracy by hidden size")
+    ax.grid(alpha=0.3)
+    ax.legend(title="epochs")
+    return fig
+
+
+def sweep_heatmap(
+    hidden: Sequence[int], epochs: Sequence[int], accuracy: Sequence[float]
+) -> Figure:
+    """Hidden units x epochs grid of test accuracy (the best run where a cell has several)."""
+    rows, cols = sorted(set(hidden)), sorted(set(epochs))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for h, e, a in zip(hidden, epochs, accuracy, strict=True):
+        i, j = rows.index(h), cols.index(e)
+        grid[i, j] = a if np.isnan(grid[i, j]) else max(grid[i, j], a)
+    fig = Figure(figsize=(1.2 * len(cols) + 3, 0.6 * len(rows) + 2.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="test accuracy")
+    ax.set(
+        xticks=range(len(cols)),
+        xticklabels=cols,
+        yticks=range(len(rows)),
+        yticklabels=rows,
+        xlabel="epochs",
+        ylabel="hidden units",
+        title="Test accuracy: hidden units x epochs",
+    )
+    for (i, j), a in np.ndenumerate(grid):
+        if not np.isnan(a):
+            ax.text(j, i, f"{a:.4f}", ha="center", va="center", fontsize=8, color="white")
+    return fig
+
+
+def accuracy_vs_seconds(
+    seconds: Sequence[float], accuracy: Sequence[float], labels: Sequence[str]
+) -> Figure:
+    """Test accuracy against training seconds, each point labelled with its run name."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(seconds, accuracy)
+    for s, a, label in zip(seconds, accuracy, labels, strict=True):
+        ax.annotate(label, (s, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="training seconds", ylabel="test accuracy", title="Accuracy against cost")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _natural(text: str) -> list:
+    """Sort key putting 'e10' after 'e5'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]

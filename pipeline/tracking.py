@@ -38,17 +38,34 @@ def tracking_uri(root: Path | None = None) -> str:
     )
 
 
+@contextmanager
+def _local_store_lock(root: Path, uri: str) -> Iterator[None]:
+    """Serialise store creation: parallel jobs migrating a new sqlite store at once crash."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    import fcntl
+
+    with (root / "mlflow.db.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup(experiment_name: str) -> str:
     """Point MLflow at the store and return the id of `experiment_name`, creating it if new."""
     root = project_root()
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Only a local store gets a local artifact folder; a server decides its own.
-    location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(experiment_name, artifact_location=location)
+    with _local_store_lock(root, uri):
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # Only a local store gets a local artifact folder; a server decides its own.
+        location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
 
 
 def run_name(cfg: Config) -> str:

@@ -11,11 +11,17 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import load_params
+import numpy as np
+
+from pipeline.config import Config, load_params
 from pipeline.data import load_split, sha256_file
 from pipeline.errors import run_cli
 from pipeline.paths import HISTORY_CSV, MODEL_PATH, PROCESSED_DIR, TRAIN_JSON
+
+if TYPE_CHECKING:
+    import keras
 
 
 def write_history(history: dict[str, list[float]], path: Path = HISTORY_CSV) -> None:
@@ -27,43 +33,57 @@ def write_history(history: dict[str, list[float]], path: Path = HISTORY_CSV) -> 
             writer.writerow([epoch, *(f"{v:.6f}" for v in row)])
 
 
-def main() -> None:
-    cfg = load_params()
-    # Imported after the config is checked, so a bad value fails in a second, not after TF loads.
+def train_logged(
+    cfg: Config, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]
+) -> tuple[keras.Model, dict[str, list[float]], dict[str, float]]:
+    """Build and fit the configured model, logging to the active MLflow run as it goes.
+
+    Logs the resolved config as params, each epoch's metrics (step = epoch), a summary
+    (training seconds, examples, parameters) and the model. Returns the model, its per-epoch
+    history and the summary.
+    """
     import mlflow
 
     from pipeline import model as models
     from pipeline import tracking
 
-    train = models.limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples)
-    val = load_split(PROCESSED_DIR, "val")
-    digests = {s: sha256_file(PROCESSED_DIR / f"{s}.npz") for s in ("train", "val")}
     models.set_determinism(cfg.seed)
     model = models.compile_model(models.build_model(cfg.model), cfg.train)
+    mlflow.log_params(tracking.flatten(cfg.to_dict()))
+    history, seconds = models.fit(model, train, val, cfg.train, [tracking.epoch_logger()])
+    summary = {
+        "train_seconds": round(seconds, 3),
+        "train_examples": len(train[1]),
+        **models.describe(model),
+    }
+    mlflow.log_metrics(summary)
+    tracking.log_keras_model(model, val[0][:5])
+    return model, history, summary
+
+
+def main() -> None:
+    cfg = load_params()
+    # Imported after the config is checked, so a bad value fails in a second, not after TF loads.
+    from pipeline import tracking
+    from pipeline.model import limit, save_model
+
+    train = limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples)
+    val = load_split(PROCESSED_DIR, "val")
+    digests = {s: sha256_file(PROCESSED_DIR / f"{s}.npz") for s in ("train", "val")}
     experiment_id = tracking.setup(cfg.tracking.experiment_name)
-    root = tracking.project_root()
     with tracking.tracked_run(
         experiment_id=experiment_id,
         run_name=tracking.run_name(cfg),
-        tags={"stage": "train", **tracking.provenance_tags(root, digests)},
+        tags=tracking.provenance_tags(Path.cwd(), digests),  # the code DVC ran
     ) as run:
-        mlflow.log_params(tracking.flatten(cfg.to_dict()))
-        history, seconds = models.fit(model, train, val, cfg.train, [tracking.epoch_logger()])
-        summary = {
-            "train_seconds": round(seconds, 3),
-            "train_examples": len(train[1]),
-            **models.describe(model),
-        }
-        mlflow.log_metrics(summary)
-        tracking.log_keras_model(model, val[0][:5])
-        models.save_model(model, MODEL_PATH)
+        model, history, summary = train_logged(cfg, train, val)
+        save_model(model, MODEL_PATH)
         write_history(history)
         TRAIN_JSON.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tracking.write_run_file(run)
     print(
-        f"train: {MODEL_PATH} in {seconds:.1f}s, val_accuracy {history['val_accuracy'][-1]:.4f},"
-        " "
-        f"MLflow run {run.info.run_id}"
+        f"train: {MODEL_PATH} in {summary['train_seconds']:.1f}s, "
+        f"val_accuracy {history['val_accuracy'][-1]:.4f}, MLflow run {run.info.run_id}"
     )
 
 
