@@ -56,3 +56,18 @@ def test_learning_curves_plot_train_and_validation(tmp_path: Path) -> None:
     assert [line.get_label() for line in loss_ax.lines] == ["train", "validation"]
     np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), [0.7, 0.85])
     assert rendered(fig, tmp_path / "curves.png") > 1000
+
+
+def test_sweep_figures(tmp_path: Path) -> None:
+    hidden, epochs = [16, 32, 16, 32], [1, 1, 2, 2]
+    accuracy = [0.6, 0.7, 0.8, 0.9]
+    lines = plots.sweep_lines(hidden, accuracy, [f"e{e}" for e in epochs])
+    (ax,) = lines.axes
+    assert [line.get_label() for line in ax.lines] == ["e1", "e2"]
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.8, 0.9])
+    heat = plots.sweep_heatmap(hidden, epochs, accuracy)
+    assert {t.get_text() for t in heat.axes[0].texts} == {"0.6000", "0.7000", "0.8000", "0.9000"}
+    cost = plots.accuracy_vs_seconds([1.0, 2.0, 3.0, 4.0], accuracy, list("abcd"))
+    assert [t.get_text() for t in cost.axes[0].texts] == list("abcd")
+    for name, fig in {"l": lines, "h": heat, "c": cost}.items():
+        assert rendered(fig, tmp_path / f"{name}.png") > 1000

@@ -1,0 +1,191 @@
+"""Sweeps end to end on real MNIST (small: 1-2 epochs, 1,000 training digits per job)."""
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import copy_project, run
+
+QUICK = ["train.max_examples=1000"]
+
+
+def sweep(project: Path, experiment: str, *overrides: str, check: bool = True):
+    args = [
+        "python",
+        "-m",
+        "pipeline.sweep",
+        "-m",
+        *overrides,
+        *QUICK,
+        f"tracking.experiment_name={experiment}",
+    ]
+    return run(args, project, check=check)
+
+
+def runs_of(project: Path, experiment: str) -> tuple[list, list]:
+    """(parent runs, child runs) of `experiment` in the project's store."""
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    parents = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    return parents, [r for r in found if r not in parents]
+
+
+def assert_complete_child(child, parent_id: str, epochs: int) -> None:
+    client = mlflow.MlflowClient()
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == epochs
+    for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds"):
+        assert key in child.data.metrics
+    assert child.data.params["train.max_examples"] == "1000"
+    figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+    assert "figures/confusion_matrix.png" in figures
+    models = mlflow.search_logged_models(
+        experiment_ids=[child.info.experiment_id],
+        filter_string=f"source_run_id = '{child.info.run_id}'",
+        output_format="list",
+    )
+    assert len(models) == 1
+
+
+def parent_artifacts(parent) -> set[str]:
+    client = mlflow.MlflowClient()
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    return top | {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = copy_project(tmp_path_factory.mktemp("sweep"))
+    run(["dvc", "repro", "preprocess"], root)
+    assert not (root / "mlflow.db").exists()
+    yield root
+
+
+def test_parallel_sweep_with_joblib_on_a_new_store(project: Path) -> None:
+    proc = sweep(
+        project,
+        "joblib",
+        "model.hidden_units=16,32",
+        "train.epochs=1,2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )
+    assert "4 runs, best first" in proc.stdout
+    (parent,), children = runs_of(project, "joblib")
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    first, second = sorted(children, key=lambda c: c.info.start_time)[:2]
+    assert second.info.start_time < first.info.end_time, "the two workers did not overlap"
+    assert sorted(c.info.run_name for c in children) == [
+        "mlp-h16-e1",
+        "mlp-h16-e2",
+        "mlp-h32-e1",
+        "mlp-h32-e2",
+    ]
+    for child in children:
+        assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
+
+
+def test_sweep_nests_runs_and_summarises_on_the_parent(project: Path) -> None:
+    proc = sweep(project, "grid", "model.hidden_units=16,32", "train.epochs=1,2")
+    (parent,), children = runs_of(project, "grid")
+    assert len(children) == 4
+    for child in children:
+        assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
+    assert parent_artifacts(parent) >= {
+        "summary.csv",
+        "figures/accuracy_by_hidden_units.png",
+        "figures/accuracy_heatmap.png",
+        "figures/accuracy_vs_seconds.png",
+    }
+    assert parent.data.metrics["jobs"] == 4 and parent.data.metrics["failed_jobs"] == 0
+    summary = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="summary.csv", dst_path=str(project / "dl")
+        )
+    )
+    rows = list(csv.DictReader(summary.open()))
+    accuracies = [float(r["test_accuracy"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True) and len(rows) == 4
+    by_id = {c.info.run_id: c for c in children}
+    for row in rows:
+        child = by_id[row["run_id"]]
+        assert float(row["test_accuracy"]) == pytest.approx(child.data.metrics["test_accuracy"])
+        assert f"model.hidden_units={row['hidden_units']}" in row["overrides"]
+        assert row["train_seconds"] and row["val_accuracy"]
+    best = rows[0]
+    assert f"{best['run_name']}  mlp" in proc.stdout and "4 runs, best first" in proc.stdout
+
+    board = run(
+        [
+            "python",
+            "-m",
+            "pipeline.compare",
+            "--experiment",
+            "grid",
+            "--parent",
+            parent.info.run_id,
+            "--csv",
+            "board.csv",
+        ],
+        project,
+    )
+    assert board.stdout.splitlines()[2].startswith(best["run_name"])
+    assert len(list(csv.DictReader((project / "board.csv").open()))) == 4
+
+
+def test_failing_job_keeps_the_others(project: Path) -> None:
+    proc = sweep(project, "failing", "model.hidden_units=16,-1", "train.epochs=1", check=False)
+    assert proc.returncode == 1
+    assert "1 of 2 jobs failed" in proc.stderr
+    assert "mlp-h-1-e1" in proc.stderr and "received -1" in proc.stderr
+    (parent,), children = runs_of(project, "failing")
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status == {"mlp-h16-e1": "FINISHED", "mlp-h-1-e1": "FAILED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "received -1" in failed.data.tags["failure_reason"]
+    assert parent.info.status == "FAILED"
+    assert "summary.csv" in parent_artifacts(parent)
+
+
+def test_dvc_queue_lands_in_the_project_store(project: Path) -> None:
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-S",
+            "model.hidden_units=16,32",
+            "-S",
+            "train.epochs=1",
+            "-S",
+            "train.max_examples=1000",
+            "-S",
+            "tracking.experiment_name=queue",
+        ],
+        project,
+    )
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    import time
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    _, children = runs_of(project, "queue")
+    assert sorted(c.info.run_name for c in children) == ["mlp-h16-e1", "mlp-h32-e1"]
+    names = {c.data.tags["dvc_exp_name"] for c in children}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    assert all(name in json.dumps(shown) for name in names)
+    assert not list((project / ".dvc/tmp/exps").glob("*/mlflow.db"))
+    run(["dvc", "plots", "diff", *sorted(names), "-o", "plots-diff"], project)
+    html = (project / "plots-diff/index.html").read_text()
+    assert all(name in html for name in names) and "Accuracy per epoch" in html
