@@ -189,3 +189,18 @@ def test_dvc_queue_lands_in_the_project_store(project: Path) -> None:
     run(["dvc", "plots", "diff", *sorted(names), "-o", "plots-diff"], project)
     html = (project / "plots-diff/index.html").read_text()
     assert all(name in html for name in names) and "Accuracy per epoch" in html
+
+
+def test_standard_grid_preset() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+sweep=hidden_epochs"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {
+        "model.hidden_units": "32,64,128,256,512",
+        "train.epochs": "1,3,5,10",
+    }
+    assert cfg.hydra.callbacks.sweep._target_ == "pipeline.sweep.SweepCallback"
