@@ -106,6 +106,8 @@ class TrainConfig:
     loss: str = field(metadata=_choice("sparse_categorical_crossentropy"))
     metrics: list[str] = field(metadata=_each(_choice("accuracy")))
     max_examples: int | None = field(metadata=POSITIVE)
+    intra_op_threads: int = field(metadata=POSITIVE)
+    inter_op_threads: int = field(metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -245,10 +247,15 @@ def compose(overrides: list[str] | None = None) -> dict[str, Any]:
 
 def params_yaml_text(overrides: list[str] | None = None) -> str:
     """`conf/` composed and dumped exactly as DVC's Hydra composition writes `params.yaml`."""
-    from omegaconf import OmegaConf
-
     data = compose(overrides)
     validate(data)
+    return to_yaml(data)
+
+
+def to_yaml(data: dict[str, Any]) -> str:
+    """A resolved config as YAML, in the layout of `params.yaml`."""
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_yaml(OmegaConf.create(data))
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import FileSpec
 from pipeline.errors import DataError
+from pipeline.paths import PROCESSED_DIR, RAW_DIR
 
 UBYTE = 0x08
 IMAGE_SHAPE = (28, 28)
@@ -76,6 +78,13 @@ def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, n
     if labels.size and labels.max() >= NUM_CLASSES:
         raise DataError(f"{labels_path}: label {labels.max()} is outside 0-9.")
     return images, labels
+
+
+def data_digests(files: dict[str, FileSpec]) -> dict[str, str]:
+    """SHA-256 of each raw file and each processed split: the data a model was trained on."""
+    digests = {f"raw.{key}": sha256_file(RAW_DIR / spec.name) for key, spec in files.items()}
+    digests.update({f"processed.{s}": sha256_file(PROCESSED_DIR / f"{s}.npz") for s in SPLITS})
+    return digests
 
 
 def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -82,12 +83,35 @@ def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
     return model
 
 
-def set_determinism(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
+def set_determinism(seed: int, intra_op_threads: int, inter_op_threads: int) -> None:
+    """Seed Python, NumPy and TensorFlow, fix its thread counts, make its ops deterministic."""
     import tensorflow as tf
 
+    threading = tf.config.threading
+    wanted = {"intra_op": intra_op_threads, "inter_op": inter_op_threads}
+    current = {
+        "intra_op": threading.get_intra_op_parallelism_threads(),
+        "inter_op": threading.get_inter_op_parallelism_threads(),
+    }
+    if wanted != current:
+        try:
+            threading.set_intra_op_parallelism_threads(intra_op_threads)
+            threading.set_inter_op_parallelism_threads(inter_op_threads)
+        except RuntimeError as exc:  # TensorFlow fixes them once it has started
+            raise PipelineError(
+                f"thread counts {wanted} cannot replace {current} in a process where "
+                "TensorFlow already ran; sweep them with hydra/launcher=joblib."
+            ) from exc
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """SHA-256 over every weight array in order: equal only for bit-identical models."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def fit(

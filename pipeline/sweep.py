@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.compare import OVERRIDES_TAG, PARENT_TAG, format_table, leaderboard, write_csv
-from pipeline.config import PROJECT_ROOT, ConfigError, load_params, validate
+from pipeline.config import PROJECT_ROOT, ConfigError, load_params, to_yaml, validate
 from pipeline.paths import PROCESSED_DIR
 
 PARENT_FILE = "parent_run.json"
@@ -144,7 +144,7 @@ def run_job(cfg: DictConfig) -> float | None:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.data import load_split, sha256_file
+    from pipeline.data import data_digests, load_split
     from pipeline.evaluate import evaluate_logged
     from pipeline.model import limit
     from pipeline.train import train_logged
@@ -154,15 +154,14 @@ def run_job(cfg: DictConfig) -> float | None:
     parent_file = Path(hc.sweep.dir) / PARENT_FILE
     parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
     experiment_id = tracking.setup(data["tracking"]["experiment_name"])
-    digests = {s: sha256_file(PROCESSED_DIR / f"{s}.npz") for s in ("train", "val", "test")}
-    tags = {
-        OVERRIDES_TAG: " ".join(hc.overrides.task),
-        **tracking.provenance_tags(PROJECT_ROOT, digests),
-    }
+    tags = {OVERRIDES_TAG: " ".join(hc.overrides.task)}
     if parent:
         tags[PARENT_TAG] = parent["run_id"]
     try:
-        with tracking.tracked_run(
+        with tracking.model_run(
+            PROJECT_ROOT,
+            to_yaml(data),
+            data_digests(load_params().data.files),
             experiment_id=experiment_id,
             run_name=job_name(data),
             tags=tags,

@@ -8,8 +8,10 @@ A MLFLOW_TRACKING_URI in the environment (a team server) wins.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -21,6 +23,7 @@ import mlflow
 from mlflow.entities import RunStatus
 
 from pipeline.config import Config
+from pipeline.data import sha256_file
 from pipeline.errors import PipelineError
 from pipeline.paths import RUN_FILE
 
@@ -111,13 +114,77 @@ def git_tags(root: Path) -> dict[str, str]:
     }
 
 
-def provenance_tags(root: Path, data_digests: Mapping[str, str]) -> dict[str, str]:
-    tags = git_tags(root)
+ENV_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy")
+REPRODUCES_ENV = "PIPELINE_REPRODUCES"
+CONFIG_ARTIFACT = "config.yaml"
+DIFF_ARTIFACT = "uncommitted.diff"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_tags() -> dict[str, str]:
+    """What else the numbers depend on: interpreter, library versions, processor."""
+    from importlib.metadata import version
+
+    tags = {"env.python": platform.python_version(), "env.cpu": cpu_model()}
+    tags.update({f"env.{pkg}": version(pkg) for pkg in ENV_PACKAGES})
+    return tags
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def provenance_tags(
+    code_dir: Path, data_digests: Mapping[str, str], config_text: str
+) -> dict[str, str]:
+    """Tags that say exactly what a run was made from.
+
+    Git state of `code_dir`, the DVC experiment, the run it reproduces, the SHA-256 of the
+    resolved config, of uv.lock and of each data file, and the environment.
+    """
+    tags = git_tags(code_dir)
+    tags["params_sha256"] = _sha256_text(config_text)
+    lock = code_dir / "uv.lock"
+    if lock.is_file():
+        tags["uv_lock_sha256"] = sha256_file(lock)
     tags.update({f"data.{name}.sha256": digest for name, digest in data_digests.items()})
     for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
+    if os.environ.get(REPRODUCES_ENV):
+        tags["reproduces"] = os.environ[REPRODUCES_ENV]
+    tags.update(environment_tags())
     return tags
+
+
+@contextmanager
+def model_run(
+    code_dir: Path, config_text: str, data_digests: Mapping[str, str], **start_run_kwargs: Any
+) -> Iterator[mlflow.ActiveRun]:
+    """A `tracked_run` for one trained model, with its provenance logged before any work.
+
+    Tags from `provenance_tags`; artifacts: the resolved config (`config.yaml`) and, when the
+    tree is dirty, the uncommitted diff (`uncommitted.diff`, dvc.lock aside).
+    """
+    tags = {
+        **provenance_tags(code_dir, data_digests, config_text),
+        **start_run_kwargs.pop("tags", {}),
+    }
+    with tracked_run(tags=tags, **start_run_kwargs) as run:
+        mlflow.log_text(config_text, CONFIG_ARTIFACT)
+        if tags.get("git_dirty") == "true":
+            diff = _git(code_dir, "diff", "HEAD", "--binary", "--", ".", ":!dvc.lock") or ""
+            mlflow.log_text(diff + "\n", DIFF_ARTIFACT)
+        yield run
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:

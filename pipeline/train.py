@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import Config, load_params
-from pipeline.data import load_split, sha256_file
+from pipeline.config import PARAMS_FILE, Config, load_params
+from pipeline.data import data_digests, load_split
 from pipeline.errors import run_cli
 from pipeline.paths import HISTORY_CSV, MODEL_PATH, PROCESSED_DIR, TRAIN_JSON
 
@@ -47,7 +47,7 @@ def train_logged(
     from pipeline import model as models
     from pipeline import tracking
 
-    models.set_determinism(cfg.seed)
+    models.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
     model = models.compile_model(models.build_model(cfg.model), cfg.train)
     mlflow.log_params(tracking.flatten(cfg.to_dict()))
     history, seconds = models.fit(model, train, val, cfg.train, [tracking.epoch_logger()])
@@ -57,6 +57,7 @@ def train_logged(
         **models.describe(model),
     }
     mlflow.log_metrics(summary)
+    mlflow.set_tag("weights_sha256", models.weights_sha256(model))
     tracking.log_keras_model(model, val[0][:5])
     return model, history, summary
 
@@ -69,12 +70,13 @@ def main() -> None:
 
     train = limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples)
     val = load_split(PROCESSED_DIR, "val")
-    digests = {s: sha256_file(PROCESSED_DIR / f"{s}.npz") for s in ("train", "val")}
     experiment_id = tracking.setup(cfg.tracking.experiment_name)
-    with tracking.tracked_run(
+    with tracking.model_run(
+        Path.cwd(),  # the code DVC ran, also in a queued experiment's temporary copy
+        Path(PARAMS_FILE).read_text(encoding="utf-8"),
+        data_digests(cfg.data.files),
         experiment_id=experiment_id,
         run_name=tracking.run_name(cfg),
-        tags=tracking.provenance_tags(Path.cwd(), digests),  # the code DVC ran
     ) as run:
         model, history, summary = train_logged(cfg, train, val)
         save_model(model, MODEL_PATH)

@@ -1,8 +1,10 @@
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
+from conftest import ROOT, run
 from pipeline.config import CNNConfig, MLPConfig, validate
 from pipeline.model import (
     build_cnn,
@@ -13,7 +15,7 @@ from pipeline.model import (
     limit,
     load_model,
     save_model,
-    set_determinism,
+    weights_sha256,
 )
 
 
@@ -55,7 +57,7 @@ def test_fit_returns_history_and_save_load_round_trip(
     rng = np.random.default_rng(0)
     x = rng.random((40, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 40).astype(np.uint8)
-    set_determinism(cfg.seed)
+    keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_mlp(8), cfg.train)
     history, seconds = fit(model, (x[:32], y[:32]), (x[32:], y[32:]), cfg.train)
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -75,3 +77,34 @@ def test_limit_takes_the_first_examples() -> None:
     x, y = np.arange(10), np.arange(10)
     assert limit((x, y), None)[0] is x
     np.testing.assert_array_equal(limit((x, y), 3)[1], [0, 1, 2])
+
+
+DETERMINISM_SCRIPT = """
+import sys
+import numpy as np
+from pipeline.config import compose, validate
+from pipeline.model import build_mlp, compile_model, fit, set_determinism, weights_sha256
+cfg = validate(compose(["train.epochs=1", "train.batch_size=16"]))
+set_determinism(cfg.seed, int(sys.argv[1]), 1)
+rng = np.random.default_rng(0)
+x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
+model = compile_model(build_mlp(32), cfg.train)
+fit(model, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
+print(weights_sha256(model))
+"""
+
+
+def test_same_seed_and_threads_give_bit_identical_weights() -> None:
+    hashes = [
+        run(["python", "-c", DETERMINISM_SCRIPT, "2"], ROOT).stdout.split()[-1] for _ in range(2)
+    ]
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 64
+
+
+def test_weights_sha256_tracks_every_weight() -> None:
+    model = build_mlp(4)
+    before = weights_sha256(model)
+    weights = model.get_weights()
+    weights[-1][0] += 1e-7
+    model.set_weights(weights)
+    assert weights_sha256(model) != before

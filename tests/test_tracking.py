@@ -1,7 +1,10 @@
+import hashlib
+import platform
 import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -101,11 +104,40 @@ def test_git_tags(tmp_path: Path) -> None:
     assert tracking.git_tags(tmp_path)["git_dirty"] == "true"
 
 
-def test_provenance_includes_dvc_experiment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_provenance_tags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "lucky-lark")
-    tags = tracking.provenance_tags(tmp_path, {"train": "abc"})
-    assert tags["dvc_exp_name"] == "lucky-lark" and tags["data.train.sha256"] == "abc"
-    assert tags["git_commit"] == "none"
+    monkeypatch.setenv("PIPELINE_REPRODUCES", "abc123")
+    (tmp_path / "uv.lock").write_text("lock")
+    tags = tracking.provenance_tags(tmp_path, {"raw.x": "abc"}, "seed: 1\n")
+    assert tags["dvc_exp_name"] == "lucky-lark" and tags["reproduces"] == "abc123"
+    assert tags["data.raw.x.sha256"] == "abc" and tags["git_commit"] == "none"
+    assert tags["params_sha256"] == hashlib.sha256(b"seed: 1\n").hexdigest()
+    assert tags["uv_lock_sha256"] == hashlib.sha256(b"lock").hexdigest()
+    assert tags["env.python"] == platform.python_version()
+    for pkg in ("tensorflow", "keras", "mlflow", "numpy"):
+        assert tags[f"env.{pkg}"] == version(pkg)
+    assert tags["env.cpu"]
+
+
+def test_model_run_logs_config_and_the_diff_of_a_dirty_tree(store: Path) -> None:
+    env = run_env()
+    git = ["git", "-C", str(store)]
+    subprocess.run([*git, "init", "-q"], check=True, env=env)
+    (store / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True, env=env)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True, env=env)
+    with tracking.model_run(store, "seed: 1\n", {}, run_name="clean") as clean:
+        pass
+    (store / "code.py").write_text("x = 2\n")
+    with tracking.model_run(store, "seed: 2\n", {}, run_name="dirty") as dirty:
+        pass
+    client = mlflow.MlflowClient()
+    assert [a.path for a in client.list_artifacts(clean.info.run_id)] == ["config.yaml"]
+    assert mlflow.get_run(dirty.info.run_id).data.tags["git_dirty"] == "true"
+    diff = mlflow.artifacts.load_text(f"runs:/{dirty.info.run_id}/uncommitted.diff")
+    assert "-x = 1" in diff and "+x = 2" in diff
+    config = mlflow.artifacts.load_text(f"runs:/{dirty.info.run_id}/config.yaml")
+    assert config == "seed: 2\n"
 
 
 def test_read_run_id_errors(store: Path, tmp_path: Path) -> None:
