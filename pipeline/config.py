@@ -65,7 +65,9 @@ MNIST_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 @dataclass(frozen=True)
 class DataConfig:
     name: str
-    mirrors: list[str]
+    mirrors: list[str] = field(
+        metadata=_each(_rule("an https:// URL", lambda v: v.startswith("https://")))
+    )
     files: dict[str, FileSpec] = field(
         metadata=_rule(
             "a mapping with exactly the keys " + ", ".join(MNIST_FILES),

@@ -25,6 +25,8 @@ SPLITS = ("train", "val", "test")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    if not path.is_file():
+        raise DataError(f"{path} not found; run `uv run dvc repro` to make it.")
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(chunk):

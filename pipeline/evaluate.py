@@ -95,10 +95,12 @@ def main() -> None:
     from pipeline.model import load_model
 
     tracking.setup(cfg.tracking.experiment_name)
-    run_id = tracking.read_run_id()
+    run = tracking.read_run()
+    run_id = run.info.run_id
     x, y = load_split(PROCESSED_DIR, "test")
     with tracking.tracked_run(run_id=run_id):
-        report = evaluate_logged(load_model(MODEL_PATH), x, y, read_history())
+        model = load_model(MODEL_PATH, sha256=run.data.tags.get("model_sha256"))
+        report = evaluate_logged(model, x, y, read_history())
     print(
         f"evaluate: test_accuracy {report['test_accuracy']:.4f}, "
         f"test_loss {report['test_loss']:.4f}, macro_f1 {report['macro_f1']:.4f} "

@@ -38,6 +38,18 @@ def sources(mirrors: list[str], env: str | None) -> list[str]:
     return ([env] if env else []) + list(mirrors)
 
 
+class NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, except from https to anything else: a mirror is never downgraded."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        if req.full_url.startswith("https://") and not newurl.startswith("https://"):
+            raise urllib.error.URLError(f"refused redirect from {req.full_url} to {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(NoDowngradeRedirects)
+
+
 def is_verified(path: Path, spec: FileSpec) -> bool:
     return (
         path.is_file() and path.stat().st_size == spec.bytes and sha256_file(path) == spec.sha256
@@ -59,7 +71,7 @@ def _open_source(
         if is_url:
             url = source.rstrip("/") + "/" + candidate
             try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310
+                response = _OPENER.open(url, timeout=timeout)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last_error = exc
                 continue

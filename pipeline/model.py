@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
-from pipeline.data import IMAGE_SHAPE, NUM_CLASSES  # noqa: E402
+from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, sha256_file  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -114,6 +114,33 @@ def weights_sha256(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
+class TrainingDiverged(PipelineError):
+    """The loss became NaN, infinite or absurdly large."""
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop at the first batch whose loss is not finite or above `limit`; remember where.
+
+    Cross-entropy of a uniform guess over 10 digits is ln 10 = 2.3, so a running loss above
+    1000 is unmistakable divergence even before it overflows to NaN.
+    """
+
+    def __init__(self, limit: float = 1e3) -> None:
+        super().__init__()
+        self.limit = limit
+        self.epoch = 0
+        self.diverged: tuple[int, int, float] | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss) or loss > self.limit:
+            self.diverged = (self.epoch, batch + 1, loss)
+            self.model.stop_training = True
+
+
 def fit(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -123,16 +150,24 @@ def fit(
 ) -> tuple[dict[str, list[float]], float]:
     """Fit `model`; return its per-epoch history (HISTORY_KEYS) and the seconds `fit` took."""
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where it can redraw
+    guard = StopOnDivergence()
     start = time.perf_counter()
     history = model.fit(
         *train,
         validation_data=val,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        callbacks=list(callbacks),
+        callbacks=[guard, *callbacks],
         verbose=verbose,
     )
     seconds = time.perf_counter() - start
+    if guard.diverged:
+        epoch, batch, loss = guard.diverged
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch} at batch {batch}: loss {loss:.4g} (a random "
+            f"guess scores {np.log(NUM_CLASSES):.2f}), so it stopped there. Lower "
+            f"train.learning_rate (received {cfg.learning_rate})."
+        )
     return {k: [float(v) for v in history.history[k]] for k in HISTORY_KEYS}, seconds
 
 
@@ -147,11 +182,26 @@ def save_model(model: keras.Model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_model(path: Path) -> keras.Model:
-    """Load a `.keras` model with safe_mode on (no arbitrary code from the file)."""
-    if not Path(path).is_file():
-        raise PipelineError(f"model file {path} not found; run `uv run dvc repro train` first.")
-    return keras.models.load_model(path, safe_mode=True)
+def load_model(path: Path, sha256: str | None = None) -> keras.Model:
+    """Load a `.keras` model with safe_mode on: no code from the file is run.
+
+    With `sha256`, the file must have that digest (the one recorded for its run).
+    """
+    path = Path(path)
+    if path.suffix != ".keras" or not path.is_file():
+        raise PipelineError(
+            f"model file {path} not found (only .keras files are loaded); "
+            "run `uv run dvc repro train` first."
+        )
+    if sha256 is not None and (actual := sha256_file(path)) != sha256:
+        raise PipelineError(
+            f"{path} has SHA-256 {actual}, but {sha256} was recorded when it was trained; "
+            "it was changed since. Retrain with `uv run dvc repro --force train`."
+        )
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except ValueError as exc:
+        raise PipelineError(f"refused to load {path}: {exc}") from exc
 
 
 def limit(

@@ -72,7 +72,12 @@ class SweepCallback(Callback):
         run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
-            tags={"sweep": "parent", OVERRIDES_TAG: overrides, **tracking.git_tags(PROJECT_ROOT)},
+            tags={
+                "sweep": "parent",
+                OVERRIDES_TAG: overrides,
+                **tracking.process_tags(),
+                **tracking.git_tags(PROJECT_ROOT),
+            },
         )
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id}
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")

@@ -57,10 +57,28 @@ def _local_store_lock(root: Path, uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer its health check."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):  # noqa: S310
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer: "
+            f"{reason}. Start it, or unset MLFLOW_TRACKING_URI to use the local store."
+        ) from exc
+
+
 def setup(experiment_name: str) -> str:
     """Point MLflow at the store and return the id of `experiment_name`, creating it if new."""
     root = project_root()
     uri = tracking_uri(root)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     with _local_store_lock(root, uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
@@ -187,6 +205,11 @@ def model_run(
         yield run
 
 
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives, so that `pipeline.runs --cleanup` can tell it died."""
+    return {"host": platform.node(), "pid": str(os.getpid())}
+
+
 def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
@@ -198,7 +221,8 @@ def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     The reason for a failure is kept in the run's `failure_reason` tag.
     """
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    run = mlflow.start_run(**start_run_kwargs)
+    tags = {**start_run_kwargs.pop("tags", {}), **process_tags()}
+    run = mlflow.start_run(tags=tags, **start_run_kwargs)
     try:
         yield run
     except BaseException as exc:
@@ -219,19 +243,18 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = RUN_FILE) -> None:
     path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
-def read_run_id(path: Path = RUN_FILE) -> str:
-    """The id of the run train logged, checked to exist in the current store."""
+def read_run(path: Path = RUN_FILE) -> Any:
+    """The MLflow run train logged (named in models/run.json), checked to be in the store."""
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `uv run dvc repro train` first.")
     run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
     try:
-        mlflow.get_run(run_id)
+        return mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(
             f"MLflow run {run_id} (from {path}) is not in the store {mlflow.get_tracking_uri()}; "
             "train again with `uv run dvc repro --force train`."
         ) from exc
-    return run_id
 
 
 def log_keras_model(model: Any, example: Any) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.config import PARAMS_FILE, Config, load_params
-from pipeline.data import data_digests, load_split
+from pipeline.data import data_digests, load_split, sha256_file
 from pipeline.errors import run_cli
 from pipeline.paths import HISTORY_CSV, MODEL_PATH, PROCESSED_DIR, TRAIN_JSON
 
@@ -65,12 +65,14 @@ def train_logged(
 def main() -> None:
     cfg = load_params()
     # Imported after the config is checked, so a bad value fails in a second, not after TF loads.
+    import mlflow
+
     from pipeline import tracking
     from pipeline.model import limit, save_model
 
+    experiment_id = tracking.setup(cfg.tracking.experiment_name)  # fails fast if unreachable
     train = limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples)
     val = load_split(PROCESSED_DIR, "val")
-    experiment_id = tracking.setup(cfg.tracking.experiment_name)
     with tracking.model_run(
         Path.cwd(),  # the code DVC ran, also in a queued experiment's temporary copy
         Path(PARAMS_FILE).read_text(encoding="utf-8"),
@@ -80,6 +82,7 @@ def main() -> None:
     ) as run:
         model, history, summary = train_logged(cfg, train, val)
         save_model(model, MODEL_PATH)
+        mlflow.set_tag("model_sha256", sha256_file(MODEL_PATH))
         write_history(history)
         TRAIN_JSON.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tracking.write_run_file(run)

@@ -84,7 +84,8 @@ def test_one_mlflow_run_holds_everything(project: Path) -> None:
     assert params["train.batch_size"] == "32" and params["model.name"] == "mlp"
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert run_.data.tags["git_commit"] == head and run_.data.tags["git_dirty"] == "false"
-    assert len(run_.data.tags["data.train.sha256"]) == 64
+    assert len(run_.data.tags["data.processed.train.sha256"]) == 64
+    assert run_.data.tags["weights_sha256"] and run_.data.tags["model_sha256"]
     figures = [a.path for a in client.list_artifacts(run_.info.run_id, "figures")]
     assert figures == [f"figures/{f}" for f in FIGURES]
     run_file = json.loads((project / "models/run.json").read_text())

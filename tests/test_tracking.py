@@ -142,7 +142,7 @@ def test_model_run_logs_config_and_the_diff_of_a_dirty_tree(store: Path) -> None
 
 def test_read_run_id_errors(store: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="run.json not found"):
-        tracking.read_run_id(tmp_path / "run.json")
+        tracking.read_run(tmp_path / "run.json")
     (tmp_path / "run.json").write_text('{"run_id": "0123456789abcdef", "experiment_id": "1"}')
     with pytest.raises(Exception, match="0123456789abcdef .* is not in the store"):
-        tracking.read_run_id(tmp_path / "run.json")
+        tracking.read_run(tmp_path / "run.json")

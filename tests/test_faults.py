@@ -1,0 +1,350 @@
+"""Faults injected for real: bad and silent mirrors, killed processes, divergence, a dead server.
+
+docs/reliability.md lists each case with the behaviour these tests check.
+"""
+
+import functools
+import gzip
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from test_fetch import NAMES, spec_of
+
+from conftest import ROOT, run, run_env
+from pipeline.config import compose, validate
+from pipeline.data import save_split, sha256_file
+from pipeline.errors import ConfigError, DataError, PipelineError
+from pipeline.fetch import NoDowngradeRedirects, fetch_file
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; `mode` decides what goes wrong."""
+
+    mode = "ok"
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.mode == "html":
+            body = b"<html><body>Service moved</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.mode == "slow":
+            path = Path(self.translate_path(self.path))
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            time.sleep(20)
+        else:
+            super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers = []
+
+    def start(folder: Path, mode: str) -> str:
+        handler = type(f"{mode}Handler", (Handler,), {"mode": mode})
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
+        )
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def gz_copy(src: Path, dest: Path, truncate: bool = False) -> Path:
+    dest.mkdir()
+    for path in src.iterdir():
+        data = gzip.compress(path.read_bytes())
+        (dest / f"{path.name}.gz").write_bytes(data[: len(data) // 3] if truncate else data)
+    return dest
+
+
+def test_html_and_truncated_mirrors_are_reported_then_the_next_is_used(
+    small_mnist: Path, tmp_path: Path, serve, capsys: pytest.CaptureFixture
+) -> None:
+    html = serve(small_mnist, "html")
+    truncated = serve(gz_copy(small_mnist, tmp_path / "t", truncate=True), "ok")
+    good = serve(gz_copy(small_mnist, tmp_path / "g"), "ok")
+    spec = spec_of(small_mnist / NAMES[0])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    assert fetch_file(spec, raw, [html, truncated, good], timeout=5) == good
+    err = capsys.readouterr().err
+    assert f"from {html} failed" in err and f"from {truncated} failed" in err
+    assert sha256_file(raw / spec.name) == spec.sha256
+
+
+def test_no_source_left_lists_every_one_and_leaves_nothing(
+    small_mnist: Path, tmp_path: Path, serve
+) -> None:
+    html = serve(small_mnist, "html")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    spec = spec_of(small_mnist / NAMES[1])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(DataError) as err:
+        fetch_file(spec, raw, [html, refused], timeout=5)
+    message = str(err.value)
+    assert f"  {html}: " in message and f"  {refused}: " in message
+    assert "Connection refused" in message and "MNIST_MIRROR" in message
+    assert list(raw.iterdir()) == []
+
+
+def test_silent_server_costs_the_configured_timeout(small_mnist: Path, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        start = time.monotonic()
+        with pytest.raises(DataError, match="timed out"):
+            fetch_file(spec_of(small_mnist / NAMES[1]), tmp_path, [url], timeout=1)
+    assert time.monotonic() - start < 10
+
+
+def test_https_is_never_downgraded_by_a_redirect() -> None:
+    request = urllib.request.Request("https://mirror.example/mnist/x.gz")
+    with pytest.raises(urllib.error.URLError, match="refused redirect"):
+        NoDowngradeRedirects().redirect_request(
+            request, None, 302, "Found", {}, "http://mirror.example/mnist/x.gz"
+        )
+
+
+def test_configured_mirrors_must_be_https() -> None:
+    with pytest.raises(ConfigError, match="data.mirrors must be a non-empty list of an https://"):
+        validate(compose(["data.mirrors=[http://mirror.example/mnist/]"]))
+
+
+def small_params(small_mnist: Path, **train: object) -> dict:
+    params = compose()
+    params["data"]["files"] = {
+        key: vars(spec_of(small_mnist / name))
+        for key, name in zip(
+            ("train_images", "train_labels", "test_images", "test_labels"), NAMES, strict=True
+        )
+    }
+    params["train"].update(train)
+    return params
+
+
+def workdir(tmp_path: Path, params: dict) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
+
+
+def test_fetch_killed_mid_download_then_rerun(small_mnist: Path, tmp_path: Path, serve) -> None:
+    work = workdir(tmp_path, small_params(small_mnist))
+    slow = serve(gz_copy(small_mnist, tmp_path / "slow"), "slow")
+    env = run_env(PYTHONPATH=str(ROOT), MNIST_MIRROR=slow)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.fetch"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    raw = work / "data/raw"
+    deadline = time.monotonic() + 60
+    while not list(raw.glob(".*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(raw.glob(".*.part")), "the download never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert not [p for p in raw.iterdir() if not p.name.startswith(".")]
+    good = serve(gz_copy(small_mnist, tmp_path / "good"), "ok")
+    run(["python", "-m", "pipeline.fetch"], work, PYTHONPATH=str(ROOT), MNIST_MIRROR=good)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(NAMES)
+    for name in NAMES:
+        assert sha256_file(raw / name) == sha256_file(small_mnist / name)
+
+
+def processed_workdir(small_mnist: Path, tmp_path: Path, **train: object) -> Path:
+    """A folder with params.yaml and small processed splits of random digits."""
+    work = workdir(tmp_path, small_params(small_mnist, **train))
+    (work / "data").mkdir()
+    (work / "data/raw").symlink_to(small_mnist)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 512), ("val", 64), ("test", 64)):
+        x = rng.random((n, 28, 28), dtype=np.float32)
+        save_split(work / "data/processed", split, x, rng.integers(0, 10, n).astype(np.uint8))
+    return work
+
+
+def runs_in(work: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["mnist"], output_format="list")
+
+
+def test_divergence_fails_the_run_and_leaves_no_model(small_mnist: Path, tmp_path: Path) -> None:
+    work = processed_workdir(small_mnist, tmp_path, learning_rate=1e6, epochs=2)
+    proc = run(
+        ["python", "-m", "pipeline.train"],
+        work,
+        check=False,
+        PYTHONPATH=str(ROOT),
+        DVC_ROOT=str(work),
+    )
+    assert proc.returncode == 1
+    assert "error: training diverged in epoch 1" in proc.stderr
+    assert "Lower train.learning_rate (received 1000000.0)" in proc.stderr
+    (failed,) = runs_in(work)
+    assert failed.info.status == "FAILED"
+    assert "TrainingDiverged: training diverged" in failed.data.tags["failure_reason"]
+    assert not (work / "models/model.keras").exists()
+
+
+def train_until_second_epoch(work: Path) -> subprocess.Popen:
+    env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(work))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("Epoch 2/"):
+            return proc
+    raise AssertionError(f"training ended early, exit {proc.wait()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_ends_killed(small_mnist: Path, tmp_path: Path, sig) -> None:
+    work = processed_workdir(small_mnist, tmp_path, epochs=500, batch_size=8)
+    proc = train_until_second_epoch(work)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) != 0
+    (killed,) = runs_in(work)
+    assert killed.info.status == "KILLED"
+    assert signal.Signals(sig).name in killed.data.tags["failure_reason"] or sig == signal.SIGINT
+    assert not (work / "models/model.keras").exists()
+
+
+def test_sigkilled_run_is_found_and_marked_killed(small_mnist: Path, tmp_path: Path) -> None:
+    work = processed_workdir(small_mnist, tmp_path, epochs=500, batch_size=8)
+    proc = train_until_second_epoch(work)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (orphan,) = runs_in(work)
+    assert orphan.info.status == "RUNNING"
+    env = {"PYTHONPATH": str(ROOT), "DVC_ROOT": str(work)}
+    listed = run(["python", "-m", "pipeline.runs"], work, **env)
+    assert "1 running, 1 orphaned, 0 marked KILLED" in listed.stdout
+    cleaned = run(["python", "-m", "pipeline.runs", "--cleanup"], work, **env)
+    assert f"{orphan.info.run_id}" in cleaned.stdout and "-> KILLED" in cleaned.stdout
+    run_ = mlflow.get_run(orphan.info.run_id)
+    assert run_.info.status == "KILLED"
+    assert f"process {proc.pid}" in run_.data.tags["failure_reason"]
+
+
+def test_tracking_server_down_fails_fast_before_training(
+    small_mnist: Path, tmp_path: Path
+) -> None:
+    work = processed_workdir(small_mnist, tmp_path)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    start = time.monotonic()
+    proc = run(
+        ["python", "-m", "pipeline.train"],
+        work,
+        check=False,
+        PYTHONPATH=str(ROOT),
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1
+    assert f"error: the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer"
+    assert "does not answer" in proc.stderr and "Epoch" not in proc.stdout
+    assert not (work / "mlflow.db").exists()
+
+
+LOGGER = """
+import sys
+import mlflow
+from pipeline import tracking
+experiment_id = tracking.setup("load")
+with tracking.tracked_run(experiment_id=experiment_id, run_name=f"job-{sys.argv[1]}"):
+    for step in range(25):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+"""
+
+
+def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
+    """4 jobs create the store at once, then 8 log to it: every run complete."""
+    env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(tmp_path))
+    for wave in (4, 8):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", LOGGER, f"{wave}-{i}"],
+                env=env,
+                cwd=tmp_path,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(wave)
+        ]
+        errors = [p.stderr.read() for p in procs if p.wait(timeout=300) != 0]
+        assert not errors, errors[0]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["load"], output_format="list")
+    assert len(runs) == 12
+    client = mlflow.MlflowClient()
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert len(client.get_metric_history(r.info.run_id, "loss")) == 25
+
+
+def test_unsafe_or_changed_model_files_are_refused(tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.model import build_mlp, load_model
+
+    lambda_model = keras.Sequential([keras.Input((28, 28)), keras.layers.Lambda(lambda x: x * 2)])
+    lambda_model.save(tmp_path / "lambda.keras")
+    with pytest.raises(PipelineError, match=r"refused to load .*lambda.keras.*safe_mode"):
+        load_model(tmp_path / "lambda.keras")
+    path = tmp_path / "model.keras"
+    build_mlp(8).save(path)
+    assert load_model(path, sha256=sha256_file(path)).output_shape == (None, 10)
+    with pytest.raises(PipelineError, match="was changed since"):
+        load_model(path, sha256="0" * 64)
+    os.rename(path, tmp_path / "model.h5")
+    with pytest.raises(PipelineError, match="only .keras files are loaded"):
+        load_model(tmp_path / "model.h5")
