@@ -71,7 +71,7 @@ def test_fit_returns_history_and_save_load_round_trip(
 def test_load_model_missing_file(tmp_path: Path) -> None:
     with pytest.raises(
         Exception,
-        match=r"model.keras not found \(only .keras files are loaded\); run `uv run dvc repro train`",
+        match=r"model.keras not found \(only .keras files .*\); run `uv run dvc repro train`",
     ):
         load_model(tmp_path / "model.keras")
 
