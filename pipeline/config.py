@@ -115,6 +115,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment_name: str = field(metadata=NOT_EMPTY)
+    registered_model: str = field(metadata=NOT_EMPTY)
 
 
 @dataclass(frozen=True)

@@ -101,10 +101,14 @@ def main() -> None:
     with tracking.tracked_run(run_id=run_id):
         model = load_model(MODEL_PATH, sha256=run.data.tags.get("model_sha256"))
         report = evaluate_logged(model, x, y, read_history())
+        version, champion = tracking.register(
+            run.data.tags["model_uri"], cfg.tracking.registered_model, report["test_accuracy"]
+        )
     print(
         f"evaluate: test_accuracy {report['test_accuracy']:.4f}, "
         f"test_loss {report['test_loss']:.4f}, macro_f1 {report['macro_f1']:.4f} "
-        f"-> {METRICS_JSON}, MLflow run {run_id}"
+        f"-> {METRICS_JSON}, MLflow run {run_id}, registered {cfg.tracking.registered_model} "
+        f"version {version}" + (" (new champion)" if champion else "")
     )
 
 

@@ -175,9 +175,11 @@ def run_job(cfg: DictConfig) -> float | None:
             check_data_settings(data)
             config = validate(data)
             train = limit(load_split(PROCESSED_DIR, "train"), config.train.max_examples)
-            model, history, _ = train_logged(config, train, load_split(PROCESSED_DIR, "val"))
+            val = load_split(PROCESSED_DIR, "val")
+            model, history, _, model_uri = train_logged(config, train, val)
             x, y = load_split(PROCESSED_DIR, "test")
             report = evaluate_logged(model, x, y, history, Path(hc.runtime.output_dir))
+            tracking.register(model_uri, config.tracking.registered_model, report["test_accuracy"])
     except Exception as exc:  # the run is FAILED; the summary reports it
         print(f"job {hc.job.num} ({job_name(data)}) failed: {exc}", file=sys.stderr)
         return None

@@ -257,7 +257,7 @@ def read_run(path: Path = RUN_FILE) -> Any:
         ) from exc
 
 
-def log_keras_model(model: Any, example: Any) -> None:
+def log_keras_model(model: Any, example: Any) -> str:
     """Log `model` with a signature and an input example.
 
     The tensorflow flavour is used: it stores the same `.keras` file and, unlike the keras
@@ -270,13 +270,39 @@ def log_keras_model(model: Any, example: Any) -> None:
     signature = infer_signature(example, model.predict(example, verbose=0))
     # Named here, MLflow need not reload the model in a subprocess to infer them.
     requirements = [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")]
-    mlflow.tensorflow.log_model(
+    info = mlflow.tensorflow.log_model(
         model,
         name="model",
         signature=signature,
         input_example=example,
         pip_requirements=requirements,
     )
+    mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri
+
+
+CHAMPION = "champion"
+
+
+def register(model_uri: str, name: str, test_accuracy: float) -> tuple[str, bool]:
+    """Register the model as a new version of `name`; move the `champion` alias to it if its
+    test accuracy beats the current champion's. Returns the version and whether it moved.
+
+    The run records both (`registered_version`, `champion` tags).
+    """
+    client = mlflow.MlflowClient()
+    version = str(mlflow.register_model(model_uri, name).version)
+    client.set_model_version_tag(name, version, "test_accuracy", str(test_accuracy))
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        best = float(current.tags.get("test_accuracy", "-1"))
+    except mlflow.exceptions.MlflowException:  # no champion yet
+        best = None
+    promoted = best is None or test_accuracy > best
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    mlflow.set_tags({"registered_version": f"{name}/{version}", "champion": str(promoted).lower()})
+    return version, promoted
 
 
 def epoch_logger() -> Any:

@@ -35,12 +35,12 @@ def write_history(history: dict[str, list[float]], path: Path = HISTORY_CSV) -> 
 
 def train_logged(
     cfg: Config, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]
-) -> tuple[keras.Model, dict[str, list[float]], dict[str, float]]:
+) -> tuple[keras.Model, dict[str, list[float]], dict[str, float], str]:
     """Build and fit the configured model, logging to the active MLflow run as it goes.
 
     Logs the resolved config as params, each epoch's metrics (step = epoch), a summary
     (training seconds, examples, parameters) and the model. Returns the model, its per-epoch
-    history and the summary.
+    history, the summary and the logged model's URI.
     """
     import mlflow
 
@@ -58,8 +58,8 @@ def train_logged(
     }
     mlflow.log_metrics(summary)
     mlflow.set_tag("weights_sha256", models.weights_sha256(model))
-    tracking.log_keras_model(model, val[0][:5])
-    return model, history, summary
+    model_uri = tracking.log_keras_model(model, val[0][:5])
+    return model, history, summary, model_uri
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def main() -> None:
         experiment_id=experiment_id,
         run_name=tracking.run_name(cfg),
     ) as run:
-        model, history, summary = train_logged(cfg, train, val)
+        model, history, summary, _ = train_logged(cfg, train, val)
         save_model(model, MODEL_PATH)
         mlflow.set_tag("model_sha256", sha256_file(MODEL_PATH))
         write_history(history)

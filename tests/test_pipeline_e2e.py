@@ -88,6 +88,10 @@ def test_one_mlflow_run_holds_everything(project: Path) -> None:
     assert run_.data.tags["weights_sha256"] and run_.data.tags["model_sha256"]
     figures = [a.path for a in client.list_artifacts(run_.info.run_id, "figures")]
     assert figures == [f"figures/{f}" for f in FIGURES]
+    assert run_.data.tags["registered_version"] == "mnist-digits/1"
+    assert run_.data.tags["champion"] == "true"
+    champion = mlflow.MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
+    assert champion.run_id == run_.info.run_id
     run_file = json.loads((project / "models/run.json").read_text())
     assert run_file["run_id"] == run_.info.run_id
 

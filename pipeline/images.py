@@ -1,0 +1,83 @@
+"""Turn any picture of one digit into an MNIST-style 28x28 input. No TensorFlow here.
+
+MNIST digits are white on black, fitted into a 20x20 box (aspect kept, anti-aliased) and placed
+in 28x28 so that their centre of mass is at the centre. A photo, scan or drawing must be
+normalised the same way or the model misreads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.data import IMAGE_SHAPE
+from pipeline.errors import DataError
+
+BOX = 20  # MNIST fits each digit into 20x20 ...
+SIZE = IMAGE_SHAPE[0]  # ... centred by mass in 28x28
+MIN_CONTRAST = 32  # grey levels between background and ink below which an image is blank
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read PNG, JPEG or any format Pillow knows as grayscale 0-255, transparency as paper."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "P"):
+                rgba = img.convert("RGBA")
+                paper = Image.new("RGBA", rgba.size, "white")
+                img = Image.alpha_composite(paper, rgba)
+            return np.asarray(img.convert("L"), dtype=np.float32)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file.") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...).") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc}).") from exc
+
+
+def normalize(gray: np.ndarray, name: str = "image") -> np.ndarray:
+    """A grayscale digit of any size and polarity -> float32 28x28 in 0-1, white on black."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    ink = background - gray if background > 127 else gray - background  # digit bright
+    ink = np.clip(ink, 0, None)
+    if ink.max() < MIN_CONTRAST:
+        raise DataError(
+            f"{name}: blank, no digit found (contrast {ink.max():.0f} of 255 grey levels, "
+            f"at least {MIN_CONTRAST} needed)."
+        )
+    rows, cols = np.nonzero(ink > 0.1 * ink.max())
+    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = digit.shape
+    scale = BOX / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    boxed = np.asarray(
+        Image.fromarray(digit).resize(new_size, Image.Resampling.LANCZOS), dtype=np.float32
+    )
+    boxed = np.clip(boxed, 0, None)
+    canvas = np.zeros(IMAGE_SHAPE, dtype=np.float32)
+    top, left = (SIZE - boxed.shape[0]) // 2, (SIZE - boxed.shape[1]) // 2
+    canvas[top : top + boxed.shape[0], left : left + boxed.shape[1]] = boxed
+    canvas = _centre_by_mass(canvas)
+    return canvas / canvas.max()
+
+
+def _centre_by_mass(image: np.ndarray) -> np.ndarray:
+    """Shift `image` by whole pixels so that its centre of mass is at the centre."""
+    total = image.sum()
+    ys, xs = np.indices(image.shape)
+    dy = round((SIZE - 1) / 2 - (ys * image).sum() / total)
+    dx = round((SIZE - 1) / 2 - (xs * image).sum() / total)
+    rows, cols = np.nonzero(image)
+    dy = int(np.clip(dy, -rows.min(), SIZE - 1 - rows.max()))  # never push ink off the canvas
+    dx = int(np.clip(dx, -cols.min(), SIZE - 1 - cols.max()))
+    return np.roll(image, (dy, dx), axis=(0, 1))
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write a 0-1 image as an 8-bit grayscale PNG (what the model saw)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(path)

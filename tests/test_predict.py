@@ -1,0 +1,282 @@
+"""Predict on real images, the model registry and the MLflow scoring server, on real MNIST."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run, run_env
+from pipeline.config import validate
+from pipeline.data import read_mnist_pair
+from pipeline.fetch import fetch_file, sources
+from pipeline.images import load_image, normalize
+
+N = 100  # test digits rendered as images
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory: pytest.TempPathFactory, default_config_module) -> dict:
+    """Real MNIST from MNIST_MIRROR (else the public mirrors), read into arrays."""
+    cfg = default_config_module
+    raw = tmp_path_factory.mktemp("raw")
+    places = sources(cfg.data.mirrors, os.environ.get("MNIST_MIRROR"))
+    paths = {k: raw / s.name for k, s in cfg.data.files.items()}
+    for spec in cfg.data.files.values():
+        fetch_file(spec, raw, places, cfg.data.timeout_s)
+    x, y = read_mnist_pair(paths["train_images"], paths["train_labels"])
+    xt, yt = read_mnist_pair(paths["test_images"], paths["test_labels"])
+    return {"x": x / np.float32(255), "y": y, "xt": xt / np.float32(255), "yt": yt}
+
+
+@pytest.fixture(scope="module")
+def default_config_module():
+    from pipeline.config import compose
+
+    return validate(compose(["train.epochs=2"]))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict, default_config_module):
+    from pipeline.model import build_mlp, compile_model, fit, save_model
+
+    cfg = default_config_module
+    model = compile_model(build_mlp(128), cfg.train)
+    fit(
+        model,
+        (mnist["x"][:50_000], mnist["y"][:50_000]),
+        (mnist["x"][50_000:], mnist["y"][50_000:]),
+        cfg.train,
+    )
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    save_model(model, path)
+    return path
+
+
+def render(digit: np.ndarray, i: int) -> Image.Image:
+    """A test digit as a large dark-on-light picture, off-centre, every other one in colour."""
+    ink = Image.fromarray(np.round(255 - digit * 255).astype(np.uint8))
+    big = ink.resize((224, 224), Image.Resampling.BILINEAR)
+    page = Image.new("L", (400, 300), 255)
+    page.paste(big, (20 + (i * 37) % 150, 10 + (i * 53) % 70))
+    if i % 2:
+        return Image.merge(
+            "RGB",
+            [
+                page.point(lambda v: 40 + v * 0.85),
+                page.point(lambda v: 30 + v * 0.8),
+                page.point(lambda v: 90 + v * 0.6),
+            ],
+        )
+    return page
+
+
+def test_rendered_digits_are_read_as_the_originals(
+    mnist: dict, model_file: Path, tmp_path: Path
+) -> None:
+    import keras
+
+    paths = []
+    for i in range(N):
+        path = tmp_path / f"digit{i}.{'jpg' if i % 3 == 0 else 'png'}"
+        render(mnist["xt"][i], i).save(path)
+        paths.append(path)
+    proc = run(
+        [
+            "python",
+            "-m",
+            "pipeline.predict",
+            "--model",
+            str(model_file),
+            "--json",
+            "--save-normalized",
+            str(tmp_path / "seen"),
+            *map(str, paths),
+        ],
+        ROOT,
+    )
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert all(len(r["top3"]) == 3 and r["top3"][0]["digit"] == r["digit"] for r in rows)
+    originals = keras.models.load_model(model_file).predict(mnist["xt"][:N], verbose=0)
+    agree = np.mean([r["digit"] for r in rows] == originals.argmax(axis=1))
+    assert agree >= 0.95, agree
+    seen = np.asarray(Image.open(tmp_path / "seen/digit4.png"))
+    assert seen.shape == (28, 28) and seen.max() == 255 and seen[0].max() == 0
+
+
+def test_normalize_puts_the_centre_of_mass_in_the_middle() -> None:
+    page = np.full((120, 90), 230.0)
+    page[10:50, 60:70] = 20.0  # a dark bar near the top right corner
+    out = normalize(page)
+    ys, xs = np.indices(out.shape)
+    assert out.shape == (28, 28) and out.max() == pytest.approx(1.0)
+    assert abs((ys * out).sum() / out.sum() - 13.5) <= 0.5
+    assert abs((xs * out).sum() / out.sum() - 13.5) <= 0.5
+    rows = np.nonzero(out.max(axis=1) > 0.1)[0]
+    assert 19 <= rows.max() - rows.min() + 1 <= 21  # the longer side fitted to 20 pixels
+
+
+def test_bad_files_get_errors_and_the_rest_are_predicted(
+    mnist: dict, model_file: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.png"
+    render(mnist["xt"][0], 0).save(good)
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200])
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 250).save(blank)
+    proc = run(
+        [
+            "python",
+            "-m",
+            "pipeline.predict",
+            "--model",
+            str(model_file),
+            *map(str, [text, good, cut, blank, tmp_path / "missing.png"]),
+        ],
+        ROOT,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(f"{good}: 7")
+    assert f"error: {text}: not an image" in proc.stderr
+    assert f"error: {cut}: unreadable image" in proc.stderr
+    assert f"error: {blank}: blank, no digit found" in proc.stderr
+    assert "missing.png: no such file" in proc.stderr
+    assert "4 of 5 images could not be read" in proc.stderr
+    with pytest.raises(Exception, match="blank"):
+        normalize(load_image(blank))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: dict):
+    """A store where three runs registered versions of mnist-digits, the second one the best."""
+    import keras
+
+    from pipeline import tracking
+
+    root = tmp_path_factory.mktemp("registry")
+    os.environ["DVC_ROOT"] = str(root)
+    try:
+        experiment_id = tracking.setup("serve")
+        model = keras.models.load_model(model_file)
+        outcomes = []
+        for accuracy in (0.95, 0.97, 0.96):
+            with tracking.tracked_run(experiment_id=experiment_id):
+                uri = tracking.log_keras_model(model, mnist["xt"][:5])
+                mlflow.log_metric("test_accuracy", accuracy)
+                outcomes.append(tracking.register(uri, "mnist-digits", accuracy))
+    finally:
+        del os.environ["DVC_ROOT"]
+    return root, outcomes
+
+
+def test_champion_follows_the_best_accuracy(registry) -> None:
+    root, outcomes = registry
+    assert outcomes == [("1", True), ("2", True), ("3", False)]
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    champion = mlflow.MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
+    assert str(champion.version) == "2"
+    tags = mlflow.get_run(champion.run_id).data.tags
+    assert tags["champion"] == "true" and tags["registered_version"] == "mnist-digits/2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(registry) -> Iterator[str]:
+    root, _ = registry
+    port = free_port()
+    env = run_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
+    proc = subprocess.Popen(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/mnist-digits@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError("the scoring server did not start in 180 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_scoring_server_answers_like_the_model(server: str, mnist: dict, model_file) -> None:
+    import keras
+
+    batch = mnist["xt"][:32]
+    request = urllib.request.Request(
+        f"{server}/invocations",
+        data=json.dumps({"inputs": batch.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    probs = np.asarray(answer["predictions"])
+    assert probs.shape == (32, 10)
+    local = keras.models.load_model(model_file).predict(batch, verbose=0)
+    np.testing.assert_allclose(probs, local, atol=1e-5)
+    assert (probs.argmax(axis=1) == mnist["yt"][:32]).mean() >= 0.9
+
+
+def test_predict_from_the_registry(registry, tmp_path: Path, mnist: dict) -> None:
+    root, _ = registry
+    image = tmp_path / "seven.png"
+    render(mnist["xt"][0], 0).save(image)
+    proc = run(
+        [
+            "python",
+            "-m",
+            "pipeline.predict",
+            "--model-uri",
+            "models:/mnist-digits@champion",
+            "--json",
+            str(image),
+        ],
+        ROOT,
+        MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
+    )
+    assert json.loads(proc.stdout)["digit"] == 7
