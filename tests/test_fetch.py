@@ -143,7 +143,7 @@ def test_fetch_stage_with_mirror_and_without_tensorflow(
             ("train_images", "train_labels", "test_images", "test_labels"), NAMES, strict=True
         )
     }
-    params["data"]["mirrors"] = ["http://127.0.0.1:9/unreachable/"]
+    params["data"]["mirrors"] = ["https://127.0.0.1:9/unreachable/"]
     work = tmp_path / "work"
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(params))
