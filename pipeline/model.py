@@ -13,14 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
-from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, sha256_file  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, sha256_file
+from pipeline.errors import PipelineError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

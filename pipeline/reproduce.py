@@ -32,15 +32,9 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def find_run(run_id: str) -> Any:
-    import mlflow
+    from pipeline.tracking import get_run
 
-    try:
-        return mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException as exc:
-        raise PipelineError(
-            f"no run {run_id!r} in the MLflow store {mlflow.get_tracking_uri()}; list runs with "
-            "`uv run python -m pipeline.compare` or `uv run mlflow ui`."
-        ) from exc
+    return get_run(run_id, "list runs with `uv run python -m pipeline.compare`.")
 
 
 def check_reproducible(run: Any, root: Path) -> str:

@@ -248,12 +248,16 @@ def read_run(path: Path = RUN_FILE) -> Any:
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `uv run dvc repro train` first.")
     run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    return get_run(run_id, f"{path} names it; train again with `uv run dvc repro --force train`.")
+
+
+def get_run(run_id: str, hint: str) -> Any:
+    """The run `run_id` from the store, or a `PipelineError` that ends with `hint`."""
     try:
         return mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(
-            f"MLflow run {run_id} (from {path}) is not in the store {mlflow.get_tracking_uri()}; "
-            "train again with `uv run dvc repro --force train`."
+            f"no run {run_id!r} in the MLflow store {mlflow.get_tracking_uri()}; {hint}"
         ) from exc
 
 

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -78,15 +79,22 @@ def test_reproduces_bit_for_bit(made: tuple[Path, str]) -> None:
     assert worktrees(root) == 1
 
 
+@contextmanager
+def tampered(run_id: str, tag: str, value: str) -> Iterator[None]:
+    """Change one tag of a run for the duration of the block."""
+    client = mlflow.MlflowClient()
+    real = mlflow.get_run(run_id).data.tags[tag]
+    client.set_tag(run_id, tag, value)
+    try:
+        yield
+    finally:
+        client.set_tag(run_id, tag, real)
+
+
 def test_tampered_weights_hash_is_reported_different(made: tuple[Path, str]) -> None:
     root, run_id = made
-    client = mlflow.MlflowClient()
-    real = mlflow.get_run(run_id).data.tags["weights_sha256"]
-    client.set_tag(run_id, "weights_sha256", "0" * 64)
-    try:
+    with tampered(run_id, "weights_sha256", "0" * 64):
         proc = reproduce(root, run_id)
-    finally:
-        client.set_tag(run_id, "weights_sha256", real)
     assert proc.returncode == 1
     assert "not reproduced" in proc.stderr
     weights = next(line for line in proc.stdout.splitlines() if line.startswith("weights_sha256"))
@@ -104,13 +112,8 @@ def test_unknown_run_id(made: tuple[Path, str]) -> None:
 
 def test_missing_commit(made: tuple[Path, str]) -> None:
     root, run_id = made
-    client = mlflow.MlflowClient()
-    real = mlflow.get_run(run_id).data.tags["git_commit"]
-    client.set_tag(run_id, "git_commit", "deadbeef" * 5)
-    try:
+    with tampered(run_id, "git_commit", "deadbeef" * 5):
         proc = reproduce(root, run_id)
-    finally:
-        client.set_tag(run_id, "git_commit", real)
     assert proc.returncode == 1
     assert f"commit {'deadbeef' * 5} of run {run_id} is not in the repository" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -144,5 +144,7 @@ def test_read_run_id_errors(store: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="run.json not found"):
         tracking.read_run(tmp_path / "run.json")
     (tmp_path / "run.json").write_text('{"run_id": "0123456789abcdef", "experiment_id": "1"}')
-    with pytest.raises(Exception, match="0123456789abcdef .* is not in the store"):
+    with pytest.raises(
+        Exception, match="no run '0123456789abcdef' in the MLflow store .*run.json names it"
+    ):
         tracking.read_run(tmp_path / "run.json")
