@@ -95,7 +95,7 @@ def main(argv: list[str]) -> None:
     from pipeline import tracking
 
     name = args.experiment or load_params().tracking.experiment_name
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    tracking.use_store(tracking.tracking_uri())
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         raise PipelineError(

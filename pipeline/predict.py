@@ -30,7 +30,7 @@ def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarra
 
         from pipeline import tracking
 
-        mlflow.set_tracking_uri(tracking.tracking_uri())
+        tracking.use_store(tracking.tracking_uri())
         uri = args.model_uri or _run_model_uri(args.run)
         try:
             model = mlflow.tensorflow.load_model(uri)  # the Keras model, loaded in safe mode

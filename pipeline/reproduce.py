@@ -136,12 +136,11 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Reproduce an MLflow run from its commit.")
     parser.add_argument("run_id")
     args = parser.parse_args(argv)
-    import mlflow
 
     from pipeline import tracking
 
     root = tracking.project_root()
-    mlflow.set_tracking_uri(tracking.tracking_uri(root))
+    tracking.use_store(tracking.tracking_uri(root))
     original = find_run(args.run_id)
     commit = check_reproducible(original, root)
     reproduced = find_run(rerun(original, commit, root))

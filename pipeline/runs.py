@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
 
     from pipeline import tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    tracking.use_store(tracking.tracking_uri())
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     running = (

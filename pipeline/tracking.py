@@ -57,6 +57,12 @@ def _local_store_lock(root: Path, uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def use_store(uri: str) -> None:
+    """Point MLflow's tracking and model registry at the same store."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def check_server(uri: str, timeout: float = 10.0) -> None:
     """Fail fast, before any training, when a tracking server does not answer its health check."""
     import urllib.error
@@ -79,13 +85,16 @@ def setup(experiment_name: str) -> str:
     uri = tracking_uri(root)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     with _local_store_lock(root, uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is not None:
             return experiment.experiment_id
-        # Only a local store gets a local artifact folder; a server decides its own.
-        location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        # A sqlite store keeps artifacts in mlruns/ beside its mlflow.db; a server decides.
+        local = uri.startswith("sqlite:///")
+        location = (
+            (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if local else None
+        )
         return mlflow.create_experiment(experiment_name, artifact_location=location)
 
 

@@ -25,8 +25,9 @@ GIT_ENV = {
 
 
 def run_env(**extra: str) -> dict[str, str]:
-    """The environment for commands under test: this venv first on PATH, no user MLflow URI."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    """The environment for commands under test: this venv first on PATH, no MLflow URIs."""
+    drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(GIT_ENV)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)

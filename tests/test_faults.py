@@ -29,6 +29,7 @@ from pipeline.config import compose, validate
 from pipeline.data import save_split, sha256_file
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.fetch import NoDowngradeRedirects, fetch_file
+from pipeline.tracking import use_store
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -206,7 +207,7 @@ def processed_workdir(small_mnist: Path, tmp_path: Path, **train: object) -> Pat
 
 
 def runs_in(work: Path) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
+    use_store(f"sqlite:///{work}/mlflow.db")
     return mlflow.search_runs(experiment_names=["mnist"], output_format="list")
 
 
@@ -322,7 +323,7 @@ def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
         ]
         errors = [p.stderr.read() for p in procs if p.wait(timeout=300) != 0]
         assert not errors, errors[0]
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    use_store(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["load"], output_format="list")
     assert len(runs) == 12
     client = mlflow.MlflowClient()

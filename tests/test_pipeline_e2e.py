@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import copy_project, run
+from pipeline.tracking import use_store
 
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 FIGURES = ["confusion_matrix.png", "learning_curves.png", "misclassified.png", "predictions.png"]
@@ -23,7 +24,7 @@ def dvc(project: Path, *args: str, check: bool = True):
 
 
 def runs(project: Path) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    use_store(f"sqlite:///{project}/mlflow.db")
     return mlflow.search_runs(experiment_names=["mnist"], output_format="list")
 
 

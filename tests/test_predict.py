@@ -20,6 +20,7 @@ from pipeline.config import validate
 from pipeline.data import read_mnist_pair
 from pipeline.fetch import fetch_file, sources
 from pipeline.images import load_image, normalize
+from pipeline.tracking import use_store
 
 N = 100  # test digits rendered as images
 
@@ -168,7 +169,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: 
     from pipeline import tracking
 
     root = tmp_path_factory.mktemp("registry")
-    os.environ["DVC_ROOT"] = str(root)
+    saved = dict(os.environ)
+    os.environ.update(DVC_ROOT=str(root), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
     try:
         experiment_id = tracking.setup("serve")
         model = keras.models.load_model(model_file)
@@ -179,14 +181,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: 
                 mlflow.log_metric("test_accuracy", accuracy)
                 outcomes.append(tracking.register(uri, "mnist-digits", accuracy))
     finally:
-        del os.environ["DVC_ROOT"]
+        os.environ.clear()
+        os.environ.update(saved)
     return root, outcomes
 
 
 def test_champion_follows_the_best_accuracy(registry) -> None:
     root, outcomes = registry
     assert outcomes == [("1", True), ("2", True), ("3", False)]
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    use_store(f"sqlite:///{root}/mlflow.db")
     champion = mlflow.MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
     assert str(champion.version) == "2"
     tags = mlflow.get_run(champion.run_id).data.tags
@@ -240,7 +243,8 @@ def server(registry) -> Iterator[str]:
             raise AssertionError("the scoring server did not start in 180 s")
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import copy_project, run
+from pipeline.tracking import use_store
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "commit", "-qam", "a small run"], root)
     run(["dvc", "repro"], root)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    use_store(f"sqlite:///{root}/mlflow.db")
     yield root, json.loads((root / "models/run.json").read_text())["run_id"]
 
 

@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from conftest import copy_project, run
+from pipeline.tracking import use_store
 
 QUICK = ["train.max_examples=1000"]
 
@@ -28,7 +29,7 @@ def sweep(project: Path, experiment: str, *overrides: str, check: bool = True):
 
 def runs_of(project: Path, experiment: str) -> tuple[list, list]:
     """(parent runs, child runs) of `experiment` in the project's store."""
-    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    use_store(f"sqlite:///{project}/mlflow.db")
     found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     parents = [r for r in found if r.data.tags.get("sweep") == "parent"]
     return parents, [r for r in found if r not in parents]

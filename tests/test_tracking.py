@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, run_env
 from pipeline import tracking
+from pipeline.tracking import use_store
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    use_store(f"sqlite:///{tmp_path}/mlflow.db")
     run = mlflow.get_run(run_id)
     assert run.info.status == "KILLED"
     assert "SIGTERM" in run.data.tags[tracking.FAILURE_TAG]
