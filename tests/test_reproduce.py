@@ -119,3 +119,17 @@ def test_missing_commit(made: tuple[Path, str]) -> None:
     assert f"commit {'deadbeef' * 5} of run {run_id} is not in the repository" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert worktrees(root) == 1
+
+
+def test_verdict_uses_the_tolerance_only_when_the_environment_differs() -> None:
+    from pipeline.reproduce import TOLERANCE, verdict
+
+    rows = [("weights_sha256", "aa", "bb"), ("test_accuracy", 0.9750, 0.9750 + TOLERANCE / 2)]
+    lines, ok = verdict(rows, env_diff=[])
+    assert not ok and lines[1].endswith("DIFFERENT") and lines[2].endswith("DIFFERENT")
+    lines, ok = verdict(rows, env_diff=["env.tensorflow"])
+    assert ok
+    assert lines[1].endswith("different (environment differs)")
+    assert lines[2].endswith("within tolerance")
+    lines, ok = verdict([("test_accuracy", 0.97, 0.97 + 2 * TOLERANCE)], ["env.cpu"])
+    assert not ok and lines[1].endswith("DIFFERENT")
