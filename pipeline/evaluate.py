@@ -4,7 +4,8 @@ Inputs: models/model.keras and models/run.json (from train), reports/history.csv
 data/processed/test.npz; `tracking` from params.yaml.
 Outputs: reports/metrics.json (test_accuracy, test_loss, macro_f1, per-class precision, recall
 and F1), reports/predictions.csv (true and predicted label per digit: the DVC confusion plot)
-and reports/figures/*.png, all logged to the MLflow run that train started.
+and reports/figures/*.png, all logged to the MLflow run that train started. The model becomes a
+new version of `tracking.registered_model`, and the `champion` alias moves to it if it is the best.
 Command: `uv run dvc repro evaluate` (or `uv run python -m pipeline.evaluate`).
 """
 
