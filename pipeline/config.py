@@ -110,6 +110,7 @@ class TrainConfig:
     max_examples: int | None = field(metadata=POSITIVE)
     intra_op_threads: int = field(metadata=POSITIVE)
     inter_op_threads: int = field(metadata=POSITIVE)
+    jit_compile: bool
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", type(None): "null"}[tp]
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return {**names, type(None): "null"}[tp]
 
 
 def _fail(key: str, value: Any, allowed: str) -> typing.NoReturn:
@@ -181,8 +183,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             _fail(key, value, "null")
         return None
     # bool is an int to Python, never to a user; an int is a fine float.
-    ok = {int: (int,), float: (int, float), str: (str,)}[tp]
-    if isinstance(value, bool) or not isinstance(value, ok):
+    ok = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}[tp]
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, ok):
         _fail(key, value, _type_name(tp))
     return tp(value)
 

@@ -116,27 +116,91 @@ class TrainingDiverged(PipelineError):
     """The loss became NaN, infinite or absurdly large."""
 
 
-class StopOnDivergence(keras.callbacks.Callback):
-    """Stop at the first batch whose loss is not finite or above `limit`; remember where.
+# Cross-entropy of a uniform guess over 10 digits is ln 10 = 2.3, so a running loss above 1000
+# is unmistakable divergence even before it overflows to NaN.
+DIVERGED_LOSS = 1e3
+EVAL_CHUNK = 1000  # examples per validation step: any size gives the same per-example results
 
-    Cross-entropy of a uniform guess over 10 digits is ln 10 = 2.3, so a running loss above
-    1000 is unmistakable divergence even before it overflows to NaN.
+
+def diverged(loss: float) -> bool:
+    return not (np.isfinite(loss) and loss <= DIVERGED_LOSS)
+
+
+class CompiledSteps:
+    """Keras's own `train_step` and `test_step`, run as compiled TensorFlow loops.
+
+    One call trains a whole epoch: a `tf.while_loop` over its batches in one graph, so Python,
+    the data adapter and the per-step dispatch cost nothing per batch. The math is Keras's
+    (same loss, optimizer, metrics and batch size); with `jit_compile` XLA fuses each step.
     """
 
-    def __init__(self, limit: float = 1e3) -> None:
-        super().__init__()
-        self.limit = limit
-        self.epoch = 0
-        self.diverged: tuple[int, int, float] | None = None
+    def __init__(self, model: keras.Model, batch_size: int, jit_compile: bool) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.jit_compile = jit_compile
+        self._compile()
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch + 1
+    def _compile(self) -> None:
+        import tensorflow as tf
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = float((logs or {}).get("loss", 0.0))
-        if not np.isfinite(loss) or loss > self.limit:
-            self.diverged = (self.epoch, batch + 1, loss)
-            self.model.stop_training = True
+        model, size = self.model, self.batch_size
+
+        def batches(x: tf.Tensor, y: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            def going(i: tf.Tensor, loss: tf.Tensor) -> tf.Tensor:
+                ok = tf.math.is_finite(loss) & (loss <= DIVERGED_LOSS)
+                return (i < tf.shape(order)[0] // size) & ok
+
+            def step(i: tf.Tensor, loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                index = tf.slice(order, [i * size], [size])
+                logs = model.train_step((tf.gather(x, index), tf.gather(y, index)))
+                return i + 1, tf.cast(logs["loss"], tf.float32)
+
+            return tf.while_loop(going, step, (tf.constant(0), tf.constant(0.0)))
+
+        def one_batch(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            return tf.cast(model.train_step((x, y))["loss"], tf.float32)
+
+        def test(x: tf.Tensor, y: tf.Tensor) -> None:
+            model.test_step((x, y))
+
+        jit = self.jit_compile
+        self._batches = tf.function(batches, jit_compile=jit)
+        self._one_batch = tf.function(one_batch, jit_compile=jit)
+        self._test = tf.function(test, jit_compile=jit)
+
+    def train_epoch(self, x: Any, y: Any, order: np.ndarray) -> tuple[int, float]:
+        """Train on the batches of `order` (shuffled indices); stop early if the loss diverges.
+
+        Returns the batches trained and the running loss after the last one.
+        """
+        import tensorflow as tf
+
+        try:
+            done, loss = self._batches(x, y, tf.constant(order))
+        except tf.errors.UnimplementedError as exc:
+            if not self.jit_compile:
+                raise
+            # XLA refuses before it runs anything, so no weight has changed.
+            print(
+                f"train: XLA cannot compile this model deterministically ({exc.message}); "
+                "training without XLA.",
+                file=sys.stderr,
+            )
+            self.jit_compile = False
+            self._compile()
+            done, loss = self._batches(x, y, tf.constant(order))
+        done, loss = int(done), float(loss)
+        rest = order[done * self.batch_size :]
+        if len(rest) and done == len(order) // self.batch_size and not diverged(loss):
+            loss = float(self._one_batch(tf.gather(x, rest), tf.gather(y, rest)))
+            done += 1
+        return done, loss
+
+    def evaluate(self, x: Any, y: Any) -> dict[str, float]:
+        self.model.reset_metrics()
+        for start in range(0, len(y), EVAL_CHUNK):
+            self._test(x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK])
+        return {k: float(v) for k, v in self.model.get_metrics_result().items()}
 
 
 def fit(
@@ -146,27 +210,48 @@ def fit(
     cfg: TrainConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[dict[str, list[float]], float]:
-    """Fit `model`; return its per-epoch history (HISTORY_KEYS) and the seconds `fit` took."""
-    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where it can redraw
-    guard = StopOnDivergence()
+    """Fit a compiled `model` for `cfg.epochs` epochs of shuffled batches of `cfg.batch_size`.
+
+    Each epoch trains on every example once (the last batch may be smaller), then scores the
+    validation set. Keras callbacks get `on_epoch_begin`/`on_epoch_end` with the epoch's logs,
+    as under `model.fit`, and `model.stop_training` ends training. Returns the per-epoch
+    history (HISTORY_KEYS) and the seconds it took. Shuffling draws from NumPy's global
+    generator, which `set_determinism` seeds.
+    """
+    import tensorflow as tf
+
     start = time.perf_counter()
-    history = model.fit(
-        *train,
-        validation_data=val,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        callbacks=[guard, *callbacks],
-        verbose=verbose,
-    )
-    seconds = time.perf_counter() - start
-    if guard.diverged:
-        epoch, batch, loss = guard.diverged
-        raise TrainingDiverged(
-            f"training diverged in epoch {epoch} at batch {batch}: loss {loss:.4g} (a random "
-            f"guess scores {np.log(NUM_CLASSES):.2f}), so it stopped there. Lower "
-            f"train.learning_rate (received {cfg.learning_rate})."
-        )
-    return {k: [float(v) for v in history.history[k]] for k in HISTORY_KEYS}, seconds
+    x, y = (tf.convert_to_tensor(a) for a in train)
+    x_val, y_val = (tf.convert_to_tensor(a) for a in val)
+    model._symbolic_build(data_batch=(x[:1], y[:1]))  # metrics and loss state, as fit does
+    model.optimizer.build(model.trainable_variables)
+    steps = CompiledSteps(model, cfg.batch_size, cfg.jit_compile)
+    hooks = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=cfg.epochs)
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    model.stop_training = False
+    hooks.on_train_begin()
+    for epoch in range(cfg.epochs):
+        hooks.on_epoch_begin(epoch)
+        began = time.perf_counter()
+        model.reset_metrics()
+        done, loss = steps.train_epoch(x, y, np.random.permutation(len(train[1])).astype(np.int32))
+        if diverged(loss):
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch + 1} at batch {done}: loss {loss:.4g} (a "
+                f"random guess scores {np.log(NUM_CLASSES):.2f}), so it stopped there. Lower "
+                f"train.learning_rate (received {cfg.learning_rate})."
+            )
+        logs = {k: float(v) for k, v in model.get_metrics_result().items()}
+        logs |= {f"val_{k}": v for k, v in steps.evaluate(x_val, y_val).items()}
+        hooks.on_epoch_end(epoch, logs)
+        for key in HISTORY_KEYS:
+            history[key].append(logs[key])
+        shown = " - ".join(f"{k}: {logs[k]:.4f}" for k in HISTORY_KEYS)
+        print(f"Epoch {epoch + 1}/{cfg.epochs} - {time.perf_counter() - began:.2f}s - {shown}")
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+    return history, time.perf_counter() - start
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -14,15 +14,20 @@ RIGHT, WRONG = "tab:green", "tab:red"
 def _digit_grid(
     images: np.ndarray, titles: Sequence[str], colours: Sequence[str], cols: int, title: str
 ) -> Figure:
+    """The digits tiled into one image, each captioned above: one Axes, however many digits."""
     rows = max(1, -(-len(images) // cols))
-    fig = Figure(figsize=(cols * 1.3, rows * 1.5 + 0.5), layout="constrained")
-    fig.suptitle(title)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, text, colour in zip(axes.flat, images, titles, colours, strict=False):
-        ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)
-        ax.set_title(text, color=colour, fontsize=9)
+    side, gap, caption = 28, 4, 12  # pixels of a digit, between digits, of its caption
+    cell_w, cell_h = side + gap, side + gap + caption
+    mosaic = np.zeros((rows * cell_h, cols * cell_w), dtype=np.float32)
+    fig = Figure(figsize=(cols * 1.3, rows * 1.5 + 0.5))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1 - 0.5 / (rows * 1.5 + 0.5)))
+    ax.axis("off")
+    fig.suptitle(title, y=1 - 0.1 / (rows * 1.5 + 0.5), va="top")
+    for k, (image, text, colour) in enumerate(zip(images, titles, colours, strict=False)):
+        top, left = (k // cols) * cell_h + caption, (k % cols) * cell_w + gap // 2
+        mosaic[top : top + side, left : left + side] = image
+        ax.text(left + side / 2, top - 2, text, color=colour, fontsize=9, ha="center")
+    ax.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     return fig
 
 

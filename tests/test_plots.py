@@ -12,15 +12,28 @@ def rendered(fig: Figure, path: Path) -> int:
     return path.stat().st_size
 
 
+def captions(fig: Figure) -> list[tuple[str, str]]:
+    (ax,) = fig.axes
+    return [(t.get_text(), t.get_color()) for t in ax.texts]
+
+
 def test_prediction_grid_marks_wrong_predictions(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
+    images = rng.random((5, 28, 28))
     y_true = np.array([1, 2, 3, 4, 5])
     y_pred = np.array([1, 2, 0, 4, 0])
-    fig = plots.prediction_grid(rng.random((5, 28, 28)), y_true, y_pred, cols=4)
-    titled = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in titled] == ["1 (1)", "2 (2)", "0 (3)", "4 (4)", "0 (5)"]
-    red = [ax.get_title() for ax in titled if ax.title.get_color() == plots.WRONG]
-    assert red == ["0 (3)", "0 (5)"]
+    fig = plots.prediction_grid(images, y_true, y_pred, cols=4)
+    shown = captions(fig)
+    assert [text for text, _ in shown] == ["1 (1)", "2 (2)", "0 (3)", "4 (4)", "0 (5)"]
+    assert [text for text, colour in shown if colour == plots.WRONG] == ["0 (3)", "0 (5)"]
+    mosaic = fig.axes[0].images[0].get_array()
+    # Every digit's pixels are somewhere in the tiled image.
+    for image in images:
+        assert any(
+            np.allclose(mosaic[r : r + 28, c : c + 28], image, atol=1e-6)
+            for r in range(mosaic.shape[0] - 27)
+            for c in range(mosaic.shape[1] - 27)
+        )
     assert "2 of 5 wrong" in fig.get_suptitle()
     assert rendered(fig, tmp_path / "grid.png") > 1000
 
@@ -30,8 +43,7 @@ def test_misclassified_gallery_shows_most_confident_mistakes_first(tmp_path: Pat
     y_pred = np.array([0, 7, 8, 9])
     confidence = np.array([0.99, 0.6, 0.95, 0.7])
     fig = plots.misclassified_gallery(np.zeros((4, 28, 28)), y_true, y_pred, confidence, limit=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["8 (2) 0.95", "9 (3) 0.70"]
+    assert captions(fig) == [("8 (2) 0.95", plots.WRONG), ("9 (3) 0.70", plots.WRONG)]
     assert "3 digits, the 2 most confident shown" in fig.get_suptitle()
     assert rendered(fig, tmp_path / "wrong.png") > 1000
 
