@@ -34,6 +34,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_model_file(path: Path, sha256: str | None = None) -> None:
+    """`path` is a `.keras` file and, with `sha256`, has that digest (the one its run recorded)."""
+    if path.suffix != ".keras" or not path.is_file():
+        raise DataError(
+            f"model file {path} not found (only .keras files are loaded); "
+            "run `uv run dvc repro train` first."
+        )
+    if sha256 is not None and (actual := sha256_file(path)) != sha256:
+        raise DataError(
+            f"{path} has SHA-256 {actual}, but {sha256} was recorded when it was trained; "
+            "it was changed since. Retrain with `uv run dvc repro --force train`."
+        )
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (used by tests and tools that make their own data)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, sha256_file
+from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file
 from pipeline.errors import PipelineError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -271,20 +271,24 @@ def load_model(path: Path, sha256: str | None = None) -> keras.Model:
     With `sha256`, the file must have that digest (the one recorded for its run).
     """
     path = Path(path)
-    if path.suffix != ".keras" or not path.is_file():
-        raise PipelineError(
-            f"model file {path} not found (only .keras files are loaded); "
-            "run `uv run dvc repro train` first."
-        )
-    if sha256 is not None and (actual := sha256_file(path)) != sha256:
-        raise PipelineError(
-            f"{path} has SHA-256 {actual}, but {sha256} was recorded when it was trained; "
-            "it was changed since. Retrain with `uv run dvc repro --force train`."
-        )
+    check_model_file(path, sha256)
     try:
         return keras.models.load_model(path, safe_mode=True)
     except ValueError as exc:
         raise PipelineError(f"refused to load {path}: {exc}") from exc
+
+
+def as_tensors(data: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
+    """(x, y) as TensorFlow tensors. Converted before training, the NumPy arrays can be freed:
+    converting inside `fit` would hold the training set in memory twice."""
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(data[0]), tf.convert_to_tensor(data[1])
+
+
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities for every image in `x`, shape (len(x), 10)."""
+    return model.predict(x, batch_size=1024, verbose=0)
 
 
 def limit(

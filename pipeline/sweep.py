@@ -12,9 +12,11 @@ or the standard grid: `uv run python -m pipeline.sweep +sweep=hidden_epochs`.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,22 @@ def sweep_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def prepared(split: str) -> tuple[Any, Any]:
+    """A split of the prepared data, read once per process: every job trains on the same data."""
+    from pipeline.data import load_split
+
+    return load_split(PROCESSED_DIR, split)
+
+
+@functools.cache
+def raw_digests() -> dict[str, str]:
+    """The raw files' digests, computed once per process (the sweep never changes them)."""
+    from pipeline.data import data_digests
+
+    return data_digests(load_params().data.files)
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """One combination: a child run with the same content as a `dvc repro` run.
 
@@ -149,11 +167,11 @@ def run_job(cfg: DictConfig) -> float | None:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.data import data_digests, load_split
     from pipeline.evaluate import evaluate_logged
-    from pipeline.model import limit
+    from pipeline.model import limit, predict
     from pipeline.train import train_logged
 
+    began = time.perf_counter()  # after the imports, which a process pays once for all its jobs
     hc = HydraConfig.get()
     data = plain(cfg)
     parent_file = Path(hc.sweep.dir) / PARENT_FILE
@@ -166,7 +184,7 @@ def run_job(cfg: DictConfig) -> float | None:
         with tracking.model_run(
             PROJECT_ROOT,
             to_yaml(data),
-            data_digests(load_params().data.files),
+            raw_digests(),
             experiment_id=experiment_id,
             run_name=job_name(data),
             tags=tags,
@@ -174,12 +192,12 @@ def run_job(cfg: DictConfig) -> float | None:
         ):
             check_data_settings(data)
             config = validate(data)
-            train = limit(load_split(PROCESSED_DIR, "train"), config.train.max_examples)
-            val = load_split(PROCESSED_DIR, "val")
-            model, history, _, model_uri = train_logged(config, train, val)
-            x, y = load_split(PROCESSED_DIR, "test")
-            report = evaluate_logged(model, x, y, history, Path(hc.runtime.output_dir))
+            train = limit(prepared("train"), config.train.max_examples)
+            model, history, _, model_uri = train_logged(config, train, prepared("val"))
+            x, y = prepared("test")
+            report = evaluate_logged(predict(model, x), x, y, history, Path(hc.runtime.output_dir))
             tracking.register(model_uri, config.tracking.registered_model, report["test_accuracy"])
+            mlflow.log_metric("job_seconds", round(time.perf_counter() - began, 3))
     except Exception as exc:  # the run is FAILED; the summary reports it
         print(f"job {hc.job.num} ({job_name(data)}) failed: {exc}", file=sys.stderr)
         return None

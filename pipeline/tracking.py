@@ -274,19 +274,21 @@ def log_keras_model(model: Any, example: Any) -> str:
     """Log `model` with a signature and an input example.
 
     The tensorflow flavour is used: it stores the same `.keras` file and, unlike the keras
-    flavour in MLflow 3.17, accepts an input example.
+    flavour in MLflow 3.17, accepts an input example. The signature is read off the model's
+    output shape, without a prediction.
     """
     from importlib.metadata import version
 
+    import numpy as np
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    outputs = np.zeros((len(example), *model.output_shape[1:]), dtype=np.float32)
     # Named here, MLflow need not reload the model in a subprocess to infer them.
     requirements = [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")]
     info = mlflow.tensorflow.log_model(
         model,
         name="model",
-        signature=signature,
+        signature=infer_signature(example, outputs),
         input_example=example,
         pip_requirements=requirements,
     )

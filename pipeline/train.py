@@ -58,7 +58,7 @@ def train_logged(
     }
     mlflow.log_metrics(summary)
     mlflow.set_tag("weights_sha256", models.weights_sha256(model))
-    model_uri = tracking.log_keras_model(model, val[0][:5])
+    model_uri = tracking.log_keras_model(model, np.asarray(val[0][:5]))
     return model, history, summary, model_uri
 
 
@@ -68,11 +68,13 @@ def main() -> None:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.model import limit, save_model
+    from pipeline.model import as_tensors, limit, save_model, set_determinism
 
     experiment_id = tracking.setup(cfg.tracking.experiment_name)  # fails fast if unreachable
-    train = limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples)
-    val = load_split(PROCESSED_DIR, "val")
+    # Threads are fixed before the first tensor starts TensorFlow; train_logged seeds again.
+    set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+    train = as_tensors(limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples))
+    val = as_tensors(load_split(PROCESSED_DIR, "val"))
     with tracking.model_run(
         Path.cwd(),  # the code DVC ran, also in a queued experiment's temporary copy
         Path(PARAMS_FILE).read_text(encoding="utf-8"),
@@ -93,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, skip_teardown=True)

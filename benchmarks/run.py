@@ -1,0 +1,263 @@
+"""Benchmark: the tracked pipeline against the plain Keras script of the seed model.
+
+Everything runs here, in one go, on a fresh copy of the project (no data, no DVC cache, no
+MLflow store), with the MNIST files from a local mirror, so that every figure is a ratio taken
+side by side on the same machine:
+
+  (a) seconds per epoch of the train stage against `benchmarks/plain.py` (batch size 32, 5
+      epochs), with both test accuracies;
+  (b) the wall time of `dvc repro` from that clean state against the plain script's;
+  (c) the wall time of a `dvc repro` with nothing to do;
+  (d) per job of a 4-job sweep: its wall time minus its fit time;
+  (e) the peak resident memory of the train stage.
+
+Prints a table, writes `benchmarks/results.json` and the table into `docs/benchmarks.md`.
+Command: `uv run python benchmarks/run.py` (`MNIST_MIRROR` or `--mirror` names the local copy of
+the four MNIST files; the default is `../shared/data/mnist` beside the project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- results: written by benchmarks/run.py -->", "<!-- /results -->"
+SWEEP = "model.hidden_units=32,64,128,256"
+
+# key: (what it measures, target, True when a higher value is better)
+TARGETS: dict[str, tuple[str, float, bool]] = {
+    "epoch_speedup": ("(a) plain s/epoch / pipeline s/epoch", 3.0, True),
+    "accuracy_gap_points": ("(a) test accuracy gap to the plain script, points", 0.3, False),
+    "pipeline_vs_plain": ("(b) dvc repro from clean / plain script wall", 1.0, False),
+    "noop_repro_s": ("(c) dvc repro with nothing to do, s", 1.5, False),
+    "sweep_overhead_per_job_s": ("(d) sweep job wall - fit, s (mean of 4)", 1.5, False),
+    "train_peak_rss_mb": ("(e) train stage peak RSS, MB", 1500.0, False),
+}
+
+
+class BenchmarkError(Exception):
+    pass
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
+    """Run `cmd`; return its wall seconds, its own peak RSS in MB and its stdout."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise BenchmarkError(
+            f"{' '.join(cmd)} exited {proc.returncode} in {cwd}:\n{stdout[-2000:]}\n"
+            f"{stderr[-4000:]}"
+        )
+    return seconds, usage.ru_maxrss // 1024, stdout
+
+
+def copy_project(dest: Path, env: dict[str, str]) -> None:
+    """The project as a fresh clone would have it (tracked and new files), committed."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    meminfo = Path("/proc/meminfo")
+    memory_gb = None
+    if meminfo.exists():
+        kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        memory_gb = round(kb / 1024**2, 1)
+    from importlib.metadata import version
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow"),
+        "keras": version("keras"),
+        "mlflow": version("mlflow"),
+        "dvc": version("dvc"),
+    }
+
+
+def sweep_jobs(project: Path) -> list[dict[str, float]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="metrics.job_seconds > 0",
+    )
+    return [{k: r.data.metrics[k] for k in ("job_seconds", "train_seconds")} for r in runs]
+
+
+def measure(mirror: Path, work: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    env |= {
+        "MNIST_MIRROR": str(mirror),
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    py = sys.executable
+    project = work / "project"
+    project.mkdir()
+    copy_project(project, env)
+
+    print("plain script ...", flush=True)
+    plain_wall, _, out = timed([py, str(ROOT / "benchmarks/plain.py"), str(mirror)], work, env)
+    plain = json.loads(out.strip().splitlines()[-1])
+
+    print("dvc repro from a clean state ...", flush=True)
+    repro_wall, _, _ = timed([py, "-m", "dvc", "repro"], project, env)
+    train = json.loads((project / "reports/train.json").read_text())
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    epochs = len((project / "reports/history.csv").read_text().splitlines()) - 1
+
+    print("dvc repro with nothing to do ...", flush=True)
+    noop_wall, _, out = timed([py, "-m", "dvc", "repro"], project, env)
+    if "didn't change" not in out and "up to date" not in out:
+        raise BenchmarkError(f"the second dvc repro ran something:\n{out}")
+
+    print("train stage alone, for its memory ...", flush=True)
+    _, train_rss, _ = timed([py, "-m", "pipeline.train"], project, env)
+
+    print(f"sweep {SWEEP} ...", flush=True)
+    sweep_wall, _, _ = timed([py, "-m", "pipeline.sweep", "-m", SWEEP], project, env)
+    jobs = sweep_jobs(project)
+    if len(jobs) != 4:
+        raise BenchmarkError(f"the sweep logged {len(jobs)} jobs with job_seconds, expected 4")
+    overheads = [j["job_seconds"] - j["train_seconds"] for j in jobs]
+
+    plain_epoch = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
+    pipeline_epoch = train["train_seconds"] / epochs
+    return {
+        "epoch_speedup": round(plain_epoch / pipeline_epoch, 2),
+        "plain_epoch_s": round(plain_epoch, 3),
+        "pipeline_epoch_s": round(pipeline_epoch, 3),
+        "plain_test_accuracy": round(plain["test_accuracy"], 4),
+        "pipeline_test_accuracy": round(metrics["test_accuracy"], 4),
+        "accuracy_gap_points": round(
+            abs(plain["test_accuracy"] - metrics["test_accuracy"]) * 100, 2
+        ),
+        "plain_wall_s": round(plain_wall, 2),
+        "repro_wall_s": round(repro_wall, 2),
+        "pipeline_vs_plain": round(repro_wall / plain_wall, 3),
+        "noop_repro_s": round(noop_wall, 2),
+        "sweep_overhead_per_job_s": round(sum(overheads) / len(overheads), 2),
+        "sweep_job_overheads_s": [round(o, 2) for o in overheads],
+        "sweep_wall_s": round(sweep_wall, 2),
+        "sweep_startup_s": round(sweep_wall - sum(j["job_seconds"] for j in jobs), 2),
+        "train_peak_rss_mb": train_rss,
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| measure | value | target | met |", "|---|---:|---:|:---:|"]
+    for key, (label, target, higher) in TARGETS.items():
+        value = results[key]
+        met = value >= target if higher else value <= target
+        rows.append(
+            f"| {label} | {value} | {'>=' if higher else '<='} {target} | "
+            f"{'yes' if met else 'NO'} |"
+        )
+    rows.append("")
+    rows.append(
+        f"Plain script: {results['plain_epoch_s']} s/epoch, test accuracy "
+        f"{results['plain_test_accuracy']}, {results['plain_wall_s']} s in all. Pipeline: "
+        f"{results['pipeline_epoch_s']} s/epoch (XLA compilation included), test accuracy "
+        f"{results['pipeline_test_accuracy']}, `dvc repro` {results['repro_wall_s']} s. Sweep "
+        f"of 4 jobs: {results['sweep_wall_s']} s, of which {results['sweep_startup_s']} s "
+        "before and between jobs (Python, TensorFlow and MLflow start-up, `dvc repro "
+        "preprocess`, the parent run and its summary)."
+    )
+    return "\n".join(rows)
+
+
+def write_doc(results: dict[str, Any], about: dict[str, Any]) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise BenchmarkError(f"{DOC} lacks the markers {BEGIN} and {END}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    taken = (
+        f"Taken {time.strftime('%Y-%m-%d')} on {about['cpu']}, {about['cores']} cores, "
+        f"{about['memory_gb']} GB, {about['os']}; Python {about['python']}, TensorFlow "
+        f"{about['tensorflow']}, Keras {about['keras']}, MLflow {about['mlflow']}, "
+        f"DVC {about['dvc']}."
+    )
+    DOC.write_text(f"{head}{BEGIN}\n{taken}\n\n{table(results)}\n{END}{tail}", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default = os.environ.get("MNIST_MIRROR") or str(ROOT.parent / "shared/data/mnist")
+    parser.add_argument("--mirror", default=default, help="folder with the 4 MNIST .gz files")
+    args = parser.parse_args()
+    mirror = Path(args.mirror).resolve()
+    if not mirror.is_dir():
+        print(
+            f"error: MNIST mirror {mirror} is not a folder; set MNIST_MIRROR or pass --mirror "
+            "to a folder holding the four MNIST files.",
+            file=sys.stderr,
+        )
+        return 2
+    # Both sides start from compiled bytecode, as they do on a second run anywhere.
+    compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as work:
+        try:
+            results = measure(mirror, Path(work))
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    about = machine()
+    RESULTS.write_text(json.dumps({**results, "machine": about}, indent=2) + "\n")
+    write_doc(results, about)
+    print(table(results))
+    print(f"\nwrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
