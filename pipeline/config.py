@@ -113,10 +113,24 @@ class TrainConfig:
     jit_compile: bool
 
 
+def _server_url(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment_name: str = field(metadata=NOT_EMPTY)
     registered_model: str = field(metadata=NOT_EMPTY)
+    uri: str | None = field(
+        metadata=_rule(
+            "null (the local store) or an http(s):// server URL without credentials (set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead)",
+            _server_url,
+        )
+    )
 
 
 @dataclass(frozen=True)

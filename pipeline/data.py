@@ -7,14 +7,17 @@ images are idx3 (count, 28, 28) and labels idx1 (count,).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import FileSpec
+from pipeline.config import PROJECT_ROOT, FileSpec, load_params
 from pipeline.errors import DataError
 from pipeline.paths import PROCESSED_DIR, RAW_DIR
 
@@ -120,3 +123,31 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} not found; run `uv run dvc repro preprocess` first.")
     with np.load(path) as npz:
         return npz["x"], npz["y"]
+
+
+@functools.cache
+def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split of the prepared data, read once per process: every job trains on the same data.
+
+    A job on a machine without it (a cluster node) takes it from the DVC cache or remote.
+    """
+    if not (PROJECT_ROOT / PROCESSED_DIR / f"{split}.npz").exists():
+        pulled = subprocess.run(
+            [sys.executable, "-m", "dvc", "pull", str(PROCESSED_DIR)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if pulled.returncode != 0:
+            raise DataError(
+                f"{PROCESSED_DIR} is not on this machine and `dvc pull {PROCESSED_DIR}` failed "
+                f"(exit {pulled.returncode}): {pulled.stderr.strip()[-500:]}. Configure the DVC "
+                "remote (docs/scaling.md) or run `uv run dvc repro preprocess` here."
+            )
+    return load_split(PROJECT_ROOT / PROCESSED_DIR, split)
+
+
+@functools.cache
+def raw_digests() -> dict[str, str]:
+    """The raw files' digests, computed once per process (the sweep never changes them)."""
+    return data_digests(load_params().data.files)

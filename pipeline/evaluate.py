@@ -103,7 +103,7 @@ def main() -> None:
         predicted = worker.apply_async(predict_test_set, (MODEL_PATH, PROCESSED_DIR))
         from pipeline import tracking
 
-        tracking.setup(cfg.tracking.experiment_name)
+        tracking.setup(cfg.tracking.experiment_name, cfg.tracking.uri)
         run = tracking.read_run()
         run_id = run.info.run_id
         with tracking.tracked_run(run_id=run_id):

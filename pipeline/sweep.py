@@ -12,7 +12,6 @@ or the standard grid: `uv run python -m pipeline.sweep +sweep=hidden_epochs`.
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.compare import OVERRIDES_TAG, PARENT_TAG, format_table, leaderboard, write_csv
 from pipeline.config import PROJECT_ROOT, ConfigError, load_params, to_yaml, validate
-from pipeline.paths import PROCESSED_DIR
 
 PARENT_FILE = "parent_run.json"
 
@@ -69,7 +67,7 @@ class SweepCallback(Callback):
         )
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        experiment_id = tracking.setup(config.tracking.experiment_name)
+        experiment_id = tracking.setup(config.tracking.experiment_name, config.tracking.uri)
         overrides = " ".join(config.hydra.overrides.task)
         run = mlflow.start_run(
             experiment_id=experiment_id,
@@ -142,22 +140,6 @@ def sweep_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-@functools.cache
-def prepared(split: str) -> tuple[Any, Any]:
-    """A split of the prepared data, read once per process: every job trains on the same data."""
-    from pipeline.data import load_split
-
-    return load_split(PROCESSED_DIR, split)
-
-
-@functools.cache
-def raw_digests() -> dict[str, str]:
-    """The raw files' digests, computed once per process (the sweep never changes them)."""
-    from pipeline.data import data_digests
-
-    return data_digests(load_params().data.files)
-
-
 def run_job(cfg: DictConfig) -> float | None:
     """One combination: a child run with the same content as a `dvc repro` run.
 
@@ -167,6 +149,7 @@ def run_job(cfg: DictConfig) -> float | None:
     import mlflow
 
     from pipeline import tracking
+    from pipeline.data import prepared, raw_digests
     from pipeline.evaluate import evaluate_logged
     from pipeline.model import limit, predict
     from pipeline.train import train_logged
@@ -176,7 +159,9 @@ def run_job(cfg: DictConfig) -> float | None:
     data = plain(cfg)
     parent_file = Path(hc.sweep.dir) / PARENT_FILE
     parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
-    experiment_id = tracking.setup(data["tracking"]["experiment_name"])
+    experiment_id = tracking.setup(
+        data["tracking"]["experiment_name"], data["tracking"].get("uri")
+    )
     tags = {OVERRIDES_TAG: " ".join(hc.overrides.task)}
     if parent:
         tags[PARENT_TAG] = parent["run_id"]

@@ -34,9 +34,11 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
-def tracking_uri(root: Path | None = None) -> str:
+def tracking_uri(root: Path | None = None, configured: str | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else `tracking.uri` from the config, else the local store."""
     return (
         os.environ.get("MLFLOW_TRACKING_URI")
+        or configured
         or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
     )
 
@@ -74,15 +76,19 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PipelineError(
-            f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer: "
-            f"{reason}. Start it, or unset MLFLOW_TRACKING_URI to use the local store."
+            f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI or tracking.uri) does "
+            f"not answer: {reason}. Start it, or use the local store (unset "
+            "MLFLOW_TRACKING_URI, tracking=local)."
         ) from exc
 
 
-def setup(experiment_name: str) -> str:
-    """Point MLflow at the store and return the id of `experiment_name`, creating it if new."""
+def setup(experiment_name: str, uri: str | None = None) -> str:
+    """Point MLflow at the store and return the id of `experiment_name`, creating it if new.
+
+    `uri` is `tracking.uri` from the config (a server), None for the project's local store.
+    """
     root = project_root()
-    uri = tracking_uri(root)
+    uri = tracking_uri(root, uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     use_store(uri)

@@ -70,7 +70,9 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.model import as_tensors, limit, save_model, set_determinism
 
-    experiment_id = tracking.setup(cfg.tracking.experiment_name)  # fails fast if unreachable
+    experiment_id = tracking.setup(
+        cfg.tracking.experiment_name, cfg.tracking.uri
+    )  # fails fast if unreachable
     # Threads are fixed before the first tensor starts TensorFlow; train_logged seeds again.
     set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
     train = as_tensors(limit(load_split(PROCESSED_DIR, "train"), cfg.train.max_examples))

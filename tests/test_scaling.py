@@ -1,0 +1,228 @@
+"""Beyond one machine: a real MLflow server on a real PostgreSQL, and a DVC remote.
+
+PostgreSQL (Debian's `postgresql` package; `.ci/run` installs it where it is missing) runs as a
+non-root user in a temporary data directory, and `mlflow server` uses it as its backend store
+with proxied artifacts. Both listen on 127.0.0.1 only and are stopped after the tests.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from test_sweep import assert_complete_child
+
+from conftest import copy_project, run, run_env
+from pipeline.config import params_yaml_text
+from pipeline.tracking import use_store
+
+QUICK = ["train.max_examples=2000", "train.epochs=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
+    )
+    if found is None:
+        pytest.fail(
+            f"PostgreSQL's {name} not found: install Debian's postgresql package "
+            "(`apt-get install postgresql`; .ci/run does this)."
+        )
+    return found
+
+
+def as_postgres_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{url} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer in {seconds}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 with a database `mlflow`; yields its SQLAlchemy URI."""
+    # Outside pytest's private temporary folder, which the postgres user cannot enter.
+    home = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
+    data, port = home / "data", free_port()
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+    subprocess.run(
+        as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-U", "mlflow", "-A", "trust"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {home}"
+    subprocess.run(
+        as_postgres_user(
+            [
+                postgres_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(home / "log"),
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [
+                postgres_bin("createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "mlflow",
+                "mlflow",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(
+            as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            capture_output=True,
+        )
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`mlflow server` on PostgreSQL with proxied artifacts; yields its URL and artifact folder."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    artifacts, log = folder / "artifacts", folder / "server.log"
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", postgres,
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+        "--workers", "2",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, env=run_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"{url}/health", process, log)
+        yield url, artifacts
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def runs_on(url: str, experiment: str) -> list:
+    use_store(url)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_pipeline_and_parallel_sweep_on_team_server(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, artifacts = server
+    project = copy_project(tmp_path)
+    overrides = ["tracking=server", f"tracking.uri={url}", "tracking.experiment_name=team"]
+    (project / "params.yaml").write_text(params_yaml_text([*overrides, *QUICK]))
+    run(["dvc", "repro"], project)
+    assert not (project / "mlflow.db").exists(), "the run went to the local store"
+
+    (single,) = runs_on(url, "team")
+    client = mlflow.MlflowClient()
+    assert single.info.status == "FINISHED"
+    assert len(client.get_metric_history(single.info.run_id, "val_accuracy")) == 2
+    assert single.data.metrics["test_accuracy"] > 0.8
+    figures = {a.path for a in client.list_artifacts(single.info.run_id, "figures")}
+    assert {"figures/confusion_matrix.png", "figures/predictions.png"} <= figures
+    champion = client.get_model_version_by_alias("mnist-digits", "champion")
+    assert champion.run_id == single.info.run_id
+    loaded = mlflow.tensorflow.load_model("models:/mnist-digits@champion")
+    assert loaded.output_shape == (None, 10)
+    # Proxied artifacts: the files are in the server's artifact folder, not the project.
+    assert list(artifacts.rglob("confusion_matrix.png")) and not (project / "mlruns").exists()
+
+    sweep = [
+        "python", "-m", "pipeline.sweep", "-m",
+        "model.hidden_units=16,32", "train.epochs=1,2",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "train.max_examples=1000", *overrides[:2], "tracking.experiment_name=team-sweep",
+    ]  # fmt: skip
+    proc = run(sweep, project)
+    assert "4 runs, best first" in proc.stdout
+    found = runs_on(url, "team-sweep")
+    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in found if r is not parent]
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    for child in children:
+        assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
+    versions = client.search_model_versions("name = 'mnist-digits'")
+    assert len(versions) == 5
+    assert not (project / "mlflow.db").exists()
+
+
+def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None:
+    first = copy_project(tmp_path / "first")
+    remote = tmp_path / "remote"
+    (first / "params.yaml").write_text(params_yaml_text(QUICK))
+    run(["dvc", "remote", "modify", "--local", "storage", "url", str(remote)], first)
+    run(["dvc", "repro"], first)
+    run(["dvc", "push"], first)
+    run(["git", "add", "-A"], first)
+    run(["git", "commit", "-qm", "trained"], first)
+
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    run(["dvc", "remote", "modify", "--local", "storage", "url", str(remote)], second)
+    run(["dvc", "pull"], second)
+    for rel in (
+        "data/raw",
+        "data/processed/train.npz",
+        "models/model.keras",
+        "reports/metrics.json",
+    ):
+        assert (second / rel).exists(), rel
+    assert (second / "models/model.keras").read_bytes() == (
+        first / "models/model.keras"
+    ).read_bytes()
+    status = run(["dvc", "repro"], second).stdout
+    assert "Running stage" not in status and "up to date" in status
+
+    # A job on another machine gets the prepared data from the remote, not from a download.
+    shutil.rmtree(second / "data/processed")
+    shutil.rmtree(second / ".dvc/cache")
+    pull = "from pipeline.data import prepared; print(len(prepared('train')[1]))"
+    proc = run(["python", "-c", pull], second, MNIST_MIRROR=str(tmp_path / "no-mirror"))
+    assert proc.stdout.strip().splitlines()[-1] == "54000"
+    assert (second / "data/processed/train.npz").exists()
