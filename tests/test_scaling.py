@@ -23,7 +23,7 @@ import mlflow
 import pytest
 from test_sweep import assert_complete_child
 
-from conftest import copy_project, run, run_env
+from conftest import ROOT, copy_project, run, run_env
 from pipeline.config import params_yaml_text
 from pipeline.tracking import use_store
 
@@ -226,3 +226,12 @@ def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None
     proc = run(["python", "-c", pull], second, MNIST_MIRROR=str(tmp_path / "no-mirror"))
     assert proc.stdout.strip().splitlines()[-1] == "54000"
     assert (second / "data/processed/train.npz").exists()
+
+
+def test_slurm_preset_composes_the_submitit_launcher() -> None:
+    """The SLURM preset cannot run here (no cluster); it must at least compose as documented."""
+    proc = run(["python", "-m", "pipeline.sweep", "hydra/launcher=slurm", "--cfg", "hydra"], ROOT)
+    launcher = proc.stdout.split("\n  launcher:\n", 1)[1]
+    target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert f"_target_: {target}" in launcher
+    assert "timeout_min: 60" in launcher and "array_parallelism: 16" in launcher
