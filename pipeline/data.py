@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PROJECT_ROOT, FileSpec, load_params
+from pipeline.config import PARAMS_FILE, PROJECT_ROOT, FileSpec, load_params
 from pipeline.errors import DataError
 from pipeline.paths import PROCESSED_DIR, RAW_DIR
 
@@ -99,10 +99,12 @@ def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, n
     return images, labels
 
 
-def data_digests(files: dict[str, FileSpec]) -> dict[str, str]:
-    """SHA-256 of each raw file and each processed split: the data a model was trained on."""
-    digests = {f"raw.{key}": sha256_file(RAW_DIR / spec.name) for key, spec in files.items()}
-    digests.update({f"processed.{s}": sha256_file(PROCESSED_DIR / f"{s}.npz") for s in SPLITS})
+def data_digests(files: dict[str, FileSpec], root: Path = Path()) -> dict[str, str]:
+    """SHA-256 of each raw file and each processed split under `root`: the data a model was
+    trained on."""
+    raw, processed = root / RAW_DIR, root / PROCESSED_DIR
+    digests = {f"raw.{key}": sha256_file(raw / spec.name) for key, spec in files.items()}
+    digests.update({f"processed.{s}": sha256_file(processed / f"{s}.npz") for s in SPLITS})
     return digests
 
 
@@ -150,4 +152,4 @@ def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def raw_digests() -> dict[str, str]:
     """The raw files' digests, computed once per process (the sweep never changes them)."""
-    return data_digests(load_params().data.files)
+    return data_digests(load_params(PROJECT_ROOT / PARAMS_FILE).data.files, PROJECT_ROOT)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,9 +26,20 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.compare import OVERRIDES_TAG, PARENT_TAG, format_table, leaderboard, write_csv
-from pipeline.config import PROJECT_ROOT, ConfigError, load_params, to_yaml, validate
+from pipeline.config import (
+    PARAMS_FILE,
+    PROJECT_ROOT,
+    ConfigError,
+    load_params,
+    to_yaml,
+    validate,
+)
 
 PARENT_FILE = "parent_run.json"
+
+# Under `uv run`, Ray would ship each job a copy of the project without its git-ignored,
+# DVC-tracked data. Jobs use the project folder and environment that the nodes share instead.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -45,7 +57,7 @@ def job_name(data: dict[str, Any]) -> str:
 
 def check_data_settings(data: dict[str, Any]) -> None:
     """The sweep trains on the data `dvc repro` prepared; its data settings cannot vary."""
-    prepared = load_params().data
+    prepared = load_params(PROJECT_ROOT / PARAMS_FILE).data
     swept = validate(data).data
     if swept != prepared:
         raise ConfigError(
@@ -79,7 +91,12 @@ class SweepCallback(Callback):
                 **tracking.git_tags(PROJECT_ROOT),
             },
         )
-        info = {"run_id": run.info.run_id, "experiment_id": experiment_id}
+        # Jobs log where the parent does, wherever a launcher runs them.
+        info = {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": mlflow.get_tracking_uri(),
+        }
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")
         # If the sweep itself dies, the parent must not stay RUNNING.
         atexit.register(_end_if_active, "FAILED")
@@ -159,9 +176,8 @@ def run_job(cfg: DictConfig) -> float | None:
     data = plain(cfg)
     parent_file = Path(hc.sweep.dir) / PARENT_FILE
     parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
-    experiment_id = tracking.setup(
-        data["tracking"]["experiment_name"], data["tracking"].get("uri")
-    )
+    uri = parent["tracking_uri"] if parent else data["tracking"].get("uri")
+    experiment_id = tracking.setup(data["tracking"]["experiment_name"], uri)
     tags = {OVERRIDES_TAG: " ".join(hc.overrides.task)}
     if parent:
         tags[PARENT_TAG] = parent["run_id"]

@@ -44,14 +44,14 @@ def tracking_uri(root: Path | None = None, configured: str | None = None) -> str
 
 
 @contextmanager
-def _local_store_lock(root: Path, uri: str) -> Iterator[None]:
+def _local_store_lock(uri: str) -> Iterator[None]:
     """Serialise store creation: parallel jobs migrating a new sqlite store at once crash."""
     if not uri.startswith("sqlite:"):
         yield
         return
     import fcntl
 
-    with (root / "mlflow.db.lock").open("w") as fh:
+    with Path(f"{uri.removeprefix('sqlite:///')}.lock").open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -92,7 +92,7 @@ def setup(experiment_name: str, uri: str | None = None) -> str:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     use_store(uri)
-    with _local_store_lock(root, uri):
+    with _local_store_lock(uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is not None:
             return experiment.experiment_id

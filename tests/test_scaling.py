@@ -235,3 +235,44 @@ def test_slurm_preset_composes_the_submitit_launcher() -> None:
     target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert f"_target_: {target}" in launcher
     assert "timeout_min: 60" in launcher and "array_parallelism: 16" in launcher
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path) -> Iterator[str]:
+    """A local Ray head on 127.0.0.1, started as a team would (`ray start`); yields its address."""
+    # Short, because Ray's socket paths must fit in 107 bytes.
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))
+    address = f"127.0.0.1:{free_port()}"
+    ray = str(Path(sys.executable).parent / "ray")
+    start = [
+        ray, "start", "--head", "--node-ip-address=127.0.0.1",
+        f"--port={address.rsplit(':', 1)[1]}", "--num-cpus=2", "--include-dashboard=false",
+        "--disable-usage-stats", f"--temp-dir={temp}",
+    ]  # fmt: skip
+    # From a folder without the project in it: tasks must find it through the preset.
+    subprocess.run(start, cwd=temp, env=run_env(), check=True, capture_output=True, timeout=180)
+    try:
+        yield address
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=run_env(), capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_sweep_runs_as_ray_tasks_on_a_running_cluster(ray_head: str, tmp_path: Path) -> None:
+    project = copy_project(tmp_path)
+    sweep = [
+        "python", "-m", "pipeline.sweep", "-m",
+        "model.hidden_units=16,32", "train.epochs=1,2", "train.max_examples=1000",
+        "hydra/launcher=ray_cluster", "tracking.experiment_name=ray",
+    ]  # fmt: skip
+    proc = run(sweep, project, RAY_ADDRESS=ray_head)
+    assert "4 runs, best first" in proc.stdout
+    use_store(f"sqlite:///{project}/mlflow.db")
+    found = mlflow.search_runs(experiment_names=["ray"], output_format="list")
+    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in found if r is not parent]
+    assert len(children) == 4
+    for child in children:
+        assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
+    # Each job ran in a Ray worker process, not in the sweep's own.
+    assert parent.data.tags["pid"] not in {c.data.tags["pid"] for c in children}
