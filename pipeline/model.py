@@ -181,8 +181,9 @@ class CompiledSteps:
             if not self.jit_compile:
                 raise
             # XLA refuses before it runs anything, so no weight has changed.
+            reason = exc.message.splitlines()[0]
             print(
-                f"train: XLA cannot compile this model deterministically ({exc.message}); "
+                f"train: XLA cannot compile this model deterministically ({reason}); "
                 "training without XLA.",
                 file=sys.stderr,
             )
