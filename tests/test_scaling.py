@@ -250,11 +250,13 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
         "--disable-usage-stats", f"--temp-dir={temp}",
     ]  # fmt: skip
     # From a folder without the project in it: tasks must find it through the preset.
-    subprocess.run(start, cwd=temp, env=run_env(), check=True, capture_output=True, timeout=180)
+    # Token auth is off on both sides, whatever token an earlier local Ray left in ~/.ray.
+    env = run_env(RAY_AUTH_MODE="disabled")
+    subprocess.run(start, cwd=temp, env=env, check=True, capture_output=True, timeout=180)
     try:
         yield address
     finally:
-        subprocess.run([ray, "stop", "--force"], env=run_env(), capture_output=True, timeout=120)
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -265,7 +267,7 @@ def test_sweep_runs_as_ray_tasks_on_a_running_cluster(ray_head: str, tmp_path: P
         "model.hidden_units=16,32", "train.epochs=1,2", "train.max_examples=1000",
         "hydra/launcher=ray_cluster", "tracking.experiment_name=ray",
     ]  # fmt: skip
-    proc = run(sweep, project, RAY_ADDRESS=ray_head)
+    proc = run(sweep, project, RAY_ADDRESS=ray_head, RAY_AUTH_MODE="disabled")
     assert "4 runs, best first" in proc.stdout
     use_store(f"sqlite:///{project}/mlflow.db")
     found = mlflow.search_runs(experiment_names=["ray"], output_format="list")
