@@ -23,7 +23,6 @@ import compileall
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from conftest import copy_project, run_env  # noqa: E402  (the tests' copy of the project)
+
 RESULTS = ROOT / "benchmarks" / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- results: written by benchmarks/run.py -->", "<!-- /results -->"
@@ -70,23 +72,6 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, s
             f"{stderr[-4000:]}"
         )
     return seconds, usage.ru_maxrss // 1024, stdout
-
-
-def copy_project(dest: Path, env: dict[str, str]) -> None:
-    """The project as a fresh clone would have it (tracked and new files), committed."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
 
 
 def machine() -> dict[str, Any]:
@@ -131,19 +116,9 @@ def sweep_jobs(project: Path) -> list[dict[str, float]]:
 
 
 def measure(mirror: Path, work: Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env |= {
-        "MNIST_MIRROR": str(mirror),
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = run_env(MNIST_MIRROR=str(mirror))
     py = sys.executable
-    project = work / "project"
-    project.mkdir()
-    copy_project(project, env)
+    project = copy_project(work / "project")
 
     print("plain script ...", flush=True)
     plain_wall, _, out = timed([py, str(ROOT / "benchmarks/plain.py"), str(mirror)], work, env)

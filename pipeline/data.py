@@ -150,6 +150,7 @@ def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
-def raw_digests() -> dict[str, str]:
-    """The raw files' digests, computed once per process (the sweep never changes them)."""
+def project_data_digests() -> dict[str, str]:
+    """`data_digests` of the project's data, computed once per process (a sweep never changes
+    them)."""
     return data_digests(load_params(PROJECT_ROOT / PARAMS_FILE).data.files, PROJECT_ROOT)

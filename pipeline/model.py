@@ -204,6 +204,14 @@ class CompiledSteps:
         return {k: float(v) for k, v in self.model.get_metrics_result().items()}
 
 
+def as_tensors(data: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
+    """(x, y) as TensorFlow tensors. Converted before training, the NumPy arrays can be freed:
+    converting inside `fit` would hold the training set in memory twice."""
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(data[0]), tf.convert_to_tensor(data[1])
+
+
 def fit(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -219,11 +227,9 @@ def fit(
     history (HISTORY_KEYS) and the seconds it took. Shuffling draws from NumPy's global
     generator, which `set_determinism` seeds.
     """
-    import tensorflow as tf
 
     start = time.perf_counter()
-    x, y = (tf.convert_to_tensor(a) for a in train)
-    x_val, y_val = (tf.convert_to_tensor(a) for a in val)
+    (x, y), (x_val, y_val) = as_tensors(train), as_tensors(val)  # no copy for tensors
     model._symbolic_build(data_batch=(x[:1], y[:1]))  # metrics and loss state, as fit does
     model.optimizer.build(model.trainable_variables)
     steps = CompiledSteps(model, cfg.batch_size, cfg.jit_compile)
@@ -277,14 +283,6 @@ def load_model(path: Path, sha256: str | None = None) -> keras.Model:
         return keras.models.load_model(path, safe_mode=True)
     except ValueError as exc:
         raise PipelineError(f"refused to load {path}: {exc}") from exc
-
-
-def as_tensors(data: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
-    """(x, y) as TensorFlow tensors. Converted before training, the NumPy arrays can be freed:
-    converting inside `fit` would hold the training set in memory twice."""
-    import tensorflow as tf
-
-    return tf.convert_to_tensor(data[0]), tf.convert_to_tensor(data[1])
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:

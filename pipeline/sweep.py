@@ -166,7 +166,7 @@ def run_job(cfg: DictConfig) -> float | None:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.data import prepared, raw_digests
+    from pipeline.data import prepared, project_data_digests
     from pipeline.evaluate import evaluate_logged
     from pipeline.model import limit, predict
     from pipeline.train import train_logged
@@ -185,7 +185,7 @@ def run_job(cfg: DictConfig) -> float | None:
         with tracking.model_run(
             PROJECT_ROOT,
             to_yaml(data),
-            raw_digests(),
+            project_data_digests(),
             experiment_id=experiment_id,
             run_name=job_name(data),
             tags=tags,
