@@ -1,6 +1,7 @@
 """Leaderboard of trained models: the runs of an experiment, or of one sweep, best first.
 
-Inputs: the MLflow store (see tracking.py); `--experiment NAME` (default from params.yaml,
+Inputs: the MLflow store, resolved as train does (MLFLOW_TRACKING_URI, else params.yaml's
+`tracking.uri`, else the local store); `--experiment NAME` (default from params.yaml,
 `tracking.experiment_name`) or `--parent RUN_ID` for one sweep's runs.
 Outputs: a table on stdout; with `--csv PATH`, the same rows as CSV.
 Command: `uv run python -m pipeline.compare [--parent RUN_ID] [--csv PATH]`.
@@ -16,9 +17,18 @@ from typing import Any
 
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, run_cli
+from pipeline.tracking import (
+    FAILURE_TAG,
+    OVERRIDES_TAG,
+    PARENT_TAG,
+    SWEEP_PARENT,
+    SWEEP_TAG,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    TRAIN_SECONDS,
+    VAL_ACCURACY,
+)
 
-PARENT_TAG = "mlflow.parentRunId"
-OVERRIDES_TAG = "sweep_overrides"
 COLUMNS = (
     "run_name", "model", "hidden_units", "epochs", "test_accuracy", "val_accuracy", "test_loss",
     "train_seconds", "status", "overrides", "run_id", "failure_reason",
@@ -34,14 +44,14 @@ def row_of(run: Any) -> dict[str, Any]:
         "model": params.get("model.name", ""),
         "hidden_units": params.get("model.hidden_units", ""),
         "epochs": params.get("train.epochs", ""),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "val_accuracy": metrics.get("val_accuracy"),
-        "test_loss": metrics.get("test_loss"),
-        "train_seconds": metrics.get("train_seconds"),
+        "test_accuracy": metrics.get(TEST_ACCURACY),
+        "val_accuracy": metrics.get(VAL_ACCURACY),
+        "test_loss": metrics.get(TEST_LOSS),
+        "train_seconds": metrics.get(TRAIN_SECONDS),
         "status": run.info.status,
         "overrides": tags.get(OVERRIDES_TAG, ""),
         "run_id": run.info.run_id,
-        "failure_reason": tags.get("failure_reason", ""),
+        "failure_reason": tags.get(FAILURE_TAG, ""),
     }
 
 
@@ -59,7 +69,7 @@ def leaderboard(experiment_id: str, parent_run_id: str | None = None) -> list[di
 
     filters = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
     runs = mlflow.search_runs([experiment_id], filter_string=filters, output_format="list")
-    return rank([row_of(r) for r in runs if r.data.tags.get("sweep") != "parent"])
+    return rank([row_of(r) for r in runs if r.data.tags.get(SWEEP_TAG) != SWEEP_PARENT])
 
 
 def _cell(value: Any) -> str:
@@ -94,8 +104,9 @@ def main(argv: list[str]) -> None:
 
     from pipeline import tracking
 
-    name = args.experiment or load_params().tracking.experiment_name
-    tracking.use_store(tracking.tracking_uri())
+    cfg = load_params()
+    tracking.connect(cfg.tracking.uri)
+    name = args.experiment or cfg.tracking.experiment_name
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         raise PipelineError(

@@ -1,8 +1,8 @@
 """The configuration schema: every key a user can set, its type and the values it allows.
 
 Inputs: `params.yaml` (what `dvc repro` runs with) or `conf/` composed by Hydra with overrides.
-Outputs: a validated, frozen `Config`, or a `ConfigError` naming the key, the value and what is
-allowed, raised before any stage does work.
+Outputs: a validated, frozen `Config` (pydantic), or a `ConfigError` naming the key, the value
+and what is allowed, raised before any stage does work.
 
 Command: `uv run python -m pipeline.config` regenerates `params.yaml` from `conf/`;
 `--check` only reports whether it has drifted.
@@ -11,234 +11,229 @@ Command: `uv run python -m pipeline.config` regenerates `params.yaml` from `conf
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError, run_cli
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = PROJECT_ROOT / "conf"
-PARAMS_FILE = "params.yaml"
-
-
-def _rule(allowed: str, ok: typing.Callable[[Any], bool]) -> dict[str, Any]:
-    return {"allowed": allowed, "ok": ok}
-
-
-POSITIVE = _rule("an integer > 0", lambda v: v > 0)
-POSITIVE_FLOAT = _rule("a number > 0", lambda v: v > 0)
-FRACTION = _rule("a number strictly between 0 and 1", lambda v: 0 < v < 1)
-HALF_OPEN_FRACTION = _rule("a number in [0, 1)", lambda v: 0 <= v < 1)
-NON_NEGATIVE = _rule("an integer >= 0", lambda v: v >= 0)
-NOT_EMPTY = _rule("a non-empty value", lambda v: len(v) > 0)
-SHA256 = _rule(
-    "64 lowercase hex digits",
-    lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v),
-)
-
-
-def _choice(*options: str) -> dict[str, Any]:
-    return _rule("one of " + ", ".join(repr(o) for o in options), lambda v: v in options)
-
-
-def _each(rule: dict[str, Any]) -> dict[str, Any]:
-    return _rule(f"a non-empty list of {rule['allowed']}", lambda v: v and all(map(rule["ok"], v)))
+from pipeline.paths import CONF_DIR, PARAMS_FILE, project_root
 
 
 @dataclass(frozen=True)
-class FileSpec:
-    name: str = field(metadata=NOT_EMPTY)
-    bytes: int = field(metadata=POSITIVE)
-    sha256: str = field(metadata=SHA256)
+class Says:
+    """How a key is described in errors: its type, and the values it allows."""
 
+    kind: str
+    allowed: str = ""
+
+
+def _check(ok: Any) -> AfterValidator:
+    def validate(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError("not allowed")
+        return value
+
+    return AfterValidator(validate)
+
+
+PositiveInt = Annotated[int, Field(gt=0), Says("an integer", "an integer > 0")]
+PositiveFloat = Annotated[float, Field(gt=0), Says("a number", "a number > 0")]
+NonEmpty = Annotated[str, Field(min_length=1), Says("a string", "a non-empty value")]
 
 MNIST_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str
-    mirrors: list[str] = field(
-        metadata=_each(_rule("an https:// URL", lambda v: v.startswith("https://")))
-    )
-    files: dict[str, FileSpec] = field(
-        metadata=_rule(
-            "a mapping with exactly the keys " + ", ".join(MNIST_FILES),
-            lambda v: sorted(v) == sorted(MNIST_FILES),
-        )
-    )
-    timeout_s: float = field(metadata=POSITIVE_FLOAT)
-    val_fraction: float = field(metadata=FRACTION)
+class Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class MLPConfig:
-    name: str = field(metadata=_choice("mlp"))
-    hidden_units: int = field(metadata=POSITIVE)
+class FileSpec(Section):
+    name: NonEmpty
+    bytes: PositiveInt
+    sha256: Annotated[
+        str, Field(pattern="^[0-9a-f]{64}$"), Says("a string", "64 lowercase hex digits")
+    ]
 
 
-@dataclass(frozen=True)
-class CNNConfig:
-    name: str = field(metadata=_choice("cnn"))
-    filters: list[int] = field(metadata=_each(POSITIVE))
-    kernel_size: int = field(
-        metadata=_rule("an odd integer from 1 to 7", lambda v: v in (1, 3, 5, 7))
-    )
-    hidden_units: int = field(metadata=POSITIVE)
-    dropout: float = field(metadata=HALF_OPEN_FRACTION)
+class DataConfig(Section):
+    name: Annotated[str, Says("a string")]
+    mirrors: Annotated[
+        list[str],
+        Field(min_length=1),
+        _check(lambda v: all(m.startswith("https://") for m in v)),
+        Says("a list of a string", "a non-empty list of an https:// URL"),
+    ]
+    files: Annotated[
+        dict[str, FileSpec],
+        _check(lambda v: sorted(v) == sorted(MNIST_FILES)),
+        Says("a mapping", "a mapping with exactly the keys " + ", ".join(MNIST_FILES)),
+    ]
+    timeout_s: PositiveFloat
+    val_fraction: Annotated[
+        float, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
+    ]
 
 
-MODELS: dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig}
-ModelConfig = MLPConfig | CNNConfig
+class MLPConfig(Section):
+    name: Literal["mlp"]
+    hidden_units: PositiveInt
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = field(metadata=POSITIVE)
-    batch_size: int = field(metadata=POSITIVE)
-    optimizer: str = field(metadata=_choice("adam", "sgd", "rmsprop"))
-    learning_rate: float = field(metadata=POSITIVE_FLOAT)
-    loss: str = field(metadata=_choice("sparse_categorical_crossentropy"))
-    metrics: list[str] = field(metadata=_each(_choice("accuracy")))
-    max_examples: int | None = field(metadata=POSITIVE)
-    intra_op_threads: int = field(metadata=POSITIVE)
-    inter_op_threads: int = field(metadata=POSITIVE)
-    jit_compile: bool
+class CNNConfig(Section):
+    name: Literal["cnn"]
+    filters: Annotated[
+        list[PositiveInt],
+        Field(min_length=1),
+        Says("a list of an integer", "a non-empty list of an integer > 0"),
+    ]
+    kernel_size: Annotated[Literal[1, 3, 5, 7], Says("an integer", "an odd integer from 1 to 7")]
+    hidden_units: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1), Says("a number", "a number in [0, 1)")]
 
 
-def _server_url(value: str) -> bool:
-    from urllib.parse import urlsplit
+MODELS: dict[str, type[Section]] = {"mlp": MLPConfig, "cnn": CNNConfig}
+ModelConfig = Annotated[
+    MLPConfig | CNNConfig,
+    Field(discriminator="name"),
+    Says("a mapping", "one of " + ", ".join(map(repr, MODELS)) + " (model=NAME)"),
+]
 
+
+def _choice(*options: str) -> Any:
+    return Annotated[Literal[options], Says("a string", "one of " + ", ".join(map(repr, options)))]
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: _choice("adam", "sgd", "rmsprop")
+    learning_rate: PositiveFloat
+    loss: _choice("sparse_categorical_crossentropy")
+    metrics: Annotated[
+        list[Literal["accuracy"]],
+        Field(min_length=1),
+        Says("a list of a string", "a non-empty list of one of 'accuracy'"),
+    ]
+    max_examples: Annotated[
+        Annotated[int, Field(gt=0)] | None, Says("an integer or null", "an integer > 0")
+    ]
+    intra_op_threads: PositiveInt
+    inter_op_threads: PositiveInt
+    jit_compile: Annotated[bool, Says("true or false")]
+
+
+def _server_url(value: str | None) -> bool:
+    if value is None:
+        return True
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
-    experiment_name: str = field(metadata=NOT_EMPTY)
-    registered_model: str = field(metadata=NOT_EMPTY)
-    uri: str | None = field(
-        metadata=_rule(
+class TrackingConfig(Section):
+    experiment_name: NonEmpty
+    registered_model: NonEmpty
+    uri: Annotated[
+        str | None,
+        _check(_server_url),
+        Says(
+            "a string or null",
             "null (the local store) or an http(s):// server URL without credentials (set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead)",
-            _server_url,
-        )
-    )
+        ),
+    ]
 
 
-@dataclass(frozen=True)
-class Config:
-    seed: int = field(metadata=NON_NEGATIVE)
+class Config(Section):
+    seed: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     tracking: TrackingConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict or dataclasses.is_dataclass(tp):
-        return "a mapping"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    return {**names, type(None): "null"}[tp]
+# ---- errors: one pydantic error -> the message a user can act on --------------------------
+
+TYPE_ERRORS = ("_type", "_parsing", "is_instance_of", "union_tag_not_found")
 
 
-def _fail(key: str, value: Any, allowed: str) -> typing.NoReturn:
-    raise ConfigError(
+def _says(annotation: Any, info: Any = None) -> Says | None:
+    for meta in [*getattr(info, "metadata", []), *getattr(annotation, "__metadata__", ())]:
+        if isinstance(meta, Says):
+            return meta
+    return None
+
+
+def _explain(error: dict[str, Any], data: Any) -> str:
+    """Walk the error's location through the schema and the input alongside it."""
+    cls: Any = Config
+    value, keys, says = data, [], None
+    loc = list(error["loc"])
+    while loc:
+        part = loc.pop(0)
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+            info = cls.model_fields[part]
+            keys.append(str(part))
+            value = value.get(part) if isinstance(value, dict) else None
+            says, cls = _says(info.annotation, info), info.annotation
+            if isinstance(says, Says) and loc and isinstance(loc[0], int):
+                break  # a list is judged whole: "received [8, -2]"
+            if cls in (MLPConfig | CNNConfig,) and loc:  # the union's tag: "cnn"
+                cls = MODELS[loc.pop(0)]
+        elif isinstance(cls, type) and issubclass(cls, BaseModel):  # unknown key
+            where = ".".join(keys) or "the config"
+            return (
+                f"unknown config key {'.'.join([*keys, str(part)])} (value {error['input']!r}); "
+                f"{where} allows only: {', '.join(cls.model_fields)}."
+            )
+        elif isinstance(part, str) and isinstance(value, dict):  # a dict's own key
+            keys[-1] = f"{keys[-1]}.{part}"
+            value, cls, says = value.get(part), FileSpec, None
+        else:
+            break
+    key = ".".join(keys) or "the config"
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing config key {key}; add it to conf/ or params.yaml."
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        key, value = f"{key}.name", value.get("name") if isinstance(value, dict) else None
+        allowed = _says(ModelConfig).allowed
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        allowed = "a mapping"
+    elif kind.endswith(TYPE_ERRORS):
+        allowed = says.kind if says else "a mapping"
+    else:
+        allowed = says.allowed if says else error["msg"]
+    return (
         f"{key} must be {allowed}, received {value!r}. "
         f"Fix it in conf/ (then `uv run python -m pipeline.config`) or in your override "
         f"(e.g. `dvc exp run -S {key}=...`)."
     )
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check `value` against the type hint `tp` and return it as plain Python data."""
-    if tp == ModelConfig:
-        name = value.get("name") if isinstance(value, dict) else None
-        if name not in MODELS:
-            _fail(f"{key}.name", name, "one of " + ", ".join(map(repr, MODELS)) + " (model=NAME)")
-        return _build(MODELS[name], value, key)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(option, value, key)
-            except ConfigError:
-                continue
-        _fail(key, value, _type_name(tp))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            _fail(key, value, _type_name(tp))
-        (item,) = typing.get_args(tp)
-        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            _fail(key, value, _type_name(tp))
-        _, item = typing.get_args(tp)
-        return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
-    if tp is type(None):
-        if value is not None:
-            _fail(key, value, "null")
-        return None
-    # bool is an int to Python, never to a user; an int is a fine float.
-    ok = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}[tp]
-    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, ok):
-        _fail(key, value, _type_name(tp))
-    return tp(value)
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix or "the config"
-    if not isinstance(data, dict):
-        _fail(where, data, "a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(
-            f"unknown config key {key} (value {data[unknown[0]]!r}); "
-            f"{where} allows only: {', '.join(fields)}."
-        )
-    missing = [name for name in fields if name not in data]
-    if missing:
-        key = f"{prefix}.{missing[0]}" if prefix else missing[0]
-        raise ConfigError(f"missing config key {key}; add it to conf/ or params.yaml.")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        value = _convert(hints[name], data[name], key)
-        rule = f.metadata
-        if rule and value is not None and not rule["ok"](value):
-            _fail(key, data[name], rule["allowed"])
-        values[name] = value
-    return cls(**values)
-
-
 def validate(data: dict[str, Any]) -> Config:
     """Turn a plain mapping (a composed config) into a `Config`, or raise `ConfigError`."""
-    return _build(Config, data, "")
+    if not isinstance(data, dict):
+        raise ConfigError(f"the config must be a mapping, received {data!r}.")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # Unknown and missing keys first: a value is only judged once its key is right.
+        first = min(errors, key=lambda e: e["type"] not in ("extra_forbidden", "missing"))
+        raise ConfigError(_explain(first, data)) from None
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Config:
+def load_params(path: Path | None = None) -> Config:
     """Read and validate `params.yaml`, the configuration every DVC stage runs with."""
-    path = Path(path)
+    path = Path(path) if path else project_root() / PARAMS_FILE
     if not path.is_file():
         raise ConfigError(
             f"{path} not found (cwd {Path.cwd()}); run stages from the project root, "
@@ -282,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate params.yaml from conf/.")
     parser.add_argument("--check", action="store_true", help="fail if params.yaml has drifted")
     args = parser.parse_args(argv)
-    target = PROJECT_ROOT / PARAMS_FILE
+    target = CONF_DIR.parent / PARAMS_FILE
     text = params_yaml_text()
     current = target.read_text(encoding="utf-8") if target.exists() else None
     if args.check:

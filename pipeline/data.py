@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PARAMS_FILE, PROJECT_ROOT, FileSpec, load_params
+from pipeline.config import FileSpec, load_params
 from pipeline.errors import DataError
-from pipeline.paths import PROCESSED_DIR, RAW_DIR
+from pipeline.paths import PROCESSED_DIR, RAW_DIR, project_root
 
 UBYTE = 0x08
 IMAGE_SHAPE = (28, 28)
@@ -133,10 +133,11 @@ def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
 
     A job on a machine without it (a cluster node) takes it from the DVC cache or remote.
     """
-    if not (PROJECT_ROOT / PROCESSED_DIR / f"{split}.npz").exists():
+    root = project_root()
+    if not (root / PROCESSED_DIR / f"{split}.npz").exists():
         pulled = subprocess.run(
             [sys.executable, "-m", "dvc", "pull", str(PROCESSED_DIR)],
-            cwd=PROJECT_ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
         )
@@ -146,11 +147,11 @@ def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
                 f"(exit {pulled.returncode}): {pulled.stderr.strip()[-500:]}. Configure the DVC "
                 "remote (docs/scaling.md) or run `uv run dvc repro preprocess` here."
             )
-    return load_split(PROJECT_ROOT / PROCESSED_DIR, split)
+    return load_split(root / PROCESSED_DIR, split)
 
 
 @functools.cache
 def project_data_digests() -> dict[str, str]:
     """`data_digests` of the project's data, computed once per process (a sweep never changes
     them)."""
-    return data_digests(load_params(PROJECT_ROOT / PARAMS_FILE).data.files, PROJECT_ROOT)
+    return data_digests(load_params().data.files, project_root())

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pipeline.config import FileSpec, load_params
 from pipeline.data import sha256_file
 from pipeline.errors import DataError, run_cli
-from pipeline.paths import RAW_DIR
+from pipeline.paths import RAW_DIR, project_root
 
 MIRROR_ENV = "MNIST_MIRROR"
 
@@ -154,14 +154,15 @@ def fetch_file(spec: FileSpec, raw_dir: Path, places: list[str], timeout: float)
 
 def main() -> None:
     cfg = load_params()
-    RAW_DIR.mkdir(parents=True, exist_ok=True)
+    raw_dir = project_root() / RAW_DIR
+    raw_dir.mkdir(parents=True, exist_ok=True)
     places = sources(cfg.data.mirrors, os.environ.get(MIRROR_ENV))
     for spec in cfg.data.files.values():
-        origin = fetch_file(spec, RAW_DIR, places, cfg.data.timeout_s)
+        origin = fetch_file(spec, raw_dir, places, cfg.data.timeout_s)
         print(f"fetch: {RAW_DIR / spec.name} ({spec.bytes} bytes, sha256 ok) <- {origin}")
     # Anything else in data/raw/ would become part of the DVC output; leftovers of older runs go.
     keep = {spec.name for spec in cfg.data.files.values()}
-    for path in RAW_DIR.iterdir():
+    for path in raw_dir.iterdir():
         if path.name not in keep:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 

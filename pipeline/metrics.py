@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import NUM_CLASSES
+from pipeline.tracking import MACRO_F1, TEST_ACCURACY, TEST_LOSS
 
 EPSILON = 1e-7  # Keras clips probabilities the same way in its cross-entropy
 
@@ -33,9 +34,9 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray) -> dict[str, An
         recall = np.nan_to_num(tp / cm.sum(axis=1))
         f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
     return {
-        "test_accuracy": float(tp.sum() / cm.sum()),
-        "test_loss": cross_entropy(y_true, probs),
-        "macro_f1": float(f1.mean()),
+        TEST_ACCURACY: float(tp.sum() / cm.sum()),
+        TEST_LOSS: cross_entropy(y_true, probs),
+        MACRO_F1: float(f1.mean()),
         "per_class": {
             str(c): {
                 "precision": float(precision[c]),

@@ -63,8 +63,7 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {"mlp": build_mlp, "cnn": buil
 
 def build_model(cfg: ModelConfig) -> keras.Model:
     """Build the model `cfg.name` names, passing it the rest of `cfg` as arguments."""
-    params = {k: v for k, v in vars(cfg).items() if k != "name"}
-    return BUILDERS[cfg.name](**params)
+    return BUILDERS[cfg.name](**cfg.model_dump(exclude={"name"}))
 
 
 def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
@@ -204,6 +203,20 @@ class CompiledSteps:
         return {k: float(v) for k, v in self.model.get_metrics_result().items()}
 
 
+def build_state(model: keras.Model, batch: tuple[Any, Any]) -> None:
+    """Create the loss and metric state `train_step` updates, as `model.fit` does first.
+
+    Keras has no public call for this: `Model._symbolic_build` is what `fit` and `evaluate` use.
+    keras is bounded in pyproject.toml, and tests/test_model.py fails by name if it goes.
+    """
+    if not hasattr(model, "_symbolic_build"):
+        raise PipelineError(
+            f"keras {keras.__version__} has no Model._symbolic_build, which pipeline.model.fit "
+            "uses to build loss and metric state; install the keras version uv.lock pins."
+        )
+    model._symbolic_build(data_batch=batch)
+
+
 def as_tensors(data: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
     """(x, y) as TensorFlow tensors. Converted before training, the NumPy arrays can be freed:
     converting inside `fit` would hold the training set in memory twice."""
@@ -230,7 +243,7 @@ def fit(
 
     start = time.perf_counter()
     (x, y), (x_val, y_val) = as_tensors(train), as_tensors(val)  # no copy for tensors
-    model._symbolic_build(data_batch=(x[:1], y[:1]))  # metrics and loss state, as fit does
+    build_state(model, (x[:1], y[:1]))
     model.optimizer.build(model.trainable_variables)
     steps = CompiledSteps(model, cfg.batch_size, cfg.jit_compile)
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=cfg.epochs)

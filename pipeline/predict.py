@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.errors import DataError, PipelineError, run_cli
 from pipeline.images import load_image, normalize, save_png
-from pipeline.paths import MODEL_PATH
+from pipeline.paths import MODEL_PATH, project_root
 
 
 def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
@@ -30,7 +30,7 @@ def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarra
 
         from pipeline import tracking
 
-        tracking.use_store(tracking.tracking_uri())
+        tracking.connect(tracking.configured_uri())
         uri = args.model_uri or _run_model_uri(args.run)
         try:
             model = mlflow.tensorflow.load_model(uri)  # the Keras model, loaded in safe mode
@@ -39,7 +39,7 @@ def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarra
     else:
         from pipeline.model import load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model if args.model else project_root() / MODEL_PATH)
     return lambda x: model.predict(x, verbose=0)
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, default=MODEL_PATH, help="a .keras file")
+    source.add_argument("--model", type=Path, help=f"a .keras file (default {MODEL_PATH})")
     source.add_argument("--run", metavar="RUN_ID", help="the model an MLflow run logged")
     source.add_argument("--model-uri", metavar="URI", help="e.g. models:/mnist-digits@champion")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")

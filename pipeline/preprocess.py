@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.config import load_params
 from pipeline.data import NUM_CLASSES, read_mnist_pair, save_split
 from pipeline.errors import run_cli
-from pipeline.paths import DATA_REPORT, PROCESSED_DIR, RAW_DIR
+from pipeline.paths import DATA_REPORT, PROCESSED_DIR, RAW_DIR, project_root
 
 
 def scale(images: np.ndarray) -> np.ndarray:
@@ -39,18 +39,19 @@ def class_counts(y: np.ndarray) -> dict[str, int]:
 
 def main() -> None:
     cfg = load_params()
-    files = {key: RAW_DIR / spec.name for key, spec in cfg.data.files.items()}
+    root = project_root()
+    files = {key: root / RAW_DIR / spec.name for key, spec in cfg.data.files.items()}
     x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"])
     x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"])
     train, val = split_validation(scale(x_train), y_train, cfg.data.val_fraction, cfg.seed)
     splits = {"train": train, "val": val, "test": (scale(x_test), y_test)}
     report = {}
     for split, (x, y) in splits.items():
-        save_split(PROCESSED_DIR, split, x, y)
+        save_split(root / PROCESSED_DIR, split, x, y)
         report[split] = {"examples": len(y), "per_class": class_counts(y)}
         print(f"preprocess: {split}: {len(y)} examples -> {PROCESSED_DIR / split}.npz")
-    DATA_REPORT.parent.mkdir(parents=True, exist_ok=True)
-    DATA_REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (root / DATA_REPORT).parent.mkdir(parents=True, exist_ok=True)
+    (root / DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -20,37 +20,42 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline import provenance, tracking
 from pipeline.errors import PipelineError, run_cli
-from pipeline.paths import RAW_DIR, RUN_FILE
+from pipeline.paths import PARAMS_FILE, RAW_DIR, RUN_FILE, project_root
 
 TOLERANCE = 0.002  # absolute, on every metric, when the environment differs
-METRICS = ("test_accuracy", "test_loss", "macro_f1", *(f"f1_class_{c}" for c in range(10)))
+METRICS = (
+    tracking.TEST_ACCURACY,
+    tracking.TEST_LOSS,
+    tracking.MACRO_F1,
+    *(tracking.F1_CLASS.format(c) for c in range(10)),
+)
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """git, with its exit code and stderr for the messages (provenance.git only says None)."""
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
 
 
 def find_run(run_id: str) -> Any:
-    from pipeline.tracking import get_run
-
-    return get_run(run_id, "list runs with `uv run python -m pipeline.compare`.")
+    return tracking.get_run(run_id, "list runs with `uv run python -m pipeline.compare`.")
 
 
 def check_reproducible(run: Any, root: Path) -> str:
     """The run's commit, once it is known to be in this repository; warn about a dirty tree."""
     tags, run_id = run.data.tags, run.info.run_id
-    commit = tags.get("git_commit", "none")
-    if commit == "none":
+    commit = tags.get(provenance.GIT_COMMIT, provenance.NOT_IN_GIT)
+    if commit == provenance.NOT_IN_GIT:
         raise PipelineError(f"run {run_id} has no git_commit tag: it was not made in a git repo.")
-    if "weights_sha256" not in tags:
+    if tracking.WEIGHTS_SHA256_TAG not in tags:
         raise PipelineError(f"run {run_id} records no weights_sha256, so it cannot be checked.")
     if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         raise PipelineError(
             f"commit {commit} of run {run_id} is not in the repository at {root}; "
             "fetch the branch it was made on (`git fetch --all`) and run again."
         )
-    if tags.get("git_dirty") == "true":
+    if tags.get(provenance.GIT_DIRTY) == "true":
         print(
             f"warning: run {run_id} was made from a dirty tree; its recorded diff is applied "
             "on top of the commit.",
@@ -66,13 +71,11 @@ def rerun(run: Any, commit: str, root: Path) -> str:
     """
     import mlflow
 
-    from pipeline import tracking
-
     run_id = run.info.run_id
     config_text = mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.CONFIG_ARTIFACT}")
     env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
-    env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)
-    env[tracking.REPRODUCES_ENV] = run_id
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the store the run is in
+    env[provenance.REPRODUCES_ENV] = run_id
     if not env.get("MNIST_MIRROR") and (root / RAW_DIR).is_dir():
         env["MNIST_MIRROR"] = str(root / RAW_DIR)  # verified by digest like any mirror
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
@@ -81,13 +84,13 @@ def rerun(run: Any, commit: str, root: Path) -> str:
         if added.returncode != 0:
             raise PipelineError(f"git worktree add {commit} failed: {added.stderr.strip()}")
         try:
-            if run.data.tags.get("git_dirty") == "true":
+            if run.data.tags.get(provenance.GIT_DIRTY) == "true":
                 diff = mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.DIFF_ARTIFACT}")
                 (worktree / "run.diff").write_text(diff, encoding="utf-8")
                 applied = _git(worktree, "apply", "--allow-empty", "run.diff")
                 if applied.returncode != 0:
                     raise PipelineError(f"the run's diff does not apply: {applied.stderr.strip()}")
-            (worktree / "params.yaml").write_text(config_text, encoding="utf-8")
+            (worktree / PARAMS_FILE).write_text(config_text, encoding="utf-8")
             print(f"reproduce: dvc repro at {commit[:12]} in {worktree}", flush=True)
             proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=worktree, env=env)
             if proc.returncode != 0:
@@ -101,10 +104,11 @@ def rerun(run: Any, commit: str, root: Path) -> str:
 def compare(original: Any, reproduced: Any) -> tuple[list[tuple[str, Any, Any]], list[str]]:
     """Rows (what, original, reproduced) and the environment keys that differ."""
     a, b = original.data, reproduced.data
-    keys = sorted(k for k in a.tags if k.startswith("data.")) + ["params_sha256", "weights_sha256"]
+    keys = sorted(k for k in a.tags if k.startswith(provenance.DATA_PREFIX))
+    keys += [provenance.PARAMS_SHA256, tracking.WEIGHTS_SHA256_TAG]
     rows = [(k, a.tags.get(k), b.tags.get(k)) for k in keys]
     rows += [(m, a.metrics.get(m), b.metrics.get(m)) for m in METRICS]
-    env_keys = sorted(k for k in a.tags if k.startswith("env."))
+    env_keys = sorted(k for k in a.tags if k.startswith(provenance.ENV_PREFIX))
     env_diff = [k for k in env_keys if a.tags.get(k) != b.tags.get(k)]
     return rows, env_diff
 
@@ -117,7 +121,7 @@ def verdict(rows: list[tuple[str, Any, Any]], env_diff: list[str]) -> tuple[list
         same = x == y
         if not same and env_diff and what in METRICS and None not in (x, y):
             state = "within tolerance" if abs(x - y) <= TOLERANCE else "DIFFERENT"
-        elif not same and env_diff and what == "weights_sha256":
+        elif not same and env_diff and what == tracking.WEIGHTS_SHA256_TAG:
             state = "different (environment differs)"
         else:
             state = "identical" if same else "DIFFERENT"
@@ -137,10 +141,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run_id")
     args = parser.parse_args(argv)
 
-    from pipeline import tracking
-
-    root = tracking.project_root()
-    tracking.use_store(tracking.tracking_uri(root))
+    root = project_root()
+    tracking.connect(tracking.configured_uri())
     original = find_run(args.run_id)
     commit = check_reproducible(original, root)
     reproduced = find_run(rerun(original, commit, root))

@@ -1,6 +1,7 @@
 """Find MLflow runs left RUNNING by a process that died without closing them (SIGKILL, a crash).
 
-Inputs: the MLflow store (see tracking.py); every run records its `host` and `pid`.
+Inputs: the MLflow store, resolved as train does (see tracking.py); every run records its
+`host` and `pid`.
 Outputs: the list of RUNNING runs and whether their process is alive; with `--cleanup`, runs of
 this host whose process is gone are ended KILLED, with the reason in `failure_reason`.
 Runs of other hosts are listed, never touched.
@@ -16,6 +17,7 @@ import sys
 from typing import Any
 
 from pipeline.errors import run_cli
+from pipeline.tracking import HOST_TAG, PID_TAG
 
 
 def process_alive(pid: int) -> bool:
@@ -31,8 +33,8 @@ def process_alive(pid: int) -> bool:
 def orphaned(run: Any, host: str) -> bool:
     """A RUNNING run of this host whose process no longer exists."""
     tags = run.data.tags
-    pid = tags.get("pid", "")
-    return tags.get("host") == host and pid.isdigit() and not process_alive(int(pid))
+    pid = tags.get(PID_TAG, "")
+    return tags.get(HOST_TAG) == host and pid.isdigit() and not process_alive(int(pid))
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> None:
 
     from pipeline import tracking
 
-    tracking.use_store(tracking.tracking_uri())
+    tracking.connect(tracking.configured_uri())
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     running = (
@@ -57,13 +59,13 @@ def main(argv: list[str]) -> None:
     ended = 0
     for run in running:
         tags = run.data.tags
-        where = f"{tags.get('host', '?')} pid {tags.get('pid', '?')}"
+        where = f"{tags.get(HOST_TAG, '?')} pid {tags.get(PID_TAG, '?')}"
         if not orphaned(run, host):
-            state = "other host" if tags.get("host") != host else "process alive"
+            state = "other host" if tags.get(HOST_TAG) != host else "process alive"
             print(f"{run.info.run_id}  {run.info.run_name}  RUNNING  {where} ({state})")
             continue
         if args.cleanup:
-            reason = f"process {tags['pid']} on {host} ended without closing the run"
+            reason = f"process {tags[PID_TAG]} on {host} ended without closing the run"
             client.set_tag(run.info.run_id, tracking.FAILURE_TAG, reason)
             client.set_terminated(run.info.run_id, status="KILLED")
             ended += 1

@@ -2,9 +2,10 @@
 
 Inputs: `conf/` with Hydra overrides; the preprocessed data of `dvc repro preprocess` (made once,
 before the jobs start, from params.yaml's data settings).
-Outputs: one MLflow run per combination (the same content as a `dvc repro` run), nested under one
-parent run holding `summary.csv` and comparison plots; the same files and the table in the sweep
-folder (`multirun/<date>/<time>/`), and the table on stdout. Exits non-zero if any job failed.
+Outputs: one MLflow run per combination, made by the same core as a `dvc repro` run
+(`experiment.run`), nested under one parent run holding `summary.csv` and comparison plots; the
+same files and the table in the sweep folder (`multirun/<date>/<time>/`), each job's files in
+its own numbered folder there, and the table on stdout. Exits non-zero if any job failed.
 Command: `uv run python -m pipeline.sweep -m model.hidden_units=32,64,128 train.epochs=1,3`,
 or the standard grid: `uv run python -m pipeline.sweep +sweep=hidden_epochs`.
 """
@@ -16,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.compare import OVERRIDES_TAG, PARENT_TAG, format_table, leaderboard, write_csv
-from pipeline.config import (
-    PARAMS_FILE,
-    PROJECT_ROOT,
-    ConfigError,
-    load_params,
-    to_yaml,
-    validate,
-)
+from pipeline.config import Config, ConfigError, load_params, to_yaml, validate
+from pipeline.errors import PipelineError
+from pipeline.paths import project_root
 
-PARENT_FILE = "parent_run.json"
+PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
+JOB_FILE = "job.json"  # in each job's folder: how it ended, also when it made no run
 
 # Under `uv run`, Ray would ship each job a copy of the project without its git-ignored,
 # DVC-tracked data. Jobs use the project folder and environment that the nodes share instead.
@@ -49,17 +44,9 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def job_name(data: dict[str, Any]) -> str:
-    """`mlp-h256-e10`, read from the raw config so that a job with a bad value is named too."""
-    model, train = data.get("model", {}), data.get("train", {})
-    return f"{model.get('name')}-h{model.get('hidden_units')}-e{train.get('epochs')}"
-
-
-def check_data_settings(data: dict[str, Any]) -> None:
+def check_data_settings(config: Config) -> None:
     """The sweep trains on the data `dvc repro` prepared; its data settings cannot vary."""
-    prepared = load_params(PROJECT_ROOT / PARAMS_FILE).data
-    swept = validate(data).data
-    if swept != prepared:
+    if config.data != load_params().data:
         raise ConfigError(
             "data.* cannot be overridden in a sweep: the jobs share the data prepared from "
             "params.yaml. Change conf/data/ and run `uv run python -m pipeline.config` instead."
@@ -70,70 +57,69 @@ class SweepCallback(Callback):
     """Runs in the launching process: prepares data and the parent run, then the summary."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
+        from pipeline import provenance, tracking
 
-        from pipeline import tracking
-
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "repro", "preprocess"], check=True, cwd=PROJECT_ROOT
-        )
+        root = project_root()
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"], check=True, cwd=root)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         experiment_id = tracking.setup(config.tracking.experiment_name, config.tracking.uri)
-        overrides = " ".join(config.hydra.overrides.task)
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
-            tags={
-                "sweep": "parent",
-                OVERRIDES_TAG: overrides,
-                **tracking.process_tags(),
-                **tracking.git_tags(PROJECT_ROOT),
+        parent_id = tracking.open_run(
+            experiment_id,
+            f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+            {
+                tracking.SWEEP_TAG: tracking.SWEEP_PARENT,
+                tracking.OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
+                **provenance.git_state(root),
             },
         )
         # Jobs log where the parent does, wherever a launcher runs them.
         info = {
-            "run_id": run.info.run_id,
+            "run_id": parent_id,
             "experiment_id": experiment_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
+            "tracking_uri": tracking.tracking_uri(config.tracking.uri),
         }
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")
+        self.parent_id: str | None = parent_id
         # If the sweep itself dies, the parent must not stay RUNNING.
-        atexit.register(_end_if_active, "FAILED")
+        atexit.register(self._close, RuntimeError("the sweep ended before its summary"))
+
+    def _close(self, error: BaseException | None = None) -> None:
+        from pipeline import tracking
+
+        parent_id, self.parent_id = getattr(self, "parent_id", None), None
+        if parent_id is not None:
+            tracking.close_run(parent_id, error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
+        from pipeline import tracking
+        from pipeline.compare import format_table, leaderboard, write_csv
 
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / PARENT_FILE).read_text(encoding="utf-8"))
-        rows = leaderboard(parent["experiment_id"], parent["run_id"])
-        summary = sweep_dir / "summary.csv"
+        parent_id = parent["run_id"]
+        rows = leaderboard(parent["experiment_id"], parent_id)
+        summary = sweep_dir / tracking.SUMMARY_ARTIFACT
         write_csv(rows, summary)
-        mlflow.log_artifact(str(summary))
+        tracking.log_artifact(parent_id, summary)
         for name, fig in sweep_figures([r for r in rows if r["status"] == "FINISHED"]).items():
             fig.savefig(sweep_dir / name, dpi=100)
-            mlflow.log_artifact(str(sweep_dir / name), "figures")
-        failed = [r for r in rows if r["status"] != "FINISHED"]
-        mlflow.log_metrics({"jobs": len(rows), "failed_jobs": len(failed)})
-        print(f"\nSweep {parent['run_id']}: {len(rows)} runs, best first\n")
+            tracking.log_artifact(parent_id, sweep_dir / name, tracking.FIGURES_ARTIFACT)
+        jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
+        failed = [j for j in jobs if j["status"] != "FINISHED"]
+        tracking.log_metrics(parent_id, {"jobs": len(jobs), "failed_jobs": len(failed)})
+        print(f"\nSweep {parent_id}: {len(rows)} runs, best first\n")
         print(format_table(rows))
         print(f"\nsummary: {summary}")
         if failed:
             reasons = "\n".join(
-                f"  {r['run_name']} ({r['overrides']}): {r['failure_reason']}" for r in failed
+                f"  job {j['job']} ({j['overrides']}): {j['error']}" for j in failed
             )
-            mlflow.set_tag("failure_reason", f"{len(failed)} of {len(rows)} jobs failed")
-            _end_if_active("FAILED")
-            print(f"\n{len(failed)} of {len(rows)} jobs failed:\n{reasons}", file=sys.stderr)
+            message = f"{len(failed)} of {len(jobs)} jobs failed"
+            self._close(PipelineError(message))
+            print(f"\n{message}:\n{reasons}", file=sys.stderr)
             sys.exit(1)
-        _end_if_active("FINISHED")
-
-
-def _end_if_active(status: str) -> None:
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        mlflow.end_run(status)
+        self._close()
 
 
 def sweep_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -158,53 +144,69 @@ def sweep_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """One combination: a child run with the same content as a `dvc repro` run.
+    """One combination, through the same core as `dvc repro`: a child run of the sweep.
 
-    A failure is recorded on the run (FAILED, with its reason) and does not stop the sweep.
+    A bad value is rejected before any run is made, as in a stage; a failure during training
+    leaves the run FAILED with its reason. Either way the job records it in its folder's
+    job.json for the summary, and the sweep goes on.
     """
-    import keras
-    import mlflow
-
-    from pipeline import tracking
-    from pipeline.data import prepared, project_data_digests
-    from pipeline.evaluate import evaluate_logged
-    from pipeline.model import limit, predict
-    from pipeline.train import train_logged
-
-    began = time.perf_counter()  # after the imports, which a process pays once for all its jobs
     hc = HydraConfig.get()
-    data = plain(cfg)
-    parent_file = Path(hc.sweep.dir) / PARENT_FILE
-    parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
-    uri = parent["tracking_uri"] if parent else data["tracking"].get("uri")
-    experiment_id = tracking.setup(data["tracking"]["experiment_name"], uri)
-    tags = {OVERRIDES_TAG: " ".join(hc.overrides.task)}
-    if parent:
-        tags[PARENT_TAG] = parent["run_id"]
+    out = Path(hc.runtime.output_dir)
+    overrides = " ".join(hc.overrides.task)
+    outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
     try:
-        with tracking.model_run(
-            PROJECT_ROOT,
-            to_yaml(data),
-            project_data_digests(),
-            experiment_id=experiment_id,
-            run_name=job_name(data),
-            tags=tags,
-            nested=mlflow.active_run() is not None,  # the parent, when jobs share its process
-        ):
-            check_data_settings(data)
-            config = validate(data)
-            train = limit(prepared("train"), config.train.max_examples)
-            model, history, _, model_uri = train_logged(config, train, prepared("val"))
-            x, y = prepared("test")
-            report = evaluate_logged(predict(model, x), x, y, history, Path(hc.runtime.output_dir))
-            tracking.register(model_uri, config.tracking.registered_model, report["test_accuracy"])
-            mlflow.log_metric("job_seconds", round(time.perf_counter() - began, 3))
-    except Exception as exc:  # the run is FAILED; the summary reports it
-        print(f"job {hc.job.num} ({job_name(data)}) failed: {exc}", file=sys.stderr)
+        data = plain(cfg)
+        config = validate(data)
+        check_data_settings(config)
+        accuracy = _train_and_evaluate(config, data, overrides, Path(hc.sweep.dir), out, outcome)
+        outcome["status"] = "FINISHED"
+        return accuracy
+    except Exception as exc:  # the summary reports it; the other jobs go on
+        outcome["error"] = str(exc) if isinstance(exc, PipelineError) else repr(exc)
+        print(f"job {hc.job.num} ({overrides}) failed: {outcome['error']}", file=sys.stderr)
         return None
     finally:
+        (out / JOB_FILE).write_text(json.dumps(outcome), encoding="utf-8")
+
+
+def _train_and_evaluate(
+    config: Config,
+    data: dict[str, Any],
+    overrides: str,
+    sweep_dir: Path,
+    out: Path,
+    outcome: dict[str, Any],
+) -> float:
+    import keras
+
+    from pipeline import experiment, tracking
+    from pipeline.data import prepared, project_data_digests
+    from pipeline.model import limit
+
+    parent = json.loads((sweep_dir / PARENT_FILE).read_text(encoding="utf-8"))
+    experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
+    try:
+        with tracking.model_run(
+            project_root(),
+            to_yaml(data),
+            project_data_digests(),
+            experiment_id,
+            experiment.run_name(config),
+            tags={tracking.OVERRIDES_TAG: overrides},
+            parent_run_id=parent["run_id"],
+        ) as run_id:
+            outcome["run_id"] = run_id
+            done = experiment.run(
+                config,
+                limit(prepared("train"), config.train.max_examples),
+                prepared("val"),
+                prepared("test"),
+                run_id,
+                out,
+            )
+    finally:
         keras.backend.clear_session()  # jobs may share a process: free the last graph
-    return report["test_accuracy"]
+    return done.report[tracking.TEST_ACCURACY]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -1,41 +1,66 @@
-"""Everything MLflow: where the store is, how a run starts and ends, what it is tagged with.
+"""MLflow: where the store is, how a run starts and ends, and what its parts are called.
 
-The store is MLflow's own default layout at the project root: `sqlite:///mlflow.db` with
-artifacts in `mlruns/`, so `uv run mlflow ui` there shows every run. The root is DVC_ROOT when
-DVC sets it (also for queued experiments run in a temporary copy), else the working directory.
-A MLFLOW_TRACKING_URI in the environment (a team server) wins.
+The store: MLFLOW_TRACKING_URI when set (a team server), else `tracking.uri` from the config,
+else MLflow's default layout at the project root (`sqlite:///mlflow.db`, artifacts in `mlruns/`),
+so `uv run mlflow ui` there shows every run. Every command that reads or writes runs resolves it
+here, the same way.
+
+Runs are explicit: functions take a run id and log through `MlflowClient`, never to whatever
+run happens to be active. The names below are the protocol between the modules that write a run
+and those that read it (compare, reproduce, runs, the sweep).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import signal
-import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import RunStatus
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from pipeline.config import Config
-from pipeline.data import sha256_file
+from pipeline import provenance
 from pipeline.errors import PipelineError
-from pipeline.paths import RUN_FILE
+from pipeline.paths import PARAMS_FILE, project_root
 
+# ---- names: tags, metrics and artifacts one module writes and another reads --------------
 FAILURE_TAG = "failure_reason"
+HOST_TAG, PID_TAG = "host", "pid"  # the process that has the run open
+MODEL_URI_TAG = "model_uri"
+MODEL_SHA256_TAG = "model_sha256"  # of models/model.keras: evaluate checks it before loading
+WEIGHTS_SHA256_TAG = "weights_sha256"  # of every weight array: reproduce compares it
+REGISTERED_TAG = "registered_version"
+CHAMPION_TAG = "champion"
+PARENT_TAG = MLFLOW_PARENT_RUN_ID
+SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=parent
+OVERRIDES_TAG = "sweep_overrides"
+
+TEST_ACCURACY, TEST_LOSS, MACRO_F1 = "test_accuracy", "test_loss", "macro_f1"
+VAL_ACCURACY = "val_accuracy"
+TRAIN_SECONDS = "train_seconds"
+F1_CLASS = "f1_class_{}"
+
+CONFIG_ARTIFACT = "config.yaml"
+DIFF_ARTIFACT = "uncommitted.diff"
+FIGURES_ARTIFACT = "figures"
+MODEL_ARTIFACT = "model"
+SUMMARY_ARTIFACT = "summary.csv"
+
+CHAMPION = "champion"  # the registry alias of the best model
+
+# ---- the store -----------------------------------------------------------------------------
 
 
-def project_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-
-
-def tracking_uri(root: Path | None = None, configured: str | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else `tracking.uri` from the config, else the local store."""
+def tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else `configured` (`tracking.uri`), else the local store."""
     return (
         os.environ.get("MLFLOW_TRACKING_URI")
         or configured
@@ -43,26 +68,13 @@ def tracking_uri(root: Path | None = None, configured: str | None = None) -> str
     )
 
 
-@contextmanager
-def _local_store_lock(uri: str) -> Iterator[None]:
-    """Serialise store creation: parallel jobs migrating a new sqlite store at once crash."""
-    if not uri.startswith("sqlite:"):
-        yield
-        return
-    import fcntl
+def configured_uri() -> str | None:
+    """`tracking.uri` of the project's params.yaml, for commands that read the store."""
+    from pipeline.config import load_params
 
-    with Path(f"{uri.removeprefix('sqlite:///')}.lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def use_store(uri: str) -> None:
-    """Point MLflow's tracking and model registry at the same store."""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    if not (project_root() / PARAMS_FILE).is_file():
+        return None
+    return load_params().tracking.uri
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
@@ -82,17 +94,33 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
-def setup(experiment_name: str, uri: str | None = None) -> str:
-    """Point MLflow at the store and return the id of `experiment_name`, creating it if new.
+def connect(configured: str | None = None) -> str:
+    """Point MLflow's tracking and model registry at the store; return its URI.
 
-    `uri` is `tracking.uri` from the config (a server), None for the project's local store.
+    `configured` is `tracking.uri`; a command without a config passes `configured_uri()`.
     """
-    root = project_root()
-    uri = tracking_uri(root, uri)
+    uri = tracking_uri(configured)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    use_store(uri)
-    with _local_store_lock(uri):
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation: parallel jobs migrating a new sqlite store at once crash."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with FileLock(f"{uri.removeprefix('sqlite:///')}.lock"):
+        yield
+
+
+def setup(experiment_name: str, configured: str | None = None) -> str:
+    """Connect to the store and return the id of `experiment_name`, creating it if new."""
+    uri = connect(configured)
+    with _store_lock(uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is not None:
             return experiment.experiment_id
@@ -104,9 +132,123 @@ def setup(experiment_name: str, uri: str | None = None) -> str:
         return mlflow.create_experiment(experiment_name, artifact_location=location)
 
 
-def run_name(cfg: Config) -> str:
-    """A readable name saying what differs between runs, such as `mlp-h128-e5`."""
-    return f"{cfg.model.name}-h{cfg.model.hidden_units}-e{cfg.train.epochs}"
+# ---- run lifecycle -----------------------------------------------------------------------
+
+
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives, so that `pipeline.runs --cleanup` can tell it died."""
+    return {HOST_TAG: platform.node(), PID_TAG: str(os.getpid())}
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+def open_run(
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a run (or mark `run_id` RUNNING again), tagged with its process; return its id."""
+    client = mlflow.MlflowClient()
+    tags = {**(tags or {}), **process_tags()}
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    if run_id is None:
+        experiment_id = experiment_id or mlflow.get_experiment_by_name("Default").experiment_id
+        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    set_tags(run_id, tags)
+    return run_id
+
+
+def close_run(run_id: str, error: BaseException | None = None) -> None:
+    """End the run FINISHED, or KILLED for an interrupt, else FAILED with the reason in its
+    `failure_reason` tag."""
+    client = mlflow.MlflowClient()
+    if error is None:
+        client.set_terminated(run_id, "FINISHED")
+        return
+    client.set_tag(run_id, FAILURE_TAG, f"{type(error).__name__}: {error}"[:5000])
+    client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+
+@contextmanager
+def tracked_run(
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """`open_run` ... `close_run` around a block, SIGTERM counting as an interrupt (KILLED).
+
+    Yields the run id.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        run_id = open_run(experiment_id, run_name, tags, run_id, parent_run_id)
+        try:
+            yield run_id
+        except BaseException as exc:
+            close_run(run_id, exc)
+            raise
+        close_run(run_id)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def model_run(
+    code_dir: Path,
+    config_text: str,
+    data_digests: Mapping[str, str],
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """A `tracked_run` for one trained model, with its provenance logged before any work.
+
+    Tags from `provenance.provenance`; artifacts: the resolved config (`config.yaml`) and, when
+    the tree is dirty, the uncommitted diff (`uncommitted.diff`, dvc.lock aside).
+    """
+    tags = {**provenance.provenance(code_dir, data_digests, config_text), **(tags or {})}
+    with tracked_run(experiment_id, run_name, tags, parent_run_id=parent_run_id) as run_id:
+        client = mlflow.MlflowClient()
+        client.log_text(run_id, config_text, CONFIG_ARTIFACT)
+        if tags.get(provenance.GIT_DIRTY) == "true":
+            client.log_text(run_id, provenance.uncommitted_diff(code_dir), DIFF_ARTIFACT)
+        yield run_id
+
+
+# ---- logging to an explicit run ------------------------------------------------------------
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+        mlflow.MlflowClient().log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=items)
+
+
+def log_artifacts(run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+    mlflow.MlflowClient().log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_artifact(run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+    mlflow.MlflowClient().log_artifact(run_id, str(local_file), artifact_path)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -121,163 +263,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def git_tags(root: Path) -> dict[str, str]:
-    """Commit, branch and dirty flag of the code a run was made from.
-
-    dvc.lock is left out of the dirty check: DVC rewrites it while the pipeline runs.
-    """
-    commit = _git(root, "rev-parse", "HEAD")
-    if commit is None:
-        return {"git_commit": "none"}
-    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
-    return {
-        "git_commit": commit,
-        "git_branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
-        "git_dirty": str(bool(status)).lower(),
-    }
-
-
-ENV_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy")
-REPRODUCES_ENV = "PIPELINE_REPRODUCES"
-CONFIG_ARTIFACT = "config.yaml"
-DIFF_ARTIFACT = "uncommitted.diff"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_tags() -> dict[str, str]:
-    """What else the numbers depend on: interpreter, library versions, processor."""
-    from importlib.metadata import version
-
-    tags = {"env.python": platform.python_version(), "env.cpu": cpu_model()}
-    tags.update({f"env.{pkg}": version(pkg) for pkg in ENV_PACKAGES})
-    return tags
-
-
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def provenance_tags(
-    code_dir: Path, data_digests: Mapping[str, str], config_text: str
-) -> dict[str, str]:
-    """Tags that say exactly what a run was made from.
-
-    Git state of `code_dir`, the DVC experiment, the run it reproduces, the SHA-256 of the
-    resolved config, of uv.lock and of each data file, and the environment.
-    """
-    tags = git_tags(code_dir)
-    tags["params_sha256"] = _sha256_text(config_text)
-    lock = code_dir / "uv.lock"
-    if lock.is_file():
-        tags["uv_lock_sha256"] = sha256_file(lock)
-    tags.update({f"data.{name}.sha256": digest for name, digest in data_digests.items()})
-    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        if os.environ.get(var):
-            tags[var.lower()] = os.environ[var]
-    if os.environ.get(REPRODUCES_ENV):
-        tags["reproduces"] = os.environ[REPRODUCES_ENV]
-    tags.update(environment_tags())
-    return tags
-
-
-@contextmanager
-def model_run(
-    code_dir: Path, config_text: str, data_digests: Mapping[str, str], **start_run_kwargs: Any
-) -> Iterator[mlflow.ActiveRun]:
-    """A `tracked_run` for one trained model, with its provenance logged before any work.
-
-    Tags from `provenance_tags`; artifacts: the resolved config (`config.yaml`) and, when the
-    tree is dirty, the uncommitted diff (`uncommitted.diff`, dvc.lock aside).
-    """
-    tags = {
-        **provenance_tags(code_dir, data_digests, config_text),
-        **start_run_kwargs.pop("tags", {}),
-    }
-    with tracked_run(tags=tags, **start_run_kwargs) as run:
-        mlflow.log_text(config_text, CONFIG_ARTIFACT)
-        if tags.get("git_dirty") == "true":
-            diff = _git(code_dir, "diff", "HEAD", "--binary", "--", ".", ":!dvc.lock") or ""
-            mlflow.log_text(diff + "\n", DIFF_ARTIFACT)
-        yield run
-
-
-def process_tags() -> dict[str, str]:
-    """Where the run's process lives, so that `pipeline.runs --cleanup` can tell it died."""
-    return {"host": platform.node(), "pid": str(os.getpid())}
-
-
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
-
-
-@contextmanager
-def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
-    """`mlflow.start_run`, ended FINISHED on success, KILLED on SIGINT/SIGTERM, else FAILED.
-
-    The reason for a failure is kept in the run's `failure_reason` tag.
-    """
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    tags = {**start_run_kwargs.pop("tags", {}), **process_tags()}
-    run = mlflow.start_run(tags=tags, **start_run_kwargs)
-    try:
-        yield run
-    except BaseException as exc:
-        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-        mlflow.set_tag(FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
-        mlflow.end_run(RunStatus.to_string(status))
-        raise
-    else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def write_run_file(run: mlflow.ActiveRun, path: Path = RUN_FILE) -> None:
-    """Record which MLflow run holds the model at `models/`, for the evaluate stage."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
-    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-def read_run(path: Path = RUN_FILE) -> Any:
-    """The MLflow run train logged (named in models/run.json), checked to be in the store."""
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run `uv run dvc repro train` first.")
-    run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
-    return get_run(run_id, f"{path} names it; train again with `uv run dvc repro --force train`.")
-
-
-def get_run(run_id: str, hint: str) -> Any:
-    """The run `run_id` from the store, or a `PipelineError` that ends with `hint`."""
-    try:
-        return mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException as exc:
-        raise PipelineError(
-            f"no run {run_id!r} in the MLflow store {mlflow.get_tracking_uri()}; {hint}"
-        ) from exc
-
-
-def log_keras_model(model: Any, example: Any) -> str:
-    """Log `model` with a signature and an input example.
+def log_keras_model(run_id: str, model: Any, example: Any) -> str:
+    """Log `model` to the run with a signature and an input example; return its URI.
 
     The tensorflow flavour is used: it stores the same `.keras` file and, unlike the keras
     flavour in MLflow 3.17, accepts an input example. The signature is read off the model's
@@ -285,27 +272,28 @@ def log_keras_model(model: Any, example: Any) -> str:
     """
     from importlib.metadata import version
 
+    import mlflow.tensorflow
     import numpy as np
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     outputs = np.zeros((len(example), *model.output_shape[1:]), dtype=np.float32)
     # Named here, MLflow need not reload the model in a subprocess to infer them.
     requirements = [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")]
-    info = mlflow.tensorflow.log_model(
-        model,
-        name="model",
+    info = Model.log(
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=mlflow.tensorflow,
+        run_id=run_id,
+        model=model,
         signature=infer_signature(example, outputs),
         input_example=example,
         pip_requirements=requirements,
     )
-    mlflow.set_tag("model_uri", info.model_uri)
+    set_tags(run_id, {MODEL_URI_TAG: info.model_uri})
     return info.model_uri
 
 
-CHAMPION = "champion"
-
-
-def register(model_uri: str, name: str, test_accuracy: float) -> tuple[str, bool]:
+def register(run_id: str, model_uri: str, name: str, test_accuracy: float) -> tuple[str, bool]:
     """Register the model as a new version of `name`; move the `champion` alias to it if its
     test accuracy beats the current champion's. Returns the version and whether it moved.
 
@@ -313,24 +301,42 @@ def register(model_uri: str, name: str, test_accuracy: float) -> tuple[str, bool
     """
     client = mlflow.MlflowClient()
     version = str(mlflow.register_model(model_uri, name).version)
-    client.set_model_version_tag(name, version, "test_accuracy", str(test_accuracy))
+    client.set_model_version_tag(name, version, TEST_ACCURACY, str(test_accuracy))
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
-        best = float(current.tags.get("test_accuracy", "-1"))
+        best = float(current.tags.get(TEST_ACCURACY, "-1"))
     except mlflow.exceptions.MlflowException:  # no champion yet
         best = None
     promoted = best is None or test_accuracy > best
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-    mlflow.set_tags({"registered_version": f"{name}/{version}", "champion": str(promoted).lower()})
+    set_tags(run_id, {REGISTERED_TAG: f"{name}/{version}", CHAMPION_TAG: str(promoted).lower()})
     return version, promoted
 
 
-def epoch_logger() -> Any:
-    """A Keras callback logging each epoch's metrics to the active run (step = epoch, from 1)."""
-    import keras
+# ---- finding runs ------------------------------------------------------------------------
 
-    def log(epoch: int, logs: dict[str, float] | None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=log)
+def get_run(run_id: str, hint: str) -> Any:
+    """The run `run_id` from the store, or a `PipelineError` that ends with `hint`."""
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise PipelineError(
+            f"no run {run_id!r} in the MLflow store {mlflow.get_tracking_uri()}; {hint}"
+        ) from exc
+
+
+def write_run_file(run_id: str, experiment_id: str, path: Path) -> None:
+    """Record which MLflow run holds the model at `models/`, for the evaluate stage."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"run_id": run_id, "experiment_id": experiment_id}
+    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run(path: Path) -> Any:
+    """The MLflow run train logged (named in models/run.json), checked to be in the store."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run `uv run dvc repro train` first.")
+    run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    return get_run(run_id, f"{path} names it; train again with `uv run dvc repro --force train`.")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import compose, validate
-from pipeline.data import write_idx
+from pipeline.config import FileSpec, compose, validate
+from pipeline.data import sha256_file, write_idx
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -24,6 +24,19 @@ GIT_ENV = {
 }
 
 
+NAMES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+def spec_of(path: Path) -> FileSpec:
+    """The FileSpec (name, size, SHA-256) that `path` satisfies."""
+    return FileSpec(name=path.name, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
 def run_env(**extra: str) -> dict[str, str]:
     """The environment for commands under test: this venv first on PATH, no MLflow URIs."""
     drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
@@ -32,6 +45,14 @@ def run_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
+
+
+def use_store(uri: str) -> None:
+    """Point this process's MLflow client and registry at the store a test reads."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -84,3 +105,24 @@ def default_params() -> dict:
 @pytest.fixture
 def default_config():
     return validate(compose())
+
+
+def assert_complete_child(child, parent_id: str, epochs: int) -> None:
+    """A sweep job's run: FINISHED under its parent, with history, scores, figures, model."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == epochs
+    for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds"):
+        assert key in child.data.metrics
+    assert child.data.params["train.max_examples"] == "1000"
+    figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+    assert "figures/confusion_matrix.png" in figures
+    models = mlflow.search_logged_models(
+        experiment_ids=[child.info.experiment_id],
+        filter_string=f"source_run_id = '{child.info.run_id}'",
+        output_format="list",
+    )
+    assert len(models) == 1

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from conftest import ROOT, copy_project, run
 from pipeline.config import CNNConfig, Config, MLPConfig, compose, params_yaml_text, validate
 from pipeline.errors import ConfigError
 
@@ -120,11 +120,26 @@ def test_bad_params_yaml_stops_the_stage_before_any_work(
 
 
 def test_missing_params_yaml_says_where(tmp_path: Path) -> None:
-    proc = run(["python", "-m", "pipeline.train"], tmp_path, check=False, PYTHONPATH=str(ROOT))
+    proc = run(
+        ["python", "-m", "pipeline.train"],
+        tmp_path,
+        check=False,
+        PYTHONPATH=str(ROOT),
+        DVC_ROOT=str(tmp_path),
+    )
     assert proc.returncode == 2
     assert "params.yaml not found" in proc.stderr and str(tmp_path) in proc.stderr
 
 
 def test_config_command_check_detects_drift(tmp_path: Path) -> None:
-    proc = run(["python", "-m", "pipeline.config", "--check"], ROOT)
+    project = copy_project(tmp_path)
+    proc = run(["python", "-m", "pipeline.config", "--check"], project)
     assert "matches conf/" in proc.stdout
+    conf = project / "conf/train/default.yaml"
+    conf.write_text(conf.read_text().replace("epochs: 5", "epochs: 7"))
+    drifted = run(["python", "-m", "pipeline.config", "--check"], project, check=False)
+    assert drifted.returncode == 2
+    assert "params.yaml differs from conf/ composed" in drifted.stderr
+    run(["python", "-m", "pipeline.config"], project)
+    assert "epochs: 7" in (project / "params.yaml").read_text()
+    assert "matches conf/" in run(["python", "-m", "pipeline.config", "--check"], project).stdout

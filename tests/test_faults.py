@@ -22,14 +22,12 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from test_fetch import NAMES, spec_of
 
-from conftest import ROOT, run, run_env
+from conftest import NAMES, ROOT, run, run_env, spec_of, use_store
 from pipeline.config import compose, validate
 from pipeline.data import save_split, sha256_file
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.fetch import NoDowngradeRedirects, fetch_file
-from pipeline.tracking import use_store
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):

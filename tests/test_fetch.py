@@ -8,22 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run
-from pipeline.config import FileSpec
+from conftest import NAMES, ROOT, run, spec_of
 from pipeline.data import sha256_file
 from pipeline.errors import DataError
 from pipeline.fetch import fetch_file, sources
-
-NAMES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-]
-
-
-def spec_of(path: Path) -> FileSpec:
-    return FileSpec(name=path.name, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 def gzip_folder(src: Path, dest: Path) -> Path:

@@ -11,8 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import copy_project, run
-from pipeline.tracking import use_store
+from conftest import copy_project, run, use_store
 
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 FIGURES = ["confusion_matrix.png", "learning_curves.png", "misclassified.png", "predictions.png"]

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run, run_env
+from conftest import ROOT, run, run_env, use_store
 from pipeline.config import validate
 from pipeline.data import read_mnist_pair
 from pipeline.fetch import fetch_file, sources
 from pipeline.images import load_image, normalize
-from pipeline.tracking import use_store
 
 N = 100  # test digits rendered as images
 

@@ -9,8 +9,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import copy_project, run
-from pipeline.tracking import use_store
+from conftest import copy_project, run, use_store
 
 
 @pytest.fixture(scope="module")

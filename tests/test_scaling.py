@@ -21,11 +21,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from test_sweep import assert_complete_child
 
-from conftest import ROOT, copy_project, run, run_env
+from conftest import ROOT, assert_complete_child, copy_project, run, run_env, use_store
 from pipeline.config import params_yaml_text
-from pipeline.tracking import use_store
 
 QUICK = ["train.max_examples=2000", "train.epochs=2"]
 

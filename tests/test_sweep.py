@@ -8,8 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import copy_project, run
-from pipeline.tracking import use_store
+from conftest import assert_complete_child, copy_project, run, use_store
 
 QUICK = ["train.max_examples=1000"]
 
@@ -33,24 +32,6 @@ def runs_of(project: Path, experiment: str) -> tuple[list, list]:
     found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     parents = [r for r in found if r.data.tags.get("sweep") == "parent"]
     return parents, [r for r in found if r not in parents]
-
-
-def assert_complete_child(child, parent_id: str, epochs: int) -> None:
-    client = mlflow.MlflowClient()
-    assert child.info.status == "FINISHED"
-    assert child.data.tags["mlflow.parentRunId"] == parent_id
-    assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == epochs
-    for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds"):
-        assert key in child.data.metrics
-    assert child.data.params["train.max_examples"] == "1000"
-    figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
-    assert "figures/confusion_matrix.png" in figures
-    models = mlflow.search_logged_models(
-        experiment_ids=[child.info.experiment_id],
-        filter_string=f"source_run_id = '{child.info.run_id}'",
-        output_format="list",
-    )
-    assert len(models) == 1
 
 
 def parent_artifacts(parent) -> set[str]:

@@ -1,18 +1,14 @@
-import hashlib
-import platform
 import signal
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import ROOT, run_env
+from conftest import ROOT, run_env, use_store
 from pipeline import tracking
-from pipeline.tracking import use_store
 
 
 @pytest.fixture
@@ -20,46 +16,66 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project root with its own sqlite store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    tracking.setup("tests")
     return tmp_path
 
 
-def test_store_is_sqlite_and_mlruns_at_the_root(store: Path) -> None:
+@pytest.fixture
+def experiment_id(store: Path) -> str:
+    return tracking.setup("tests")
+
+
+def test_store_is_sqlite_and_mlruns_at_the_root(store: Path, experiment_id: str) -> None:
     assert mlflow.get_tracking_uri() == f"sqlite:///{store}/mlflow.db"
     experiment = mlflow.get_experiment_by_name("tests")
     assert experiment.artifact_location == (store / "mlruns").as_uri()
     assert (store / "mlflow.db").is_file()
-    assert tracking.setup("tests") == experiment.experiment_id
+    assert tracking.setup("tests") == experiment.experiment_id == experiment_id
 
 
 def test_user_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://10.0.0.1:5000"
+    assert tracking.tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
 
 
-def test_finished_failed_and_killed(store: Path) -> None:
-    with tracking.tracked_run(run_name="ok") as ok:
-        mlflow.log_metric("m", 1.0)
-    with pytest.raises(ValueError), tracking.tracked_run(run_name="boom") as failed:
+def test_finished_failed_and_killed(experiment_id: str) -> None:
+    with tracking.tracked_run(experiment_id, "ok") as ok:
+        tracking.log_metrics(ok, {"m": 1.0})
+    with pytest.raises(ValueError), tracking.tracked_run(experiment_id, "boom") as failed:
         raise ValueError("bad things")
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(run_name="ctrl-c") as killed:
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(experiment_id, "ctrl-c") as killed:
         raise KeyboardInterrupt
-    status = {r: mlflow.get_run(r.info.run_id) for r in (ok, failed, killed)}
+    status = {r: mlflow.get_run(r) for r in (ok, failed, killed)}
     assert status[ok].info.status == "FINISHED"
     assert status[failed].info.status == "FAILED"
     assert status[failed].data.tags[tracking.FAILURE_TAG] == "ValueError: bad things"
     assert status[killed].info.status == "KILLED"
+    assert status[ok].data.metrics == {"m": 1.0} and mlflow.active_run() is None
+
+
+def test_logging_goes_to_the_named_run_not_the_active_one(experiment_id: str) -> None:
+    with (
+        tracking.tracked_run(experiment_id, "explicit") as explicit,
+        mlflow.start_run(experiment_id=experiment_id, run_name="active") as active,
+    ):
+        tracking.log_params(explicit, {f"p{i}": i for i in range(150)})
+        tracking.log_metrics(explicit, {"loss": 0.5}, step=3)
+    assert mlflow.get_run(active.info.run_id).data.params == {}
+    logged = mlflow.get_run(explicit)
+    assert len(logged.data.params) == 150 and logged.data.params["p149"] == "149"
+    (point,) = mlflow.MlflowClient().get_metric_history(explicit, "loss")
+    assert (point.value, point.step) == (0.5, 3)
 
 
 def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     script = (
         "import time, mlflow\n"
         "from pipeline import tracking\n"
-        "tracking.setup('tests')\n"
-        "with tracking.tracked_run(run_name='long') as run:\n"
-        "    print(run.info.run_id, flush=True)\n"
+        "experiment_id = tracking.setup('tests')\n"
+        "with tracking.tracked_run(experiment_id, 'long') as run_id:\n"
+        "    print(run_id, flush=True)\n"
         "    time.sleep(60)\n"
     )
     env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(tmp_path))
@@ -82,66 +98,36 @@ def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     assert "SIGTERM" in run.data.tags[tracking.FAILURE_TAG]
 
 
-def test_run_name_and_flatten(default_config) -> None:
-    assert tracking.run_name(default_config) == "mlp-h128-e5"
+def test_flatten(default_config) -> None:
     flat = tracking.flatten(default_config.to_dict())
     assert flat["model.hidden_units"] == 128 and flat["train.epochs"] == 5
     assert flat["data.files.train_images.sha256"].startswith("ba891046")
 
 
-def test_git_tags(tmp_path: Path) -> None:
-    env = run_env()
-    git = ["git", "-C", str(tmp_path)]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True, env=env)
-    (tmp_path / "a.txt").write_text("one")
-    (tmp_path / "dvc.lock").write_text("lock")
-    subprocess.run([*git, "add", "-A"], check=True, env=env)
-    subprocess.run([*git, "commit", "-qm", "x"], check=True, env=env)
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    (tmp_path / "dvc.lock").write_text("rewritten by dvc")
-    tags = tracking.git_tags(tmp_path)
-    assert tags == {"git_commit": head.strip(), "git_branch": "main", "git_dirty": "false"}
-    (tmp_path / "a.txt").write_text("two")
-    assert tracking.git_tags(tmp_path)["git_dirty"] == "true"
-
-
-def test_provenance_tags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("DVC_EXP_NAME", "lucky-lark")
-    monkeypatch.setenv("PIPELINE_REPRODUCES", "abc123")
-    (tmp_path / "uv.lock").write_text("lock")
-    tags = tracking.provenance_tags(tmp_path, {"raw.x": "abc"}, "seed: 1\n")
-    assert tags["dvc_exp_name"] == "lucky-lark" and tags["reproduces"] == "abc123"
-    assert tags["data.raw.x.sha256"] == "abc" and tags["git_commit"] == "none"
-    assert tags["params_sha256"] == hashlib.sha256(b"seed: 1\n").hexdigest()
-    assert tags["uv_lock_sha256"] == hashlib.sha256(b"lock").hexdigest()
-    assert tags["env.python"] == platform.python_version()
-    for pkg in ("tensorflow", "keras", "mlflow", "numpy"):
-        assert tags[f"env.{pkg}"] == version(pkg)
-    assert tags["env.cpu"]
-
-
-def test_model_run_logs_config_and_the_diff_of_a_dirty_tree(store: Path) -> None:
+def test_model_run_logs_config_and_the_diff_of_a_dirty_tree(
+    store: Path, experiment_id: str
+) -> None:
     env = run_env()
     git = ["git", "-C", str(store)]
     subprocess.run([*git, "init", "-q"], check=True, env=env)
     (store / "code.py").write_text("x = 1\n")
     subprocess.run([*git, "add", "code.py"], check=True, env=env)
     subprocess.run([*git, "commit", "-qm", "x"], check=True, env=env)
-    with tracking.model_run(store, "seed: 1\n", {}, run_name="clean") as clean:
+    with tracking.model_run(store, "seed: 1\n", {}, experiment_id, "clean") as clean:
         pass
     (store / "code.py").write_text("x = 2\n")
-    with tracking.model_run(store, "seed: 2\n", {}, run_name="dirty") as dirty:
+    with tracking.model_run(store, "seed: 2\n", {}, experiment_id, "dirty") as dirty:
         pass
     client = mlflow.MlflowClient()
-    assert [a.path for a in client.list_artifacts(clean.info.run_id)] == ["config.yaml"]
-    assert mlflow.get_run(dirty.info.run_id).data.tags["git_dirty"] == "true"
-    diff = mlflow.artifacts.load_text(f"runs:/{dirty.info.run_id}/uncommitted.diff")
+    assert [a.path for a in client.list_artifacts(clean)] == ["config.yaml"]
+    assert mlflow.get_run(dirty).data.tags["git_dirty"] == "true"
+    diff = mlflow.artifacts.load_text(f"runs:/{dirty}/uncommitted.diff")
     assert "-x = 1" in diff and "+x = 2" in diff
-    config = mlflow.artifacts.load_text(f"runs:/{dirty.info.run_id}/config.yaml")
+    config = mlflow.artifacts.load_text(f"runs:/{dirty}/config.yaml")
     assert config == "seed: 2\n"
 
 
-def test_read_run_id_errors(store: Path, tmp_path: Path) -> None:
+def test_read_run_id_errors(experiment_id: str, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="run.json not found"):
         tracking.read_run(tmp_path / "run.json")
     (tmp_path / "run.json").write_text('{"run_id": "0123456789abcdef", "experiment_id": "1"}')

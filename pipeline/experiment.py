@@ -1,0 +1,174 @@
+"""The experiment core: train and evaluate one configuration, logging to one explicit MLflow run.
+
+Inputs are plain values: a validated `Config`, the data splits, the id of an open MLflow run
+(see `tracking.model_run`) and an output folder. Below that folder it writes the layout of
+paths.py: models/model.keras, reports/history.csv, reports/train.json, reports/metrics.json,
+reports/predictions.csv and reports/figures/*.png. The run gets the same: the config as params,
+per-epoch metrics, the training summary, test metrics, figures, the model and its registry
+version.
+
+`dvc repro` calls `train` (stage train) and `evaluate` (stage evaluate) in two processes, with the
+project root as output folder; a sweep job calls `run`, which does both, with its own folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from pipeline import metrics, model, plots, tracking
+from pipeline.config import Config
+from pipeline.data import sha256_file
+from pipeline.paths import (
+    FIGURES_DIR,
+    HISTORY_CSV,
+    METRICS_JSON,
+    MODEL_PATH,
+    PREDICTIONS_CSV,
+    TRAIN_JSON,
+)
+
+Split = tuple[np.ndarray, np.ndarray]
+GRID = 32  # test digits shown in the predictions grid
+EXAMPLE_INPUTS = 5  # validation digits stored with the logged model as its input example
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    report: dict[str, Any]  # metrics.classification_report
+    registered_version: str
+    champion: bool
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: keras.Model
+    history: dict[str, list[float]]
+    summary: dict[str, Any]
+    model_uri: str
+
+
+def run_name(cfg: Config) -> str:
+    """A readable name saying what differs between runs, such as `mlp-h128-e5`."""
+    return f"{cfg.model.name}-h{cfg.model.hidden_units}-e{cfg.train.epochs}"
+
+
+def start(cfg: Config) -> None:
+    """Fix threads, seeds and determinism. Call before the first tensor: TensorFlow fixes its
+    thread counts once it has started."""
+    model.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+
+
+def epoch_logger(run_id: str) -> keras.callbacks.Callback:
+    """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1)."""
+
+    def log(epoch: int, logs: dict[str, float] | None) -> None:
+        tracking.log_metrics(run_id, logs or {}, step=epoch + 1)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=log)
+
+
+def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: Path) -> Trained:
+    """Build and fit the configured model; save it, its history and summary under `out`; log
+    the config, each epoch, the summary, the weights' digest and the model to `run_id`."""
+    start(cfg)
+    net = model.compile_model(model.build_model(cfg.model), cfg.train)
+    tracking.log_params(run_id, tracking.flatten(cfg.to_dict()))
+    history, seconds = model.fit(net, train_split, val_split, cfg.train, [epoch_logger(run_id)])
+    summary = {
+        tracking.TRAIN_SECONDS: round(seconds, 3),
+        "train_examples": len(train_split[1]),
+        **model.describe(net),
+    }
+    tracking.log_metrics(run_id, summary)
+    model_file = out / MODEL_PATH
+    model.save_model(net, model_file)
+    tracking.set_tags(
+        run_id,
+        {
+            tracking.WEIGHTS_SHA256_TAG: model.weights_sha256(net),
+            tracking.MODEL_SHA256_TAG: sha256_file(model_file),
+        },
+    )
+    write_history(history, out / HISTORY_CSV)
+    (out / TRAIN_JSON).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
+    model_uri = tracking.log_keras_model(run_id, net, example)
+    return Trained(net, history, summary, model_uri)
+
+
+def evaluate(
+    cfg: Config,
+    net: keras.Model,
+    model_uri: str,
+    history: dict[str, list[float]],
+    test: Split,
+    run_id: str,
+    out: Path,
+) -> Evaluated:
+    """Score `net` on the test split; write metrics, predictions and figures under `out`, log
+    them to `run_id`, and register the model (`tracking.register`)."""
+    x, y = test
+    probs = model.predict(net, x)
+    y_pred = probs.argmax(axis=1)
+    report = metrics.classification_report(y, probs)
+    figures = {
+        "predictions.png": plots.prediction_grid(x[:GRID], y[:GRID], y_pred[:GRID]),
+        "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
+        "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
+        "learning_curves.png": plots.learning_curves(history),
+    }
+    figures_dir = out / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(figures_dir / name, dpi=100)
+    (out / METRICS_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_predictions(y, y_pred, out / PREDICTIONS_CSV)
+    scores = {
+        k: report[k] for k in (tracking.TEST_ACCURACY, tracking.TEST_LOSS, tracking.MACRO_F1)
+    }
+    scores |= {tracking.F1_CLASS.format(c): v["f1"] for c, v in report["per_class"].items()}
+    tracking.log_metrics(run_id, scores)
+    tracking.log_artifacts(run_id, figures_dir, tracking.FIGURES_ARTIFACT)
+    tracking.log_artifact(run_id, out / METRICS_JSON)
+    version, promoted = tracking.register(
+        run_id, model_uri, cfg.tracking.registered_model, report[tracking.TEST_ACCURACY]
+    )
+    return Evaluated(report, version, promoted)
+
+
+def run(
+    cfg: Config, train_split: Split, val_split: Split, test: Split, run_id: str, out: Path
+) -> Evaluated:
+    """`train`, then `evaluate` the model in memory: one configuration, start to finish."""
+    trained = train(cfg, train_split, val_split, run_id, out)
+    return evaluate(cfg, trained.model, trained.model_uri, trained.history, test, run_id, out)
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", *history])
+        for epoch, row in enumerate(zip(*history.values(), strict=True), start=1):
+            writer.writerow([epoch, *(f"{v:.6f}" for v in row)])
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {key: [float(r[key]) for r in rows] for key in rows[0] if key != "epoch"}
+
+
+def write_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(y_true.tolist(), y_pred.tolist(), strict=True))

@@ -1,0 +1,104 @@
+"""What a result was made from: git state, digests, library versions, processor. No MLflow here.
+
+Plain functions returning plain strings; tracking.py records them as run tags, reproduce.py
+compares them. The tag names they produce are the `PROVENANCE_*` constants below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+
+from pipeline.data import sha256_file
+
+ENV_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy")
+REPRODUCES_ENV = "PIPELINE_REPRODUCES"  # set by reproduce.py for the run it makes
+DVC_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")  # set by `dvc exp run`
+
+GIT_COMMIT = "git_commit"
+GIT_BRANCH = "git_branch"
+GIT_DIRTY = "git_dirty"
+PARAMS_SHA256 = "params_sha256"
+UV_LOCK_SHA256 = "uv_lock_sha256"
+REPRODUCES = "reproduces"
+DATA_PREFIX = "data."  # data.<file>.sha256
+ENV_PREFIX = "env."  # env.python, env.cpu, env.<package>
+NOT_IN_GIT = "none"
+# DVC rewrites dvc.lock while the pipeline runs: it never makes a tree dirty.
+NOT_CODE = ":!dvc.lock"
+
+
+def git(root: Path, *args: str) -> str | None:
+    """`git -C root ARGS`'s output, or None when git fails or is missing."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Commit, branch and dirty flag of the code at `root` (dvc.lock aside)."""
+    commit = git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {GIT_COMMIT: NOT_IN_GIT}
+    status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", NOT_CODE)
+    return {
+        GIT_COMMIT: commit,
+        GIT_BRANCH: git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
+        GIT_DIRTY: str(bool(status)).lower(),
+    }
+
+
+def uncommitted_diff(root: Path) -> str:
+    """The tracked changes against HEAD (dvc.lock aside), as `git apply` takes them."""
+    return (git(root, "diff", "HEAD", "--binary", "--", ".", NOT_CODE) or "") + "\n"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, str]:
+    """What else the numbers depend on: interpreter, library versions, processor."""
+    env = {f"{ENV_PREFIX}python": platform.python_version(), f"{ENV_PREFIX}cpu": cpu_model()}
+    env.update({f"{ENV_PREFIX}{pkg}": version(pkg) for pkg in ENV_PACKAGES})
+    return env
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def provenance(
+    code_dir: Path, data_digests: Mapping[str, str], config_text: str
+) -> dict[str, str]:
+    """Everything that says exactly what a run was made from, as tag name -> value.
+
+    Git state of `code_dir`, the DVC experiment, the run it reproduces, the SHA-256 of the
+    resolved config, of uv.lock and of each data file, and the environment.
+    """
+    tags = git_state(code_dir)
+    tags[PARAMS_SHA256] = sha256_text(config_text)
+    lock = code_dir / "uv.lock"
+    if lock.is_file():
+        tags[UV_LOCK_SHA256] = sha256_file(lock)
+    tags.update({f"{DATA_PREFIX}{name}.sha256": d for name, d in data_digests.items()})
+    tags.update({var.lower(): os.environ[var] for var in DVC_ENV if os.environ.get(var)})
+    if os.environ.get(REPRODUCES_ENV):
+        tags[REPRODUCES] = os.environ[REPRODUCES_ENV]
+    tags.update(environment())
+    return tags
