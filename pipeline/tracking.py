@@ -140,6 +140,9 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: platform.node(), PID_TAG: str(os.getpid())}
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
@@ -183,11 +186,10 @@ def tracked_run(
     run_id: str | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[str]:
-    """`open_run` ... `close_run` around a block, SIGTERM counting as an interrupt (KILLED).
-
-    Yields the run id.
+    """`open_run` ... `close_run` around a block; SIGINT and SIGTERM end it KILLED, the signal
+    named in its `failure_reason`. Yields the run id.
     """
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in INTERRUPTS}
     try:
         run_id = open_run(experiment_id, run_name, tags, run_id, parent_run_id)
         try:
@@ -197,7 +199,8 @@ def tracked_run(
             raise
         close_run(run_id)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
