@@ -29,8 +29,9 @@ REPRODUCES = "reproduces"
 DATA_PREFIX = "data."  # data.<file>.sha256
 ENV_PREFIX = "env."  # env.python, env.cpu, env.<package>
 NOT_IN_GIT = "none"
-# DVC rewrites dvc.lock while the pipeline runs: it never makes a tree dirty.
-NOT_CODE = ":!dvc.lock"
+# Not code: DVC rewrites dvc.lock while the pipeline runs, and `dvc exp run -S` rewrites
+# params.yaml, which every run records whole (config.yaml, params_sha256).
+NOT_CODE = (":!dvc.lock", ":!params.yaml")
 
 
 def git(root: Path, *args: str) -> str | None:
@@ -45,11 +46,11 @@ def git(root: Path, *args: str) -> str | None:
 
 
 def git_state(root: Path) -> dict[str, str]:
-    """Commit, branch and dirty flag of the code at `root` (dvc.lock aside)."""
+    """Commit, branch and dirty flag of the code at `root` (dvc.lock and params.yaml aside)."""
     commit = git(root, "rev-parse", "HEAD")
     if commit is None:
         return {GIT_COMMIT: NOT_IN_GIT}
-    status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", NOT_CODE)
+    status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE)
     return {
         GIT_COMMIT: commit,
         GIT_BRANCH: git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
@@ -58,8 +59,9 @@ def git_state(root: Path) -> dict[str, str]:
 
 
 def uncommitted_diff(root: Path) -> str:
-    """The tracked changes against HEAD (dvc.lock aside), as `git apply` takes them."""
-    return (git(root, "diff", "HEAD", "--binary", "--", ".", NOT_CODE) or "") + "\n"
+    """The tracked changes against HEAD (dvc.lock and params.yaml aside), as `git apply`
+    takes them."""
+    return (git(root, "diff", "HEAD", "--binary", "--", ".", *NOT_CODE) or "") + "\n"
 
 
 def cpu_model() -> str:

@@ -282,11 +282,21 @@ def log_keras_model(run_id: str, model: Any, example: Any) -> str:
     outputs = np.zeros((len(example), *model.output_shape[1:]), dtype=np.float32)
     # Named here, MLflow need not reload the model in a subprocess to infer them.
     requirements = [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")]
+    run = mlflow.MlflowClient().get_run(run_id)
+    # Created here, the logged model lands in the run's experiment (MLflow would otherwise
+    # pick the active run's or the default one) and carries the run's params.
+    logged = mlflow.initialize_logged_model(
+        name=MODEL_ARTIFACT,
+        source_run_id=run_id,
+        params=run.data.params,
+        experiment_id=run.info.experiment_id,
+    )
     info = Model.log(
         artifact_path=None,
         name=MODEL_ARTIFACT,
         flavor=mlflow.tensorflow,
         run_id=run_id,
+        model_id=logged.model_id,
         model=model,
         signature=infer_signature(example, outputs),
         input_example=example,

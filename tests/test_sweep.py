@@ -120,17 +120,16 @@ def test_sweep_nests_runs_and_summarises_on_the_parent(project: Path) -> None:
     assert len(list(csv.DictReader((project / "board.csv").open()))) == 4
 
 
-def test_failing_job_keeps_the_others(project: Path) -> None:
+def test_a_bad_value_fails_its_job_before_any_run_and_keeps_the_others(project: Path) -> None:
     proc = sweep(project, "failing", "model.hidden_units=16,-1", "train.epochs=1", check=False)
     assert proc.returncode == 1
     assert "1 of 2 jobs failed" in proc.stderr
-    assert "mlp-h-1-e1" in proc.stderr and "received -1" in proc.stderr
+    assert "model.hidden_units=-1" in proc.stderr and "received -1" in proc.stderr
     (parent,), children = runs_of(project, "failing")
-    status = {c.info.run_name: c.info.status for c in children}
-    assert status == {"mlp-h16-e1": "FINISHED", "mlp-h-1-e1": "FAILED"}
-    failed = next(c for c in children if c.info.status == "FAILED")
-    assert "received -1" in failed.data.tags["failure_reason"]
+    assert {c.info.run_name: c.info.status for c in children} == {"mlp-h16-e1": "FINISHED"}
     assert parent.info.status == "FAILED"
+    assert parent.data.tags["failure_reason"] == "PipelineError: 1 of 2 jobs failed"
+    assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["failed_jobs"] == 1
     assert "summary.csv" in parent_artifacts(parent)
 
 
@@ -186,3 +185,36 @@ def test_standard_grid_preset() -> None:
         "train.epochs": "1,3,5,10",
     }
     assert cfg.hydra.callbacks.sweep._target_ == "pipeline.sweep.SweepCallback"
+
+
+def artifact_paths(run_id: str, path: str | None = None) -> set[str]:
+    client = mlflow.MlflowClient()
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_a_sweep_job_and_dvc_exp_run_make_the_same_run(project: Path) -> None:
+    """One core: the same configuration through a sweep and through DVC gives the same run."""
+    sweep(project, "parity", "model.hidden_units=16", "train.epochs=1")
+    settings = [*QUICK, "model.hidden_units=16", "train.epochs=1"]
+    settings.append("tracking.experiment_name=parity")
+    run(["dvc", "exp", "run", "-n", "parity", *(a for s in settings for a in ("-S", s))], project)
+    run(["git", "checkout", "--", "params.yaml"], project)
+    _, runs = runs_of(project, "parity")
+    (job,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (stage,) = [r for r in runs if r is not job]
+    assert job.info.status == stage.info.status == "FINISHED"
+    assert job.info.run_name == stage.info.run_name == "mlp-h16-e1"
+    assert job.data.params == stage.data.params
+    assert set(job.data.metrics) == set(stage.data.metrics)
+    assert artifact_paths(job.info.run_id) == artifact_paths(stage.info.run_id)
+    assert "figures/confusion_matrix.png" in artifact_paths(job.info.run_id)
+    job_tags, stage_tags = set(job.data.tags), set(stage.data.tags)
+    assert job_tags - stage_tags == {"mlflow.parentRunId", "sweep_overrides"}
+    assert stage_tags - job_tags == {"dvc_exp_name", "dvc_exp_baseline_rev"}
+    # Same seed, data, threads and code: the same model, bit for bit.
+    for key in ("weights_sha256", "params_sha256", "git_commit", "git_dirty"):
+        assert job.data.tags[key] == stage.data.tags[key], key
+    assert job.data.metrics["test_accuracy"] == stage.data.metrics["test_accuracy"]
