@@ -4,7 +4,6 @@ The data come from MNIST_MIRROR when it is set, else from the public mirrors; ne
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -41,12 +40,25 @@ def find_exp(node: object, name: str) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A fresh copy after `dvc repro`, and the id of the one run that made."""
     root = copy_project(tmp_path_factory.mktemp("e2e"))
     proc = dvc(root, "repro")
     for stage in STAGES:
         assert f"Running stage '{stage}'" in proc.stdout
-    yield root
+    (made,) = runs(root)
+    return root, made.info.run_id
+
+
+@pytest.fixture
+def project(repro: tuple[Path, str]) -> Path:
+    return repro[0]
+
+
+@pytest.fixture
+def default_run(repro: tuple[Path, str]):
+    use_store(f"sqlite:///{repro[0]}/mlflow.db")
+    return mlflow.get_run(repro[1])
 
 
 def test_default_pipeline_reaches_97_percent(project: Path) -> None:
@@ -69,8 +81,8 @@ def test_default_pipeline_reaches_97_percent(project: Path) -> None:
     assert predictions[0] == "actual,predicted" and len(predictions) == 10_001
 
 
-def test_one_mlflow_run_holds_everything(project: Path) -> None:
-    (run_,) = runs(project)
+def test_one_mlflow_run_holds_everything(project: Path, default_run) -> None:
+    run_ = default_run
     assert run_.info.status == "FINISHED" and run_.info.run_name == "mlp-h128-e5"
     client = mlflow.MlflowClient()
     history = client.get_metric_history(run_.info.run_id, "val_accuracy")
@@ -96,20 +108,22 @@ def test_one_mlflow_run_holds_everything(project: Path) -> None:
     assert run_file["run_id"] == run_.info.run_id
 
 
-def test_logged_model_loads_and_predicts_like_the_stage_output(project: Path) -> None:
+def test_logged_model_loads_and_predicts_like_the_stage_output(project: Path, default_run) -> None:
     import keras
 
-    (run_,) = runs(project)
+    run_ = default_run
     (logged,) = mlflow.search_logged_models(
-        experiment_ids=[run_.info.experiment_id], output_format="list"
+        experiment_ids=[run_.info.experiment_id],
+        filter_string=f"source_run_id = '{run_.info.run_id}'",
+        output_format="list",
     )
-    assert logged.source_run_id == run_.info.run_id
+    assert logged.name == "model" and logged.params["model.hidden_units"] == "128"
     assert logged.model_id and logged.artifact_location.startswith((project / "mlruns").as_uri())
     with np.load(project / "data/processed/test.npz") as test:
         x, y = test["x"][:200], test["y"][:200]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
-    assert pyfunc.metadata.signature is not None
-    assert Path(pyfunc.metadata.artifact_path or "model") is not None
+    (spec,) = pyfunc.metadata.signature.inputs.to_dict()
+    assert spec["tensor-spec"]["shape"] == [-1, 28, 28]
     probs = np.asarray(pyfunc.predict(x))
     local = keras.models.load_model(project / "models/model.keras").predict(x, verbose=0)
     np.testing.assert_allclose(probs, local, atol=1e-6)
@@ -117,11 +131,12 @@ def test_logged_model_loads_and_predicts_like_the_stage_output(project: Path) ->
 
 
 def test_second_repro_skips_every_stage(project: Path) -> None:
+    before = len(runs(project))
     proc = dvc(project, "repro")
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
     assert "Data and pipelines are up to date." in proc.stdout
-    assert len(runs(project)) == 1
+    assert len(runs(project)) == before
 
 
 def test_plots_show_renders_curves_and_confusion(project: Path) -> None:
@@ -133,10 +148,11 @@ def test_plots_show_renders_curves_and_confusion(project: Path) -> None:
 
 
 def test_bad_override_stops_before_training(project: Path) -> None:
+    before = len(runs(project))
     proc = dvc(project, "exp", "run", "-S", "model.hidden_units=-3", check=False)
     assert proc.returncode != 0
     assert "model.hidden_units must be an integer > 0, received -3" in proc.stdout + proc.stderr
-    assert len(runs(project)) == 1
+    assert len(runs(project)) == before
     run(["git", "checkout", "--", "params.yaml"], project)
 
 
