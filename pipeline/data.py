@@ -1,4 +1,4 @@
-"""IDX and npz files: reading, writing, checking; SHA-256 digests. No TensorFlow here.
+"""IDX and npz files: reading, writing, checking, preparing; SHA-256 digests. No TensorFlow here.
 
 IDX is MNIST's format: a 4-byte magic number (two zero bytes, a type code, the number of
 dimensions), one big-endian uint32 per dimension, then the values. MNIST uses unsigned bytes:
@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.config import FileSpec, load_params
 from pipeline.errors import DataError
-from pipeline.paths import PROCESSED_DIR, RAW_DIR, project_root
+from pipeline.paths import PARAMS_FILE, PROCESSED_DIR, RAW_DIR
 
 UBYTE = 0x08
 IMAGE_SHAPE = (28, 28)
@@ -108,6 +108,25 @@ def data_digests(files: dict[str, FileSpec], root: Path = Path()) -> dict[str, s
     return digests
 
 
+def scale(images: np.ndarray) -> np.ndarray:
+    """Pixels 0-255 to float32 0-1, the seed model's only preprocessing."""
+    return images.astype(np.float32) / 255.0
+
+
+def split_validation(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Hold out a seeded random `fraction` of (x, y); return (train, val) in a fixed order."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = round(len(x) * fraction)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def class_counts(y: np.ndarray) -> dict[str, int]:
+    return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=NUM_CLASSES))}
+
+
 def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:
     """Write one split as `<split>.npz` (x: float32 images in 0-1, y: uint8 labels), atomically."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -128,12 +147,12 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
-def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split of the prepared data, read once per process: every job trains on the same data.
+def prepared(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split of the project's prepared data, read once per process: every job of a sweep
+    trains on the same data.
 
     A job on a machine without it (a cluster node) takes it from the DVC cache or remote.
     """
-    root = project_root()
     if not (root / PROCESSED_DIR / f"{split}.npz").exists():
         pulled = subprocess.run(
             [sys.executable, "-m", "dvc", "pull", str(PROCESSED_DIR)],
@@ -151,7 +170,7 @@ def prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
-def project_data_digests() -> dict[str, str]:
+def project_data_digests(root: Path) -> dict[str, str]:
     """`data_digests` of the project's data, computed once per process (a sweep never changes
     them)."""
-    return data_digests(load_params().data.files, project_root())
+    return data_digests(load_params(root / PARAMS_FILE).data.files, root)

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline import metrics, model, plots, tracking
+from pipeline import model, tracking
 from pipeline.config import Config
 from pipeline.data import sha256_file
 from pipeline.paths import (
@@ -114,6 +114,8 @@ def evaluate(
 ) -> Evaluated:
     """Score `net` on the test split; write metrics, predictions and figures under `out`, log
     them to `run_id`, and register the model (`tracking.register`)."""
+    from pipeline import metrics, plots  # matplotlib: only where figures are drawn
+
     x, y = test
     probs = model.predict(net, x)
     y_pred = probs.argmax(axis=1)

@@ -1,10 +1,11 @@
 """Where things are: the project root, and what each stage reads and writes below it.
 
-The root is DVC_ROOT when DVC sets it (also for a queued experiment run in a temporary copy),
-else the folder holding this package. Everything below is relative to the root, as in dvc.yaml.
+The root is the current directory: DVC runs every stage there (a queued experiment in its
+temporary copy), and commands are run from the project folder. A sweep's jobs take the root their
+sweep was launched from, wherever a launcher runs them. Everything below is relative to the root,
+as in dvc.yaml. (The MLflow store has a location of its own: see tracking.py.)
 """
 
-import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -12,8 +13,8 @@ CONF_DIR = PACKAGE_DIR.parent / "conf"  # code, so it sits beside the package it
 
 
 def project_root() -> Path:
-    """The project the stages, sweeps and commands work in."""
-    return Path(os.environ.get("DVC_ROOT") or PACKAGE_DIR.parent).resolve()
+    """The project the stages, sweeps and commands work in: the current directory."""
+    return Path.cwd().resolve()
 
 
 PARAMS_FILE = Path("params.yaml")

@@ -10,31 +10,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from pipeline.config import load_params
-from pipeline.data import NUM_CLASSES, read_mnist_pair, save_split
+from pipeline.data import class_counts, read_mnist_pair, save_split, scale, split_validation
 from pipeline.errors import run_cli
 from pipeline.paths import DATA_REPORT, PROCESSED_DIR, RAW_DIR, project_root
-
-
-def scale(images: np.ndarray) -> np.ndarray:
-    """Pixels 0-255 to float32 0-1, the seed model's only preprocessing."""
-    return images.astype(np.float32) / 255.0
-
-
-def split_validation(
-    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Hold out a seeded random `fraction` of (x, y); return (train, val) in a fixed order."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = round(len(x) * fraction)
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return (x[train], y[train]), (x[val], y[val])
-
-
-def class_counts(y: np.ndarray) -> dict[str, int]:
-    return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=NUM_CLASSES))}
 
 
 def main() -> None:

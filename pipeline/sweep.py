@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config, ConfigError, load_params, to_yaml, validate
 from pipeline.errors import PipelineError
-from pipeline.paths import project_root
+from pipeline.paths import PARAMS_FILE, project_root
 
 PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
 JOB_FILE = "job.json"  # in each job's folder: how it ended, also when it made no run
@@ -44,9 +44,9 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def check_data_settings(config: Config) -> None:
+def check_data_settings(config: Config, root: Path) -> None:
     """The sweep trains on the data `dvc repro` prepared; its data settings cannot vary."""
-    if config.data != load_params().data:
+    if config.data != load_params(root / PARAMS_FILE).data:
         raise ConfigError(
             "data.* cannot be overridden in a sweep: the jobs share the data prepared from "
             "params.yaml. Change conf/data/ and run `uv run python -m pipeline.config` instead."
@@ -75,6 +75,7 @@ class SweepCallback(Callback):
         )
         # Jobs log where the parent does, wherever a launcher runs them.
         info = {
+            "workspace": str(root),
             "run_id": parent_id,
             "experiment_id": experiment_id,
             "tracking_uri": tracking.tracking_uri(config.tracking.uri),
@@ -155,10 +156,11 @@ def run_job(cfg: DictConfig) -> float | None:
     overrides = " ".join(hc.overrides.task)
     outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
     try:
+        parent = json.loads((Path(hc.sweep.dir) / PARENT_FILE).read_text(encoding="utf-8"))
         data = plain(cfg)
         config = validate(data)
-        check_data_settings(config)
-        accuracy = _train_and_evaluate(config, data, overrides, Path(hc.sweep.dir), out, outcome)
+        check_data_settings(config, Path(parent["workspace"]))
+        accuracy = _train_and_evaluate(config, data, overrides, parent, out, outcome)
         outcome["status"] = "FINISHED"
         return accuracy
     except Exception as exc:  # the summary reports it; the other jobs go on
@@ -173,7 +175,7 @@ def _train_and_evaluate(
     config: Config,
     data: dict[str, Any],
     overrides: str,
-    sweep_dir: Path,
+    parent: dict[str, str],
     out: Path,
     outcome: dict[str, Any],
 ) -> float:
@@ -183,13 +185,13 @@ def _train_and_evaluate(
     from pipeline.data import prepared, project_data_digests
     from pipeline.model import limit
 
-    parent = json.loads((sweep_dir / PARENT_FILE).read_text(encoding="utf-8"))
+    root = Path(parent["workspace"])
     experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
     try:
         with tracking.model_run(
-            project_root(),
+            root,
             to_yaml(data),
-            project_data_digests(),
+            project_data_digests(root),
             experiment_id,
             experiment.run_name(config),
             tags={tracking.OVERRIDES_TAG: overrides},
@@ -198,9 +200,9 @@ def _train_and_evaluate(
             outcome["run_id"] = run_id
             done = experiment.run(
                 config,
-                limit(prepared("train"), config.train.max_examples),
-                prepared("val"),
-                prepared("test"),
+                limit(prepared(root, "train"), config.train.max_examples),
+                prepared(root, "val"),
+                prepared(root, "test"),
                 run_id,
                 out,
             )

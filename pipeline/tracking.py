@@ -1,9 +1,10 @@
 """MLflow: where the store is, how a run starts and ends, and what its parts are called.
 
 The store: MLFLOW_TRACKING_URI when set (a team server), else `tracking.uri` from the config,
-else MLflow's default layout at the project root (`sqlite:///mlflow.db`, artifacts in `mlruns/`),
-so `uv run mlflow ui` there shows every run. Every command that reads or writes runs resolves it
-here, the same way.
+else MLflow's default layout at the repository root (`sqlite:///mlflow.db`, artifacts in
+`mlruns/`), so `uv run mlflow ui` there shows every run. The repository root is DVC_ROOT when DVC
+sets it: a queued experiment runs in a temporary copy, and still logs to its repository's store.
+Every command that reads or writes runs resolves it here, the same way.
 
 Runs are explicit: functions take a run id and log through `MlflowClient`, never to whatever
 run happens to be active. The names below are the protocol between the modules that write a run
@@ -59,12 +60,17 @@ CHAMPION = "champion"  # the registry alias of the best model
 # ---- the store -----------------------------------------------------------------------------
 
 
+def store_root() -> Path:
+    """Where the local store lives: DVC's repository root, else the project root."""
+    return Path(os.environ.get("DVC_ROOT") or project_root()).resolve()
+
+
 def tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else `configured` (`tracking.uri`), else the local store."""
     return (
         os.environ.get("MLFLOW_TRACKING_URI")
         or configured
-        or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+        or f"sqlite:///{(root or store_root()) / 'mlflow.db'}"
     )
 
 

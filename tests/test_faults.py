@@ -26,8 +26,8 @@ import yaml
 from conftest import NAMES, ROOT, run, run_env, spec_of, use_store
 from pipeline.config import compose, validate
 from pipeline.data import save_split, sha256_file
+from pipeline.download import NoDowngradeRedirects, fetch_file
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.fetch import NoDowngradeRedirects, fetch_file
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):

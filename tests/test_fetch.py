@@ -10,8 +10,8 @@ import yaml
 
 from conftest import NAMES, ROOT, run, spec_of
 from pipeline.data import sha256_file
+from pipeline.download import fetch_file, sources
 from pipeline.errors import DataError
-from pipeline.fetch import fetch_file, sources
 
 
 def gzip_folder(src: Path, dest: Path) -> Path:
@@ -126,7 +126,7 @@ def test_fetch_stage_with_mirror_and_without_tensorflow(
     """The stage command reads params.yaml, fetches all four files from MNIST_MIRROR."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["files"] = {
-        key: vars(spec_of(small_mnist / name))
+        key: spec_of(small_mnist / name).model_dump()
         for key, name in zip(
             ("train_images", "train_labels", "test_images", "test_labels"), NAMES, strict=True
         )
@@ -139,5 +139,6 @@ def test_fetch_stage_with_mirror_and_without_tensorflow(
     (work / "data/raw/stale.part").write_bytes(b"left by a killed run")
     probe = "import runpy, sys; runpy.run_module('pipeline.fetch', run_name='__main__')"
     check = "; assert 'tensorflow' not in sys.modules, 'fetch imported tensorflow'"
-    run(["python", "-c", probe + check], work, PYTHONPATH=str(ROOT), MNIST_MIRROR=http_mirror)
+    env = {"PYTHONPATH": str(ROOT), "DVC_ROOT": str(work), "MNIST_MIRROR": http_mirror}
+    run(["python", "-c", probe + check], work, **env)
     assert sorted(p.name for p in (work / "data/raw").iterdir()) == sorted(NAMES)

@@ -123,7 +123,7 @@ def test_logged_model_loads_and_predicts_like_the_stage_output(project: Path, de
         x, y = test["x"][:200], test["y"][:200]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     (spec,) = pyfunc.metadata.signature.inputs.to_dict()
-    assert spec["tensor-spec"]["shape"] == [-1, 28, 28]
+    assert list(spec["tensor-spec"]["shape"]) == [-1, 28, 28]
     probs = np.asarray(pyfunc.predict(x))
     local = keras.models.load_model(project / "models/model.keras").predict(x, verbose=0)
     np.testing.assert_allclose(probs, local, atol=1e-6)

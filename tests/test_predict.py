@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import ROOT, run, run_env, use_store
 from pipeline.config import validate
 from pipeline.data import read_mnist_pair
-from pipeline.fetch import fetch_file, sources
+from pipeline.download import fetch_file, sources
 from pipeline.images import load_image, normalize
 
 N = 100  # test digits rendered as images
@@ -175,10 +175,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: 
         model = keras.models.load_model(model_file)
         outcomes = []
         for accuracy in (0.95, 0.97, 0.96):
-            with tracking.tracked_run(experiment_id=experiment_id):
-                uri = tracking.log_keras_model(model, mnist["xt"][:5])
-                mlflow.log_metric("test_accuracy", accuracy)
-                outcomes.append(tracking.register(uri, "mnist-digits", accuracy))
+            with tracking.tracked_run(experiment_id) as run_id:
+                uri = tracking.log_keras_model(run_id, model, mnist["xt"][:5])
+                tracking.log_metrics(run_id, {"test_accuracy": accuracy})
+                outcomes.append(tracking.register(run_id, uri, "mnist-digits", accuracy))
     finally:
         os.environ.clear()
         os.environ.update(saved)

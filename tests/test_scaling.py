@@ -187,6 +187,10 @@ def test_pipeline_and_parallel_sweep_on_team_server(
         assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
     versions = client.search_model_versions("name = 'mnist-digits'")
     assert len(versions) == 5
+    # compare reads the store train wrote to: params.yaml's tracking.uri, no environment.
+    board = run(["python", "-m", "pipeline.compare", "--experiment", "team-sweep"], project)
+    listed = {line.split()[0] for line in board.stdout.splitlines()[2:]}
+    assert listed == {c.info.run_name for c in children}
     assert not (project / "mlflow.db").exists()
 
 
