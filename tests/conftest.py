@@ -65,6 +65,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess
     return proc
 
 
+def run_stage(module: str, work: Path, *args: str, check: bool = True, **env: str):
+    """`python -m pipeline.MODULE ARGS` in the project folder `work`, with this checkout's code."""
+    cmd = ["python", "-m", f"pipeline.{module}", *args]
+    return run(cmd, work, check=check, PYTHONPATH=str(ROOT), **env)
+
+
 def copy_project(dest: Path) -> Path:
     """Copy the project's files as git sees them (tracked and untracked-not-ignored) and commit."""
     listed = subprocess.run(

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, run
+from conftest import ROOT, copy_project, run, run_stage
 from pipeline.config import CNNConfig, Config, MLPConfig, compose, params_yaml_text, validate
 from pipeline.errors import ConfigError
 
@@ -104,13 +104,7 @@ def test_bad_params_yaml_stops_the_stage_before_any_work(
     default_params["model"]["hidden_units"] = -3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
     for stage in ("fetch", "preprocess", "train", "evaluate"):
-        proc = run(
-            ["python", "-m", f"pipeline.{stage}"],
-            tmp_path,
-            check=False,
-            PYTHONPATH=str(ROOT),
-            DVC_ROOT=str(tmp_path),
-        )
+        proc = run_stage(stage, tmp_path, check=False)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(
             "error: model.hidden_units must be an integer > 0, received -3"
@@ -120,13 +114,7 @@ def test_bad_params_yaml_stops_the_stage_before_any_work(
 
 
 def test_missing_params_yaml_says_where(tmp_path: Path) -> None:
-    proc = run(
-        ["python", "-m", "pipeline.train"],
-        tmp_path,
-        check=False,
-        PYTHONPATH=str(ROOT),
-        DVC_ROOT=str(tmp_path),
-    )
+    proc = run_stage("train", tmp_path, check=False)
     assert proc.returncode == 2
     assert "params.yaml not found" in proc.stderr and str(tmp_path) in proc.stderr
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import NAMES, ROOT, run, run_env, spec_of, use_store
+from conftest import NAMES, ROOT, run_env, run_stage, spec_of, use_store
 from pipeline.config import compose, validate
 from pipeline.data import save_split, sha256_file
 from pipeline.download import NoDowngradeRedirects, fetch_file
@@ -186,8 +186,7 @@ def test_fetch_killed_mid_download_then_rerun(small_mnist: Path, tmp_path: Path,
     proc.wait(timeout=10)
     assert not [p for p in raw.iterdir() if not p.name.startswith(".")]
     good = serve(gz_copy(small_mnist, tmp_path / "good"), "ok")
-    env = {"PYTHONPATH": str(ROOT), "DVC_ROOT": str(work), "MNIST_MIRROR": good}
-    run(["python", "-m", "pipeline.fetch"], work, **env)
+    run_stage("fetch", work, MNIST_MIRROR=good)
     assert sorted(p.name for p in raw.iterdir()) == sorted(NAMES)
     for name in NAMES:
         assert sha256_file(raw / name) == sha256_file(small_mnist / name)
@@ -212,13 +211,7 @@ def runs_in(work: Path) -> list:
 
 def test_divergence_fails_the_run_and_leaves_no_model(small_mnist: Path, tmp_path: Path) -> None:
     work = processed_workdir(small_mnist, tmp_path, learning_rate=1e6, epochs=2)
-    proc = run(
-        ["python", "-m", "pipeline.train"],
-        work,
-        check=False,
-        PYTHONPATH=str(ROOT),
-        DVC_ROOT=str(work),
-    )
+    proc = run_stage("train", work, check=False)
     assert proc.returncode == 1
     assert "error: training diverged in epoch 1" in proc.stderr
     assert "Lower train.learning_rate (received 1000000.0)" in proc.stderr
@@ -264,10 +257,9 @@ def test_sigkilled_run_is_found_and_marked_killed(small_mnist: Path, tmp_path: P
     proc.wait(timeout=30)
     (orphan,) = runs_in(work)
     assert orphan.info.status == "RUNNING"
-    env = {"PYTHONPATH": str(ROOT), "DVC_ROOT": str(work)}
-    listed = run(["python", "-m", "pipeline.runs"], work, **env)
+    listed = run_stage("runs", work)
     assert "1 running, 1 orphaned, 0 marked KILLED" in listed.stdout
-    cleaned = run(["python", "-m", "pipeline.runs", "--cleanup"], work, **env)
+    cleaned = run_stage("runs", work, "--cleanup")
     assert f"{orphan.info.run_id}" in cleaned.stdout and "-> KILLED" in cleaned.stdout
     run_ = mlflow.get_run(orphan.info.run_id)
     assert run_.info.status == "KILLED"
@@ -282,14 +274,7 @@ def test_tracking_server_down_fails_fast_before_training(
         closed.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
     start = time.monotonic()
-    proc = run(
-        ["python", "-m", "pipeline.train"],
-        work,
-        check=False,
-        PYTHONPATH=str(ROOT),
-        DVC_ROOT=str(work),
-        MLFLOW_TRACKING_URI=uri,
-    )
+    proc = run_stage("train", work, check=False, MLFLOW_TRACKING_URI=uri)
     assert time.monotonic() - start < 30
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1].startswith(

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from conftest import ROOT, run
+from conftest import ROOT, run_stage
 from pipeline.data import class_counts, load_split, scale, sha256_file, split_validation
 
 
@@ -46,7 +46,7 @@ def test_preprocess_stage_writes_splits_and_report(small_mnist: Path, tmp_path: 
     (work / "data").mkdir(parents=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     (work / "data/raw").symlink_to(small_mnist)
-    run(["python", "-m", "pipeline.preprocess"], work, PYTHONPATH=str(ROOT), DVC_ROOT=str(work))
+    run_stage("preprocess", work)
     sizes = {s: len(load_split(work / "data/processed", s)[1]) for s in ("train", "val", "test")}
     assert sizes == {"train": 45, "val": 15, "test": 20}
     x, _ = load_split(work / "data/processed", "train")
@@ -62,13 +62,7 @@ def test_preprocess_names_a_corrupt_file(small_mnist: Path, tmp_path: Path) -> N
     (work / "data").mkdir(parents=True)
     (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     (work / "data/raw").symlink_to(small_mnist)
-    proc = run(
-        ["python", "-m", "pipeline.preprocess"],
-        work,
-        check=False,
-        PYTHONPATH=str(ROOT),
-        DVC_ROOT=str(work),
-    )
+    proc = run_stage("preprocess", work, check=False)
     assert proc.returncode == 1
     assert "t10k-labels-idx1-ubyte: header says shape (9,)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -224,7 +224,8 @@ def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None
     # A job on another machine gets the prepared data from the remote, not from a download.
     shutil.rmtree(second / "data/processed")
     shutil.rmtree(second / ".dvc/cache")
-    pull = "from pipeline.data import prepared; print(len(prepared('train')[1]))"
+    pull = "from pathlib import Path; from pipeline.data import prepared; "
+    pull += "print(len(prepared(Path.cwd(), 'train')[1]))"
     proc = run(["python", "-c", pull], second, MNIST_MIRROR=str(tmp_path / "no-mirror"))
     assert proc.stdout.strip().splitlines()[-1] == "54000"
     assert (second / "data/processed/train.npz").exists()
