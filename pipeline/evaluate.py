@@ -11,28 +11,43 @@ Command: `uv run dvc repro evaluate` (or `uv run python -m pipeline.evaluate`).
 
 from __future__ import annotations
 
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+
 from pipeline.config import load_params
 from pipeline.data import load_split
 from pipeline.errors import run_cli
 from pipeline.paths import HISTORY_CSV, MODEL_PATH, PROCESSED_DIR, RUN_FILE, project_root
 
 
+def predict_in_worker(path: Path, sha256: str | None, x: np.ndarray) -> np.ndarray:
+    """`model.predict_file`, imported here so that only the worker loads TensorFlow."""
+    from pipeline.model import predict_file
+
+    return predict_file(path, sha256, x)
+
+
 def main() -> None:
     cfg = load_params()  # before the heavy imports: a bad value fails in a second
-    from pipeline import experiment, tracking
-    from pipeline.model import load_model
-
     root = project_root()
-    tracking.setup(cfg.tracking.experiment_name, cfg.tracking.uri)
-    run = tracking.read_run(root / RUN_FILE)
-    tags = run.data.tags
-    with tracking.tracked_run(run_id=run.info.run_id) as run_id:
-        net = load_model(root / MODEL_PATH, sha256=tags.get(tracking.MODEL_SHA256_TAG))
-        history = experiment.read_history(root / HISTORY_CSV)
-        test = load_split(root / PROCESSED_DIR, "test")
-        done = experiment.evaluate(
-            cfg, net, tags[tracking.MODEL_URI_TAG], history, test, run_id, root
-        )
+    test = load_split(root / PROCESSED_DIR, "test")
+    # TensorFlow and MLflow take seconds each to import: a worker imports TensorFlow while this
+    # process imports MLflow and opens the run, then predicts. Leaving the block stops it.
+    with multiprocessing.get_context("spawn").Pool(1, __import__, ("keras",)) as worker:
+        from pipeline import experiment, tracking
+
+        tracking.setup(cfg.tracking.experiment_name, cfg.tracking.uri)
+        run = tracking.read_run(root / RUN_FILE)
+        tags = run.data.tags
+        with tracking.tracked_run(run_id=run.info.run_id) as run_id:
+            digest = tags.get(tracking.MODEL_SHA256_TAG)
+            probs = worker.apply(predict_in_worker, (root / MODEL_PATH, digest, test[0]))
+            history = experiment.read_history(root / HISTORY_CSV)
+            done = experiment.evaluate(
+                cfg, probs, tags[tracking.MODEL_URI_TAG], history, test, run_id, root
+            )
     scores = done.report
     print(
         f"evaluate: test_accuracy {scores[tracking.TEST_ACCURACY]:.4f}, "

@@ -7,8 +7,9 @@ reports/predictions.csv and reports/figures/*.png. The run gets the same: the co
 per-epoch metrics, the training summary, test metrics, figures, the model and its registry
 version.
 
-`dvc repro` calls `train` (stage train) and `evaluate` (stage evaluate) in two processes, with the
-project root as output folder; a sweep job calls `run`, which does both, with its own folder.
+`dvc repro` calls `train` (stage train) and `evaluate` (stage evaluate, which predicts in a worker
+process) in two processes, with the project root as output folder; a sweep job calls `run`, which
+does both in one, with its own folder.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
-from pipeline import model, tracking
+from pipeline import tracking
 from pipeline.config import Config
 from pipeline.data import sha256_file
 from pipeline.paths import (
@@ -33,6 +33,9 @@ from pipeline.paths import (
     PREDICTIONS_CSV,
     TRAIN_JSON,
 )
+
+if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, so the evaluate
+    import keras  # stage's own process, which only scores predictions, never loads it.
 
 Split = tuple[np.ndarray, np.ndarray]
 GRID = 32  # test digits shown in the predictions grid
@@ -62,11 +65,14 @@ def run_name(cfg: Config) -> str:
 def start(cfg: Config) -> None:
     """Fix threads, seeds and determinism. Call before the first tensor: TensorFlow fixes its
     thread counts once it has started."""
+    from pipeline import model
+
     model.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
 
 
 def epoch_logger(run_id: str) -> keras.callbacks.Callback:
     """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1)."""
+    import keras
 
     def log(epoch: int, logs: dict[str, float] | None) -> None:
         tracking.log_metrics(run_id, logs or {}, step=epoch + 1)
@@ -77,6 +83,8 @@ def epoch_logger(run_id: str) -> keras.callbacks.Callback:
 def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: Path) -> Trained:
     """Build and fit the configured model; save it, its history and summary under `out`; log
     the config, each epoch, the summary, the weights' digest and the model to `run_id`."""
+    from pipeline import model
+
     start(cfg)
     net = model.compile_model(model.build_model(cfg.model), cfg.train)
     tracking.log_params(run_id, tracking.flatten(cfg.to_dict()))
@@ -105,19 +113,19 @@ def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: P
 
 def evaluate(
     cfg: Config,
-    net: keras.Model,
+    probs: np.ndarray,
     model_uri: str,
     history: dict[str, list[float]],
     test: Split,
     run_id: str,
     out: Path,
 ) -> Evaluated:
-    """Score `net` on the test split; write metrics, predictions and figures under `out`, log
-    them to `run_id`, and register the model (`tracking.register`)."""
+    """Score the model's class probabilities `probs` for the test split; write metrics,
+    predictions and figures under `out`, log them to `run_id`, and register the model at
+    `model_uri` (`tracking.register`)."""
     from pipeline import metrics, plots  # matplotlib: only where figures are drawn
 
     x, y = test
-    probs = model.predict(net, x)
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
     figures = {
@@ -149,8 +157,11 @@ def run(
     cfg: Config, train_split: Split, val_split: Split, test: Split, run_id: str, out: Path
 ) -> Evaluated:
     """`train`, then `evaluate` the model in memory: one configuration, start to finish."""
+    from pipeline import model
+
     trained = train(cfg, train_split, val_split, run_id, out)
-    return evaluate(cfg, trained.model, trained.model_uri, trained.history, test, run_id, out)
+    probs = model.predict(trained.model, test[0])
+    return evaluate(cfg, probs, trained.model_uri, trained.history, test, run_id, out)
 
 
 def write_history(history: dict[str, list[float]], path: Path) -> None:

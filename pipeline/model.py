@@ -303,6 +303,11 @@ def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return model.predict(x, batch_size=1024, verbose=0)
 
 
+def predict_file(path: Path, sha256: str | None, x: np.ndarray) -> np.ndarray:
+    """`predict` with the model saved at `path`, its digest checked before it is loaded."""
+    return predict(load_model(path, sha256), x)
+
+
 def limit(
     data: tuple[np.ndarray, np.ndarray], max_examples: int | None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -221,6 +221,22 @@ def test_divergence_fails_the_run_and_leaves_no_model(small_mnist: Path, tmp_pat
     assert not (work / "models/model.keras").exists()
 
 
+def test_evaluate_refuses_a_model_changed_after_training(
+    small_mnist: Path, tmp_path: Path
+) -> None:
+    work = processed_workdir(small_mnist, tmp_path, epochs=1)
+    run_stage("train", work)
+    with (work / "models/model.keras").open("ab") as fh:
+        fh.write(b"changed")
+    proc = run_stage("evaluate", work, check=False)
+    assert proc.returncode == 1
+    assert "was changed since. Retrain with `uv run dvc repro --force train`." in proc.stderr
+    (changed,) = runs_in(work)
+    assert changed.info.status == "FAILED"
+    assert changed.data.tags["failure_reason"].startswith("DataError: ")
+    assert not (work / "reports/metrics.json").exists()
+
+
 def train_until_second_epoch(work: Path) -> subprocess.Popen:
     env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(work))
     proc = subprocess.Popen(
