@@ -148,12 +148,17 @@ class TrackingConfig(Section):
     ]
 
 
+class SweepConfig(Section):
+    seeds: PositiveInt
+
+
 class Config(Section):
     seed: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     tracking: TrackingConfig
+    sweep: SweepConfig
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -15,6 +15,7 @@ does both in one, with its own folder.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ EXAMPLE_INPUTS = 5  # validation digits stored with the logged model as its inpu
 @dataclass(frozen=True)
 class Evaluated:
     report: dict[str, Any]  # metrics.classification_report
-    registered_version: str
+    registered_version: str | None  # None: not registered (a sweep registers only its best)
     champion: bool
 
 
@@ -57,9 +58,53 @@ class Trained:
     model_uri: str
 
 
-def run_name(cfg: Config) -> str:
-    """A readable name saying what differs between runs, such as `mlp-h128-e5`."""
-    return f"{cfg.model.name}-h{cfg.model.hidden_units}-e{cfg.train.epochs}"
+# Short labels in run names; other keys go by their last part (`momentum0.9`).
+LABELS = {
+    "model.hidden_units": "h",
+    "train.epochs": "e",
+    "train.learning_rate": "lr",
+    "train.batch_size": "bs",
+    "train.max_examples": "n",
+    "train.optimizer": "",
+    "model.filters": "f",
+    "model.kernel_size": "k",
+    "model.dropout": "do",
+}
+UNNAMED = ("data.", "tracking.", "sweep.", "seed", "model.name")  # not part of what a model is
+
+
+@functools.cache
+def _defaults(model_name: str) -> dict[str, Any]:
+    from pipeline.config import compose
+
+    return tracking.flatten(compose([f"model={model_name}"]))
+
+
+def _label(key: str, value: Any) -> str:
+    label = LABELS.get(key, key.rsplit(".", 1)[-1])
+    if isinstance(value, bool):
+        return label if value else f"no{label}"
+    if isinstance(value, list):
+        return label + "x".join(map(str, value))
+    return f"{label}{value}"
+
+
+def run_name(cfg: Config, with_seed: bool = False) -> str:
+    """A name saying what sets this run apart: `mlp-h128-e5`, then every other key that differs
+    from conf/'s defaults (`mlp-h128-e5-lr0.003`), then the seed (`-s43`) when it differs or
+    `with_seed` (a sweep's replicates)."""
+    defaults = _defaults(cfg.model.name)
+    flat = tracking.flatten(cfg.to_dict())
+    parts = [cfg.model.name, _label("model.hidden_units", cfg.model.hidden_units)]
+    parts.append(_label("train.epochs", cfg.train.epochs))
+    for key, value in flat.items():
+        if key in ("model.hidden_units", "train.epochs") or key.startswith(UNNAMED):
+            continue
+        if defaults.get(key) != value:
+            parts.append(_label(key, value))
+    if with_seed or cfg.seed != defaults["seed"]:
+        parts.append(f"s{cfg.seed}")
+    return "-".join(parts)
 
 
 def start(cfg: Config) -> None:
@@ -95,6 +140,7 @@ def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: P
         **model.describe(net),
     }
     tracking.log_metrics(run_id, summary)
+    summary[tracking.VAL_ACCURACY] = history[tracking.VAL_ACCURACY][-1]  # for `dvc exp show`
     model_file = out / MODEL_PATH
     model.save_model(net, model_file)
     tracking.set_tags(
@@ -119,10 +165,11 @@ def evaluate(
     test: Split,
     run_id: str,
     out: Path,
+    register: bool = True,
 ) -> Evaluated:
     """Score the model's class probabilities `probs` for the test split; write metrics,
-    predictions and figures under `out`, log them to `run_id`, and register the model at
-    `model_uri` (`tracking.register`)."""
+    predictions and figures under `out`, log them to `run_id`, and (with `register`) register
+    the model at `model_uri`, judged on its validation accuracy (`tracking.register`)."""
     from pipeline import metrics, plots  # matplotlib: only where figures are drawn
 
     x, y = test
@@ -147,21 +194,30 @@ def evaluate(
     tracking.log_metrics(run_id, scores)
     tracking.log_artifacts(run_id, figures_dir, tracking.FIGURES_ARTIFACT)
     tracking.log_artifact(run_id, out / METRICS_JSON)
+    if not register:
+        return Evaluated(report, None, False)
+    val_accuracy = history[tracking.VAL_ACCURACY][-1]
     version, promoted = tracking.register(
-        run_id, model_uri, cfg.tracking.registered_model, report[tracking.TEST_ACCURACY]
+        run_id, model_uri, cfg.tracking.registered_model, val_accuracy
     )
     return Evaluated(report, version, promoted)
 
 
 def run(
-    cfg: Config, train_split: Split, val_split: Split, test: Split, run_id: str, out: Path
+    cfg: Config,
+    train_split: Split,
+    val_split: Split,
+    test: Split,
+    run_id: str,
+    out: Path,
+    register: bool = True,
 ) -> Evaluated:
     """`train`, then `evaluate` the model in memory: one configuration, start to finish."""
     from pipeline import model
 
     trained = train(cfg, train_split, val_split, run_id, out)
     probs = model.predict(trained.model, test[0])
-    return evaluate(cfg, probs, trained.model_uri, trained.history, test, run_id, out)
+    return evaluate(cfg, probs, trained.model_uri, trained.history, test, run_id, out, register)
 
 
 def write_history(history: dict[str, list[float]], path: Path) -> None:

@@ -108,38 +108,71 @@ def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     return fig
 
 
-def sweep_lines(hidden: Sequence[int], accuracy: Sequence[float], groups: Sequence[str]) -> Figure:
-    """Test accuracy against hidden units, one line per group (an epoch count, say 'mlp e5')."""
+def _bars(errors: Sequence[float] | None) -> np.ndarray | None:
+    """Error bar half-widths, or None where there are none to draw (one seed per point)."""
+    if errors is None:
+        return None
+    bars = np.asarray(errors, dtype=float)
+    return None if np.isnan(bars).all() else np.nan_to_num(bars)
+
+
+def sweep_lines(
+    hidden: Sequence[int],
+    accuracy: Sequence[float],
+    groups: Sequence[str],
+    errors: Sequence[float] | None = None,
+    metric: str = "validation accuracy",
+) -> Figure:
+    """Accuracy against hidden units on a log2 axis, a line per group (an epoch count, say
+    'e5'), with 95% error bars where `errors` gives them."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
+    bars = _bars(errors)
     for group in sorted(set(groups), key=_natural):
-        points = sorted(
-            (h, a) for h, a, g in zip(hidden, accuracy, groups, strict=True) if g == group
+        idx = sorted(
+            (h, i) for i, (h, g) in enumerate(zip(hidden, groups, strict=True)) if g == group
         )
-        ax.plot(*zip(*points, strict=True), marker="o", label=group)
+        order = [i for _, i in idx]
+        ax.errorbar(
+            [hidden[i] for i in order],
+            [accuracy[i] for i in order],
+            yerr=None if bars is None else bars[order],
+            marker="o",
+            capsize=3,
+            label=group,
+        )
     ax.set_xscale("log", base=2)
     ticks = sorted(set(hidden))
     ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     ax.minorticks_off()
-    ax.set(xlabel="hidden units", ylabel="test accuracy", title="Test accuracy by hidden size")
+    title = f"{metric.capitalize()} by hidden size" + ("" if bars is None else " (95% CI)")
+    ax.set(xlabel="hidden units", ylabel=metric, title=title)
     ax.grid(alpha=0.3)
     ax.legend(title="epochs")
     return fig
 
 
 def sweep_heatmap(
-    hidden: Sequence[int], epochs: Sequence[int], accuracy: Sequence[float]
+    hidden: Sequence[int],
+    epochs: Sequence[int],
+    accuracy: Sequence[float],
+    errors: Sequence[float] | None = None,
+    metric: str = "validation accuracy",
 ) -> Figure:
-    """Hidden units x epochs grid of test accuracy (the best run where a cell has several)."""
+    """Hidden units x epochs grid of accuracy, each cell annotated mean (and ± its 95% CI)."""
     rows, cols = sorted(set(hidden)), sorted(set(epochs))
     grid = np.full((len(rows), len(cols)), np.nan)
-    for h, e, a in zip(hidden, epochs, accuracy, strict=True):
+    spread = np.full_like(grid, np.nan)
+    bars = _bars(errors)
+    for k, (h, e, a) in enumerate(zip(hidden, epochs, accuracy, strict=True)):
         i, j = rows.index(h), cols.index(e)
-        grid[i, j] = a if np.isnan(grid[i, j]) else max(grid[i, j], a)
-    fig = Figure(figsize=(1.2 * len(cols) + 3, 0.6 * len(rows) + 2.5), layout="constrained")
+        if np.isnan(grid[i, j]) or a > grid[i, j]:
+            grid[i, j] = a
+            spread[i, j] = np.nan if bars is None else bars[k]
+    fig = Figure(figsize=(1.5 * len(cols) + 3, 0.7 * len(rows) + 2.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label="test accuracy")
+    fig.colorbar(image, ax=ax, label=metric)
     ax.set(
         xticks=range(len(cols)),
         xticklabels=cols,
@@ -147,24 +180,30 @@ def sweep_heatmap(
         yticklabels=rows,
         xlabel="epochs",
         ylabel="hidden units",
-        title="Test accuracy: hidden units x epochs",
+        title=f"{metric.capitalize()}: hidden units x epochs",
     )
     for (i, j), a in np.ndenumerate(grid):
         if not np.isnan(a):
-            ax.text(j, i, f"{a:.4f}", ha="center", va="center", fontsize=8, color="white")
+            text = f"{a:.4f}" if np.isnan(spread[i, j]) else f"{a:.4f}\n±{spread[i, j]:.4f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white")
     return fig
 
 
 def accuracy_vs_seconds(
-    seconds: Sequence[float], accuracy: Sequence[float], labels: Sequence[str]
+    seconds: Sequence[float],
+    accuracy: Sequence[float],
+    labels: Sequence[str],
+    errors: Sequence[float] | None = None,
+    metric: str = "validation accuracy",
 ) -> Figure:
-    """Test accuracy against training seconds, each point labelled with its run name."""
+    """Accuracy against training seconds, each point labelled, with 95% error bars where
+    `errors` gives them."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    ax.scatter(seconds, accuracy)
+    ax.errorbar(seconds, accuracy, yerr=_bars(errors), fmt="o", capsize=3)
     for s, a, label in zip(seconds, accuracy, labels, strict=True):
         ax.annotate(label, (s, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel="training seconds", ylabel="test accuracy", title="Accuracy against cost")
+    ax.set(xlabel="training seconds", ylabel=metric, title="Accuracy against cost")
     ax.grid(alpha=0.3)
     return fig
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from pipeline.paths import PARAMS_FILE, project_root
 
 PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
 JOB_FILE = "job.json"  # in each job's folder: how it ended, also when it made no run
+RUNS_CSV = "runs.csv"  # in the sweep folder and the parent run: one row per model
+SUMMARY_TABLE = "summary.json"  # the summary as an MLflow table on the parent run
+BEST_TAG = "best_config"
 
 # Under `uv run`, Ray would ship each job a copy of the project without its git-ignored,
 # DVC-tracked data. Jobs use the project folder and environment that the nodes share instead.
@@ -94,24 +98,46 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from pipeline import tracking
-        from pipeline.compare import format_table, leaderboard, write_csv
+        from pipeline.compare import (
+            METHOD,
+            SUMMARY_COLUMNS,
+            format_summary,
+            leaderboard,
+            summarise,
+            write_csv,
+        )
 
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / PARENT_FILE).read_text(encoding="utf-8"))
         parent_id = parent["run_id"]
-        rows = leaderboard(parent["experiment_id"], parent_id)
-        summary = sweep_dir / tracking.SUMMARY_ARTIFACT
-        write_csv(rows, summary)
-        tracking.log_artifact(parent_id, summary)
-        for name, fig in sweep_figures([r for r in rows if r["status"] == "FINISHED"]).items():
+        runs = leaderboard(parent["experiment_id"], parent_id)
+        table = summarise(runs)
+        write_csv(runs, sweep_dir / RUNS_CSV)
+        write_csv(table, sweep_dir / tracking.SUMMARY_ARTIFACT, SUMMARY_COLUMNS)
+        for name in (RUNS_CSV, tracking.SUMMARY_ARTIFACT):
+            tracking.log_artifact(parent_id, sweep_dir / name)
+        if table:
+            columns = {c: [_plain(r[c]) for r in table] for c in SUMMARY_COLUMNS}
+            tracking.log_table(parent_id, columns, SUMMARY_TABLE)
+            best = table[0]
+            means = {f"best_{k}": v for k, v in best.items() if k.endswith("_mean")}
+            tracking.log_metrics(parent_id, means)
+            tracking.set_tags(parent_id, {BEST_TAG: best["config"]})
+        for name, fig in sweep_figures(table).items():
             fig.savefig(sweep_dir / name, dpi=100)
             tracking.log_artifact(parent_id, sweep_dir / name, tracking.FIGURES_ARTIFACT)
         jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
         failed = [j for j in jobs if j["status"] != "FINISHED"]
-        tracking.log_metrics(parent_id, {"jobs": len(jobs), "failed_jobs": len(failed)})
-        print(f"\nSweep {parent_id}: {len(rows)} runs, best first\n")
-        print(format_table(rows))
-        print(f"\nsummary: {summary}")
+        counts = {"jobs": len(jobs), "failed_jobs": len(failed), "models": len(runs)}
+        tracking.log_metrics(parent_id, counts)
+        print(f"\nSweep {parent_id}: {len(runs)} runs, {len(table)} configurations, best first\n")
+        print(format_summary(table))
+        print(f"\n{METHOD}")
+        if table:
+            print(register_best(config, table[0], parent_id))
+        print(
+            f"\nsummary: {sweep_dir / tracking.SUMMARY_ARTIFACT} (one row per model: {RUNS_CSV})"
+        )
         if failed:
             reasons = "\n".join(
                 f"  job {j['job']} ({j['overrides']}): {j['error']}" for j in failed
@@ -123,33 +149,65 @@ class SweepCallback(Callback):
         self._close()
 
 
-def sweep_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _plain(value: Any) -> Any:
+    """A table cell MLflow can store as JSON: NaN becomes None."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> str:
+    """Register the best configuration's model, once per sweep: of its seeds, the one with the
+    median validation accuracy. It becomes champion only if it beats the current one."""
+    from pipeline import tracking
+
+    members = sorted(best["members"], key=lambda r: r["val_accuracy"])
+    chosen = members[(len(members) - 1) // 2]
+    run = tracking.get_run(chosen["run_id"], "it was a run of this sweep.")
+    name = config.tracking.registered_model
+    version, promoted = tracking.register(
+        chosen["run_id"], run.data.tags[tracking.MODEL_URI_TAG], name, chosen["val_accuracy"]
+    )
+    outcome = {tracking.REGISTERED_TAG: f"{name}/{version}", tracking.CHAMPION_TAG: promoted}
+    tracking.set_tags(parent_id, {k: str(v).lower() for k, v in outcome.items()})
+    return (
+        f"\nregistered {chosen['run_name']} (the best configuration's median seed by "
+        f"val_accuracy, {chosen['val_accuracy']:.4f}, of {len(members)}) as {name} version "
+        f"{version}" + (" (new champion)" if promoted else " (the champion stays)")
+    )
+
+
+def sweep_figures(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's figures from its summary: validation accuracy, the mean over seeds with its
+    95% interval (no bars with one seed)."""
     from pipeline import plots
 
-    if not rows:
+    if not table:
         return {}
-    hidden = [int(r["hidden_units"]) for r in rows]
-    epochs = [int(r["epochs"]) for r in rows]
-    accuracy = [r["test_accuracy"] for r in rows]
-    several_models = len({r["model"] for r in rows}) > 1
+    hidden = [int(r["hidden_units"]) for r in table]
+    epochs = [int(r["epochs"]) for r in table]
+    mean = [r["val_accuracy_mean"] for r in table]
+    ci = [r["val_accuracy_ci95"] for r in table]
+    several_models = len({r["model"] for r in table}) > 1
     groups = [
-        f"{r['model']} e{r['epochs']}" if several_models else f"e{r['epochs']}" for r in rows
+        f"{r['model']} e{r['epochs']}" if several_models else f"e{r['epochs']}" for r in table
     ]
+    labels = [f"h{h}-e{e}" for h, e in zip(hidden, epochs, strict=True)]
     return {
-        "accuracy_by_hidden_units.png": plots.sweep_lines(hidden, accuracy, groups),
-        "accuracy_heatmap.png": plots.sweep_heatmap(hidden, epochs, accuracy),
+        "accuracy_by_hidden_units.png": plots.sweep_lines(hidden, mean, groups, ci),
+        "accuracy_heatmap.png": plots.sweep_heatmap(hidden, epochs, mean, ci),
         "accuracy_vs_seconds.png": plots.accuracy_vs_seconds(
-            [r["train_seconds"] for r in rows], accuracy, [r["run_name"] for r in rows]
+            [r["train_seconds_mean"] for r in table], mean, labels, ci
         ),
     }
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """One combination, through the same core as `dvc repro`: a child run of the sweep.
+    """One configuration, `sweep.seeds` times, through the same core as `dvc repro`: a child run
+    of the sweep per seed. Returns the mean validation accuracy over the seeds (an optimiser's
+    objective), never a test score.
 
     A bad value is rejected before any run is made, as in a stage; a failure during training
-    leaves the run FAILED with its reason. Either way the job records it in its folder's
-    job.json for the summary, and the sweep goes on.
+    leaves that run FAILED with its reason and ends the job. Either way the job records it in
+    its folder's job.json for the summary, and the sweep goes on.
     """
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -160,9 +218,10 @@ def run_job(cfg: DictConfig) -> float | None:
         data = plain(cfg)
         config = validate(data)
         check_data_settings(config, Path(parent["workspace"]))
-        accuracy = _train_and_evaluate(config, data, overrides, parent, out, outcome)
-        outcome["status"] = "FINISHED"
-        return accuracy
+        seeds = range(config.seed, config.seed + config.sweep.seeds)
+        scores = [_train_and_evaluate({**data, "seed": s}, overrides, parent, out) for s in seeds]
+        outcome |= {"status": "FINISHED", "val_accuracy": scores}
+        return sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
         outcome["error"] = str(exc) if isinstance(exc, PipelineError) else repr(exc)
         print(f"job {hc.job.num} ({overrides}) failed: {outcome['error']}", file=sys.stderr)
@@ -172,19 +231,16 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def _train_and_evaluate(
-    config: Config,
-    data: dict[str, Any],
-    overrides: str,
-    parent: dict[str, str],
-    out: Path,
-    outcome: dict[str, Any],
+    data: dict[str, Any], overrides: str, parent: dict[str, str], out: Path
 ) -> float:
+    """One model of the job: its own run, files under `out/s<seed>/`; its validation accuracy."""
     import keras
 
     from pipeline import experiment, tracking
     from pipeline.data import prepared, project_data_digests
     from pipeline.model import limit
 
+    config = validate(data)
     root = Path(parent["workspace"])
     experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
     try:
@@ -193,22 +249,22 @@ def _train_and_evaluate(
             to_yaml(data),
             project_data_digests(root),
             experiment_id,
-            experiment.run_name(config),
+            experiment.run_name(config, with_seed=True),
             tags={tracking.OVERRIDES_TAG: overrides},
             parent_run_id=parent["run_id"],
         ) as run_id:
-            outcome["run_id"] = run_id
-            done = experiment.run(
+            experiment.run(
                 config,
                 limit(prepared(root, "train"), config.train.max_examples),
                 prepared(root, "val"),
                 prepared(root, "test"),
                 run_id,
-                out,
+                out / f"s{config.seed}",
+                register=False,  # the sweep registers its best configuration once, at the end
             )
     finally:
         keras.backend.clear_session()  # jobs may share a process: free the last graph
-    return done.report[tracking.TEST_ACCURACY]
+    return tracking.get_run(run_id, "").data.metrics[tracking.VAL_ACCURACY]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -252,6 +252,11 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> Non
     mlflow.MlflowClient().log_batch(run_id, metrics=items)
 
 
+def log_table(run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+    """A table (column -> values) the MLflow UI shows in the run's artifacts and can compare."""
+    mlflow.MlflowClient().log_table(run_id, dict(columns), artifact_file)
+
+
 def log_artifacts(run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
     mlflow.MlflowClient().log_artifacts(run_id, str(local_dir), artifact_path)
 
@@ -312,21 +317,22 @@ def log_keras_model(run_id: str, model: Any, example: Any) -> str:
     return info.model_uri
 
 
-def register(run_id: str, model_uri: str, name: str, test_accuracy: float) -> tuple[str, bool]:
+def register(run_id: str, model_uri: str, name: str, val_accuracy: float) -> tuple[str, bool]:
     """Register the model as a new version of `name`; move the `champion` alias to it if its
-    test accuracy beats the current champion's. Returns the version and whether it moved.
+    validation accuracy beats the current champion's (never the test set: that only reports).
+    Returns the version and whether it moved.
 
     The run records both (`registered_version`, `champion` tags).
     """
     client = mlflow.MlflowClient()
     version = str(mlflow.register_model(model_uri, name).version)
-    client.set_model_version_tag(name, version, TEST_ACCURACY, str(test_accuracy))
+    client.set_model_version_tag(name, version, VAL_ACCURACY, str(val_accuracy))
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
-        best = float(current.tags.get(TEST_ACCURACY, "-1"))
+        best = float(current.tags.get(VAL_ACCURACY, "-1"))  # older versions: any score wins
     except mlflow.exceptions.MlflowException:  # no champion yet
         best = None
-    promoted = best is None or test_accuracy > best
+    promoted = best is None or val_accuracy > best
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     set_tags(run_id, {REGISTERED_TAG: f"{name}/{version}", CHAMPION_TAG: str(promoted).lower()})

@@ -3,37 +3,39 @@ from types import SimpleNamespace
 from pipeline.compare import format_table, rank, row_of
 
 
-def fake_run(name: str, accuracy: float | None, status: str = "FINISHED") -> SimpleNamespace:
+def fake_run(
+    name: str, val: float | None, test: float = 0.9, status: str = "FINISHED"
+) -> SimpleNamespace:
     """The shape of an MLflow Run that row_of reads (built here, not mocked behaviour)."""
     metrics = (
         {}
-        if accuracy is None
-        else {
-            "test_accuracy": accuracy,
-            "val_accuracy": 0.9,
-            "test_loss": 0.1,
-            "train_seconds": 2.0,
-        }
+        if val is None
+        else {"test_accuracy": test, "val_accuracy": val, "test_loss": 0.1, "train_seconds": 2.0}
     )
     return SimpleNamespace(
         info=SimpleNamespace(run_name=name, status=status, run_id=f"id-{name}"),
         data=SimpleNamespace(
-            params={"model.name": "mlp", "model.hidden_units": "64", "train.epochs": "3"},
+            params={
+                "model.name": "mlp",
+                "model.hidden_units": "64",
+                "train.epochs": "3",
+                "seed": "42",
+            },
             metrics=metrics,
             tags={"sweep_overrides": "model.hidden_units=64", "failure_reason": ""},
         ),
     )
 
 
-def test_rank_puts_best_first_and_failed_last() -> None:
+def test_rank_puts_the_best_on_validation_first_and_failed_last() -> None:
     rows = rank(
         [
-            row_of(fake_run("b", 0.91)),
-            row_of(fake_run("x", None, "FAILED")),
-            row_of(fake_run("a", 0.97)),
+            row_of(fake_run("b", 0.91, test=0.99)),
+            row_of(fake_run("x", None, status="FAILED")),
+            row_of(fake_run("a", 0.97, test=0.90)),
         ]
     )
-    assert [r["run_name"] for r in rows] == ["a", "b", "x"]
+    assert [r["run_name"] for r in rows] == ["a", "b", "x"]  # the test set never decides
     assert rows[0]["hidden_units"] == "64" and rows[0]["overrides"] == "model.hidden_units=64"
 
 
@@ -41,5 +43,5 @@ def test_format_table_aligns_columns() -> None:
     table = format_table(rank([row_of(fake_run("short", 0.9)), row_of(fake_run("x", None))]))
     header, rule, first, second = table.splitlines()
     assert header.startswith("run_name") and set(rule) <= {"-", " "}
-    assert first.index("0.9000") == header.index("test_accuracy")
+    assert first.index("0.9000") == header.index("val_accuracy")
     assert " - " in second

@@ -177,7 +177,7 @@ def test_dvc_exp_run_with_hydra_override(project: Path) -> None:
     data = exp["revs"][0]["data"] if "revs" in exp else exp["data"]
     assert data["params"]["params.yaml"]["data"]["model"]["hidden_units"] == 64
     accuracy = data["metrics"]["reports/metrics.json"]["data"]["test_accuracy"]
-    new = [r for r in runs(project) if r.info.run_name == "mlp-h64-e1"]
+    new = [r for r in runs(project) if r.info.run_name == "mlp-h64-e1-n5000"]
     assert len(new) == 1 and new[0].info.status == "FINISHED"
     assert new[0].data.tags["dvc_exp_name"] == "h64"
     assert new[0].data.metrics["test_accuracy"] == pytest.approx(accuracy)

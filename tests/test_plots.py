@@ -75,11 +75,26 @@ def test_sweep_figures(tmp_path: Path) -> None:
     accuracy = [0.6, 0.7, 0.8, 0.9]
     lines = plots.sweep_lines(hidden, accuracy, [f"e{e}" for e in epochs])
     (ax,) = lines.axes
-    assert [line.get_label() for line in ax.lines] == ["e1", "e2"]
-    np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.8, 0.9])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["e1", "e2"]
+    np.testing.assert_allclose(np.asarray(ax.lines[1].get_ydata(), float), [0.8, 0.9])
+    assert ax.get_xscale() == "log" and not any(c.has_yerr for c in ax.containers)
     heat = plots.sweep_heatmap(hidden, epochs, accuracy)
     assert {t.get_text() for t in heat.axes[0].texts} == {"0.6000", "0.7000", "0.8000", "0.9000"}
     cost = plots.accuracy_vs_seconds([1.0, 2.0, 3.0, 4.0], accuracy, list("abcd"))
     assert [t.get_text() for t in cost.axes[0].texts] == list("abcd")
+    for name, fig in {"l": lines, "h": heat, "c": cost}.items():
+        assert rendered(fig, tmp_path / f"{name}.png") > 1000
+
+
+def test_sweep_figures_draw_95_percent_intervals(tmp_path: Path) -> None:
+    hidden, epochs = [16, 32, 16, 32], [1, 1, 2, 2]
+    mean, ci = [0.6, 0.7, 0.8, 0.9], [0.01, 0.02, 0.03, 0.04]
+    lines = plots.sweep_lines(hidden, mean, [f"e{e}" for e in epochs], ci)
+    (ax,) = lines.axes
+    assert all(c.has_yerr for c in ax.containers) and "95% CI" in ax.get_title()
+    heat = plots.sweep_heatmap(hidden, epochs, mean, ci)
+    assert "0.9000\n±0.0400" in {t.get_text() for t in heat.axes[0].texts}
+    cost = plots.accuracy_vs_seconds([1.0, 2.0, 3.0, 4.0], mean, list("abcd"), ci)
+    assert cost.axes[0].containers[0].has_yerr
     for name, fig in {"l": lines, "h": heat, "c": cost}.items():
         assert rendered(fig, tmp_path / f"{name}.png") > 1000

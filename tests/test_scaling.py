@@ -178,7 +178,7 @@ def test_pipeline_and_parallel_sweep_on_team_server(
         "train.max_examples=1000", *overrides[:2], "tracking.experiment_name=team-sweep",
     ]  # fmt: skip
     proc = run(sweep, project)
-    assert "4 runs, best first" in proc.stdout
+    assert "4 runs, 4 configurations, best first" in proc.stdout
     found = runs_on(url, "team-sweep")
     (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
     children = [r for r in found if r is not parent]
@@ -186,7 +186,7 @@ def test_pipeline_and_parallel_sweep_on_team_server(
     for child in children:
         assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
     versions = client.search_model_versions("name = 'mnist-digits'")
-    assert len(versions) == 5
+    assert len(versions) == 2  # the repro's model, and the sweep's best
     # compare reads the store train wrote to: params.yaml's tracking.uri, no environment.
     board = run(["python", "-m", "pipeline.compare", "--experiment", "team-sweep"], project)
     listed = {line.split()[0] for line in board.stdout.splitlines()[2:]}
@@ -271,7 +271,7 @@ def test_sweep_runs_as_ray_tasks_on_a_running_cluster(ray_head: str, tmp_path: P
         "hydra/launcher=ray_cluster", "tracking.experiment_name=ray",
     ]  # fmt: skip
     proc = run(sweep, project, RAY_ADDRESS=ray_head, RAY_AUTH_MODE="disabled")
-    assert "4 runs, best first" in proc.stdout
+    assert "4 runs, 4 configurations, best first" in proc.stdout
     use_store(f"sqlite:///{project}/mlflow.db")
     found = mlflow.search_runs(experiment_names=["ray"], output_format="list")
     (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]

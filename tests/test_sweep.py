@@ -57,67 +57,92 @@ def test_parallel_sweep_with_joblib_on_a_new_store(project: Path) -> None:
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
     )
-    assert "4 runs, best first" in proc.stdout
+    assert "4 runs, 4 configurations, best first" in proc.stdout
     (parent,), children = runs_of(project, "joblib")
     assert parent.info.status == "FINISHED" and len(children) == 4
     first, second = sorted(children, key=lambda c: c.info.start_time)[:2]
     assert second.info.start_time < first.info.end_time, "the two workers did not overlap"
     assert sorted(c.info.run_name for c in children) == [
-        "mlp-h16-e1",
-        "mlp-h16-e2",
-        "mlp-h32-e1",
-        "mlp-h32-e2",
+        "mlp-h16-e1-n1000-s42",
+        "mlp-h16-e2-n1000-s42",
+        "mlp-h32-e1-n1000-s42",
+        "mlp-h32-e2-n1000-s42",
     ]
     for child in children:
         assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
 
 
-def test_sweep_nests_runs_and_summarises_on_the_parent(project: Path) -> None:
-    proc = sweep(project, "grid", "model.hidden_units=16,32", "train.epochs=1,2")
-    (parent,), children = runs_of(project, "grid")
-    assert len(children) == 4
+def download(run_id: str, path: str, project: Path) -> Path:
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(project / "dl" / run_id)
+        )
+    )
+
+
+def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
+    project: Path,
+) -> None:
+    """A 2 x 2 grid with sweep.seeds=2 on 1,000 training digits: 8 models, 4 configurations."""
+    grid = ["model.hidden_units=16,32", "train.epochs=1,2", "sweep.seeds=2"]
+    proc = sweep(project, "seeds", *grid, "tracking.registered_model=seeds-digits")
+    assert "8 runs, 4 configurations, best first" in proc.stdout
+    (parent,), children = runs_of(project, "seeds")
+    names = sorted(c.info.run_name for c in children)
+    assert names == sorted(
+        f"mlp-h{h}-e{e}-n1000-s{s}" for h in (16, 32) for e in (1, 2) for s in (42, 43)
+    )
     for child in children:
         assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
     assert parent_artifacts(parent) >= {
         "summary.csv",
+        "runs.csv",
+        "summary.json",
         "figures/accuracy_by_hidden_units.png",
         "figures/accuracy_heatmap.png",
         "figures/accuracy_vs_seconds.png",
     }
-    assert parent.data.metrics["jobs"] == 4 and parent.data.metrics["failed_jobs"] == 0
-    summary = Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=parent.info.run_id, artifact_path="summary.csv", dst_path=str(project / "dl")
-        )
-    )
-    rows = list(csv.DictReader(summary.open()))
-    accuracies = [float(r["test_accuracy"]) for r in rows]
-    assert accuracies == sorted(accuracies, reverse=True) and len(rows) == 4
-    by_id = {c.info.run_id: c for c in children}
+    assert parent.data.metrics["jobs"] == 4 and parent.data.metrics["models"] == 8
+    rows = list(csv.DictReader(download(parent.info.run_id, "summary.csv", project).open()))
+    assert len(rows) == 4 and all(r["n"] == "2" for r in rows)
+    means = [float(r["val_accuracy_mean"]) for r in rows]
+    assert means == sorted(means, reverse=True)  # ranked on validation, not on test
     for row in rows:
-        child = by_id[row["run_id"]]
-        assert float(row["test_accuracy"]) == pytest.approx(child.data.metrics["test_accuracy"])
-        assert f"model.hidden_units={row['hidden_units']}" in row["overrides"]
-        assert row["train_seconds"] and row["val_accuracy"]
-    best = rows[0]
-    assert f"{best['run_name']}  mlp" in proc.stdout and "4 runs, best first" in proc.stdout
+        seeds = [c for c in children if c.data.tags["sweep_overrides"].startswith(row["config"])]
+        assert len(seeds) == 2
+        val = [c.data.metrics["val_accuracy"] for c in seeds]
+        test = [c.data.metrics["test_accuracy"] for c in seeds]
+        assert float(row["val_accuracy_mean"]) == pytest.approx(sum(val) / 2)
+        assert float(row["test_accuracy_mean"]) == pytest.approx(sum(test) / 2)
+        assert 0 <= float(row["val_accuracy_ci95"]) < 1 and float(row["test_accuracy_std"]) >= 0
+        assert row["indistinguishable_from_best"] in ("True", "False")
+    assert rows[0]["indistinguishable_from_best"] == "True"
+    assert parent.data.metrics["best_val_accuracy_mean"] == pytest.approx(means[0])
+    assert parent.data.tags["best_config"] == rows[0]["config"]
+    per_model = list(csv.DictReader(download(parent.info.run_id, "runs.csv", project).open()))
+    assert len(per_model) == 8
+    # One registry version per sweep: the best configuration's median seed.
+    versions = mlflow.MlflowClient().search_model_versions("name = 'seeds-digits'")
+    assert len(versions) == 1
+    best = [c for c in children if c.data.tags["sweep_overrides"].startswith(rows[0]["config"])]
+    assert (
+        versions[0].run_id == min(best, key=lambda c: c.data.metrics["val_accuracy"]).info.run_id
+    )
+    assert parent.data.tags["registered_version"] == "seeds-digits/1"
+    assert "val_accuracy" in proc.stdout and " ± " in proc.stdout
 
     board = run(
         [
-            "python",
-            "-m",
-            "pipeline.compare",
-            "--experiment",
-            "grid",
-            "--parent",
-            parent.info.run_id,
-            "--csv",
-            "board.csv",
+            "python", "-m", "pipeline.compare", "--experiment", "seeds",
+            "--group-by", "model.hidden_units,train.epochs", "--csv", "board.csv",
         ],
         project,
-    )
-    assert board.stdout.splitlines()[2].startswith(best["run_name"])
-    assert len(list(csv.DictReader((project / "board.csv").open()))) == 4
+    )  # fmt: skip
+    first = board.stdout.splitlines()[2]
+    top = rows[0]["config"].split()  # e.g. model.hidden_units=32 train.epochs=2
+    assert first.startswith(" ".join(sorted(top))) or first.startswith(" ".join(top))
+    grouped = list(csv.DictReader((project / "board.csv").open()))
+    assert [float(r["val_accuracy_mean"]) for r in grouped] == pytest.approx(means)
 
 
 def test_a_bad_value_fails_its_job_before_any_run_and_keeps_the_others(project: Path) -> None:
@@ -126,7 +151,9 @@ def test_a_bad_value_fails_its_job_before_any_run_and_keeps_the_others(project: 
     assert "1 of 2 jobs failed" in proc.stderr
     assert "model.hidden_units=-1" in proc.stderr and "received -1" in proc.stderr
     (parent,), children = runs_of(project, "failing")
-    assert {c.info.run_name: c.info.status for c in children} == {"mlp-h16-e1": "FINISHED"}
+    assert {c.info.run_name: c.info.status for c in children} == {
+        "mlp-h16-e1-n1000-s42": "FINISHED"
+    }
     assert parent.info.status == "FAILED"
     assert parent.data.tags["failure_reason"] == "PipelineError: 1 of 2 jobs failed"
     assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["failed_jobs"] == 1
@@ -162,7 +189,7 @@ def test_dvc_queue_lands_in_the_project_store(project: Path) -> None:
         time.sleep(3)
     assert status.count("Success") == 2, status
     _, children = runs_of(project, "queue")
-    assert sorted(c.info.run_name for c in children) == ["mlp-h16-e1", "mlp-h32-e1"]
+    assert sorted(c.info.run_name for c in children) == ["mlp-h16-e1-n1000", "mlp-h32-e1-n1000"]
     names = {c.data.tags["dvc_exp_name"] for c in children}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert all(name in json.dumps(shown) for name in names)
@@ -206,14 +233,16 @@ def test_a_sweep_job_and_dvc_exp_run_make_the_same_run(project: Path) -> None:
     (job,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     (stage,) = [r for r in runs if r is not job]
     assert job.info.status == stage.info.status == "FINISHED"
-    assert job.info.run_name == stage.info.run_name == "mlp-h16-e1"
+    assert job.info.run_name == f"{stage.info.run_name}-s42" == "mlp-h16-e1-n1000-s42"
     assert job.data.params == stage.data.params
     assert set(job.data.metrics) == set(stage.data.metrics)
     assert artifact_paths(job.info.run_id) == artifact_paths(stage.info.run_id)
     assert "figures/confusion_matrix.png" in artifact_paths(job.info.run_id)
     job_tags, stage_tags = set(job.data.tags), set(stage.data.tags)
     assert job_tags - stage_tags == {"mlflow.parentRunId", "sweep_overrides"}
-    assert stage_tags - job_tags == {"dvc_exp_name", "dvc_exp_baseline_rev"}
+    # The stage registers its model; a sweep registers only its best, once, at the end.
+    registry = {"registered_version", "champion"}
+    assert stage_tags - job_tags == {"dvc_exp_name", "dvc_exp_baseline_rev", *registry}
     # Same seed, data, threads and code: the same model, bit for bit.
     for key in ("weights_sha256", "params_sha256", "git_commit", "git_dirty"):
         assert job.data.tags[key] == stage.data.tags[key], key
