@@ -252,13 +252,17 @@ def compose(overrides: list[str] | None = None) -> dict[str, Any]:
     """Compose `conf/` with Hydra, the way DVC does for `dvc exp run -S`, into plain data."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base=None):
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app (a sweep job): conf/
             cfg = hydra_compose(config_name="config", overrides=overrides or [])
+        else:
+            with initialize_config_dir(str(CONF_DIR), version_base=None):
+                cfg = hydra_compose(config_name="config", overrides=overrides or [])
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose conf/ with overrides {overrides}: {exc}") from exc
     return OmegaConf.to_container(cfg, resolve=True)
