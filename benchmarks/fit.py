@@ -14,19 +14,9 @@ import time
 
 import keras
 import numpy as np
+from plain import EpochTimer  # benchmarks/, the script's own folder, is on sys.path
 
 EPOCHS, BATCH = 5, 32
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.began = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.began)
 
 
 def split(folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:

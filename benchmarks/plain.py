@@ -37,30 +37,31 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.began)
 
 
-folder = sys.argv[1]
-x_train = read_idx(f"{folder}/train-images-idx3-ubyte.gz") / 255.0
-y_train = read_idx(f"{folder}/train-labels-idx1-ubyte.gz")
-x_test = read_idx(f"{folder}/t10k-images-idx3-ubyte.gz") / 255.0
-y_test = read_idx(f"{folder}/t10k-labels-idx1-ubyte.gz")
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    x_train = read_idx(f"{folder}/train-images-idx3-ubyte.gz") / 255.0
+    y_train = read_idx(f"{folder}/train-labels-idx1-ubyte.gz")
+    x_test = read_idx(f"{folder}/t10k-images-idx3-ubyte.gz") / 255.0
+    y_test = read_idx(f"{folder}/t10k-labels-idx1-ubyte.gz")
 
-model = keras.Sequential(
-    [
-        keras.Input(shape=(28, 28)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ]
-)
-model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-timer = EpochTimer()
-model.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, callbacks=[timer], verbose=0)
-_, accuracy = model.evaluate(x_test, y_test, verbose=0)
-print(
-    json.dumps(
-        {
-            "epoch_seconds": timer.seconds,
-            "test_accuracy": float(accuracy),
-            "wall_s": time.perf_counter() - START,
-        }
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
     )
-)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    timer = EpochTimer()
+    model.fit(x_train, y_train, epochs=EPOCHS, batch_size=32, callbacks=[timer], verbose=0)
+    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    print(
+        json.dumps(
+            {
+                "epoch_seconds": timer.seconds,
+                "test_accuracy": float(accuracy),
+                "wall_s": time.perf_counter() - START,
+            }
+        )
+    )
