@@ -90,7 +90,12 @@ def download(source: str, spec: FileSpec, dest: Path, timeout: float) -> None:
         with (
             _open_source(source, spec.name, timeout) as (stream, size, gz),
             tqdm(
-                total=size or None, unit="B", unit_scale=True, desc=spec.name, leave=False
+                total=size or None,
+                unit="B",
+                unit_scale=True,
+                desc=spec.name,
+                leave=False,
+                disable=None,  # a bar on a terminal, nothing in a log
             ) as bar,
             tmp.open("wb") as out,
         ):

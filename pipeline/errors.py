@@ -36,6 +36,9 @@ def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -
     file and MLflow run is closed by then, and tearing down TensorFlow's modules and threads
     would only add a second or more before the next stage can start.
     """
+    from pipeline.console import quiet
+
+    quiet()
     try:
         main(*args)
     except PipelineError as exc:

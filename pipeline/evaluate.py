@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import load_params
+from pipeline.console import load_keras
 from pipeline.data import load_split
 from pipeline.errors import run_cli
 from pipeline.paths import HISTORY_CSV, MODEL_PATH, PROCESSED_DIR, RUN_FILE, project_root
@@ -35,7 +36,7 @@ def main() -> None:
     test = load_split(root / PROCESSED_DIR, "test")
     # TensorFlow and MLflow take seconds each to import: a worker imports TensorFlow while this
     # process imports MLflow and opens the run, then predicts. Leaving the block stops it.
-    with multiprocessing.get_context("spawn").Pool(1, __import__, ("keras",)) as worker:
+    with multiprocessing.get_context("spawn").Pool(1, load_keras) as worker:
         from pipeline import experiment, tracking
 
         tracking.setup(cfg.tracking.experiment_name, cfg.tracking.uri)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, s
     import keras  # stage's own process, which only scores predictions, never loads it.
 
 Split = tuple[np.ndarray, np.ndarray]
-GRID = 32  # test digits shown in the predictions grid
+GRID = 32  # test digits in the predictions grid: half of them mistakes, where there are as many
 EXAMPLE_INPUTS = 5  # validation digits stored with the logged model as its input example
 
 
@@ -133,6 +133,7 @@ def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: P
     start(cfg)
     net = model.compile_model(model.build_model(cfg.model), cfg.train)
     tracking.log_params(run_id, tracking.flatten(cfg.to_dict()))
+    tracking.log_datasets(run_id, {"train": train_split, "val": val_split})
     history, seconds = model.fit(net, train_split, val_split, cfg.train, [epoch_logger(run_id)])
     summary = {
         tracking.TRAIN_SECONDS: round(seconds, 3),
@@ -173,10 +174,12 @@ def evaluate(
     from pipeline import metrics, plots  # matplotlib: only where figures are drawn
 
     x, y = test
+    tracking.log_datasets(run_id, {"test": test})
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
+    shown = plots.showcase(y, y_pred, GRID)
     figures = {
-        "predictions.png": plots.prediction_grid(x[:GRID], y[:GRID], y_pred[:GRID]),
+        "predictions.png": plots.prediction_grid(x[shown], y[shown], y_pred[shown]),
         "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
         "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
         "learning_curves.png": plots.learning_curves(history),
@@ -191,8 +194,9 @@ def evaluate(
         k: report[k] for k in (tracking.TEST_ACCURACY, tracking.TEST_LOSS, tracking.MACRO_F1)
     }
     scores |= {tracking.F1_CLASS.format(c): v["f1"] for c, v in report["per_class"].items()}
-    tracking.log_metrics(run_id, scores)
+    tracking.log_metrics(run_id, scores, model_uri=model_uri)
     tracking.log_artifacts(run_id, figures_dir, tracking.FIGURES_ARTIFACT)
+    tracking.log_images(run_id, figures_dir)
     tracking.log_artifact(run_id, out / METRICS_JSON)
     if not register:
         return Evaluated(report, None, False)

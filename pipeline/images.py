@@ -21,14 +21,18 @@ MIN_CONTRAST = 32  # grey levels between background and ink below which an image
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Read PNG, JPEG or any format Pillow knows as grayscale 0-255, transparency as paper."""
+    """Read PNG, JPEG or any format Pillow knows as grayscale 0-255.
+
+    Transparent parts are paper. Drawing apps export strokes of any colour on a transparent
+    background, so the paper is put under the strokes in the opposite shade: black under light
+    strokes, white under dark ones; the alpha channel then draws the digit either way.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGBA", "LA", "P"):
+            if img.mode in ("RGBA", "LA", "P", "PA"):
                 rgba = img.convert("RGBA")
-                paper = Image.new("RGBA", rgba.size, "white")
-                img = Image.alpha_composite(paper, rgba)
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, _paper(rgba)), rgba)
             return np.asarray(img.convert("L"), dtype=np.float32)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file.") from exc
@@ -36,6 +40,16 @@ def load_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...).") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable image ({exc}).") from exc
+
+
+def _paper(rgba: Image.Image) -> str:
+    """White, or black where the visible strokes are light (mean grey of opaque pixels > 127)."""
+    alpha = np.asarray(rgba.getchannel("A"))
+    opaque = alpha > 127
+    if not opaque.any() or opaque.all():
+        return "white"
+    grey = np.asarray(rgba.convert("L"))[opaque]
+    return "black" if grey.mean() > 127 else "white"
 
 
 def normalize(gray: np.ndarray, name: str = "image") -> np.ndarray:

@@ -43,8 +43,17 @@ def prediction_grid(
         titles,
         colours,
         cols,
-        f"Predictions (true label in brackets): {int(wrong.sum())} of {len(wrong)} wrong",
+        f"Predictions (true label in brackets): {int(wrong.sum())} wrong, "
+        f"{int((~wrong).sum())} right",
     )
+
+
+def showcase(y_true: np.ndarray, y_pred: np.ndarray, n: int = 32) -> np.ndarray:
+    """Indices of `n` digits to show, in test-set order: the first mistakes (up to half) and
+    the first correct ones for the rest, so a grid always shows what goes wrong."""
+    wrong = np.flatnonzero(y_true != y_pred)[: n // 2]
+    right = np.flatnonzero(y_true == y_pred)[: n - len(wrong)]
+    return np.sort(np.concatenate([wrong, right]))
 
 
 def misclassified_gallery(
@@ -182,10 +191,12 @@ def sweep_heatmap(
         ylabel="hidden units",
         title=f"{metric.capitalize()}: hidden units x epochs",
     )
+    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2
     for (i, j), a in np.ndenumerate(grid):
         if not np.isnan(a):
             text = f"{a:.4f}" if np.isnan(spread[i, j]) else f"{a:.4f}\n±{spread[i, j]:.4f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white")
+            colour = "black" if a > middle else "white"  # readable on viridis's light end
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     return fig
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import load_keras
 from pipeline.errors import DataError, PipelineError, run_cli
 from pipeline.images import load_image, normalize, save_png
 from pipeline.paths import MODEL_PATH, project_root
@@ -26,6 +27,7 @@ from pipeline.paths import MODEL_PATH, project_root
 def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
     """A function from (n, 28, 28) float32 images to (n, 10) probabilities."""
     if args.model_uri or args.run:
+        load_keras()
         import mlflow
 
         from pipeline import tracking
@@ -37,6 +39,7 @@ def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarra
         except mlflow.exceptions.MlflowException as exc:
             raise PipelineError(f"cannot load model {uri}: {exc.message}") from exc
     else:
+        load_keras()
         from pipeline.model import load_model
 
         model = load_model(args.model if args.model else project_root() / MODEL_PATH)

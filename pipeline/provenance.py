@@ -34,15 +34,20 @@ NOT_IN_GIT = "none"
 NOT_CODE = (":!dvc.lock", ":!params.yaml")
 
 
+def run_git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`git -C root ARGS`, its exit code and output kept (exit 127 when git is missing)."""
+    try:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return subprocess.CompletedProcess(["git", *args], 127, "", str(exc))
+
+
 def git(root: Path, *args: str) -> str | None:
     """`git -C root ARGS`'s output, or None when git fails or is missing."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
+    done = run_git(root, *args)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def git_state(root: Path) -> dict[str, str]:

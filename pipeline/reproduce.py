@@ -33,11 +33,6 @@ METRICS = (
 )
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """git, with its exit code and stderr for the messages (provenance.git only says None)."""
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-
-
 def find_run(run_id: str) -> Any:
     return tracking.get_run(run_id, "list runs with `uv run python -m pipeline.compare`.")
 
@@ -50,7 +45,7 @@ def check_reproducible(run: Any, root: Path) -> str:
         raise PipelineError(f"run {run_id} has no git_commit tag: it was not made in a git repo.")
     if tracking.WEIGHTS_SHA256_TAG not in tags:
         raise PipelineError(f"run {run_id} records no weights_sha256, so it cannot be checked.")
-    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+    if provenance.run_git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         raise PipelineError(
             f"commit {commit} of run {run_id} is not in the repository at {root}; "
             "fetch the branch it was made on (`git fetch --all`) and run again."
@@ -80,14 +75,14 @@ def rerun(run: Any, commit: str, root: Path) -> str:
         env["MNIST_MIRROR"] = str(root / RAW_DIR)  # verified by digest like any mirror
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         worktree = Path(tmp) / "worktree"
-        added = _git(root, "worktree", "add", "--detach", str(worktree), commit)
+        added = provenance.run_git(root, "worktree", "add", "--detach", str(worktree), commit)
         if added.returncode != 0:
             raise PipelineError(f"git worktree add {commit} failed: {added.stderr.strip()}")
         try:
             if run.data.tags.get(provenance.GIT_DIRTY) == "true":
                 diff = mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.DIFF_ARTIFACT}")
                 (worktree / "run.diff").write_text(diff, encoding="utf-8")
-                applied = _git(worktree, "apply", "--allow-empty", "run.diff")
+                applied = provenance.run_git(worktree, "apply", "--allow-empty", "run.diff")
                 if applied.returncode != 0:
                     raise PipelineError(f"the run's diff does not apply: {applied.stderr.strip()}")
             (worktree / PARAMS_FILE).write_text(config_text, encoding="utf-8")
@@ -97,8 +92,8 @@ def rerun(run: Any, commit: str, root: Path) -> str:
                 raise PipelineError(f"`dvc repro` at commit {commit} exited {proc.returncode}.")
             return json.loads((worktree / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
         finally:
-            _git(root, "worktree", "remove", "--force", str(worktree))
-            _git(root, "worktree", "prune")
+            provenance.run_git(root, "worktree", "remove", "--force", str(worktree))
+            provenance.run_git(root, "worktree", "prune")
 
 
 def compare(original: Any, reproduced: Any) -> tuple[list[tuple[str, Any, Any]], list[str]]:

@@ -27,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config, ConfigError, load_params, to_yaml, validate
+from pipeline.console import load_keras, quiet
 from pipeline.errors import PipelineError
 from pipeline.paths import PARAMS_FILE, project_root
 
@@ -209,6 +210,7 @@ def run_job(cfg: DictConfig) -> float | None:
     leaves that run FAILED with its reason and ends the job. Either way the job records it in
     its folder's job.json for the summary, and the sweep goes on.
     """
+    load_keras()  # quietly, once per process: jobs a launcher runs elsewhere start here
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
@@ -273,4 +275,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    quiet()
     main()

@@ -56,6 +56,8 @@ MODEL_ARTIFACT = "model"
 SUMMARY_ARTIFACT = "summary.csv"
 
 CHAMPION = "champion"  # the registry alias of the best model
+# MLflow's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 # ---- the store -----------------------------------------------------------------------------
 
@@ -129,13 +131,18 @@ def setup(experiment_name: str, configured: str | None = None) -> str:
     with _store_lock(uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is not None:
+            if not EXPERIMENT_KIND.items() <= experiment.tags.items():
+                for key, value in EXPERIMENT_KIND.items():
+                    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         # A sqlite store keeps artifacts in mlruns/ beside its mlflow.db; a server decides.
         local = uri.startswith("sqlite:///")
         location = (
             (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if local else None
         )
-        return mlflow.create_experiment(experiment_name, artifact_location=location)
+        return mlflow.create_experiment(
+            experiment_name, artifact_location=location, tags=EXPERIMENT_KIND
+        )
 
 
 # ---- run lifecycle -----------------------------------------------------------------------
@@ -246,10 +253,54 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
         mlflow.MlflowClient().log_batch(run_id, params=items[start : start + 100])
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+def log_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int = 0, model_uri: str | None = None
+) -> None:
+    """Log to the run; with `model_uri` (a `models:/ID`), the logged model's page shows them."""
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    model_id = model_uri.removeprefix("models:/") if model_uri else None
+    items = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
     mlflow.MlflowClient().log_batch(run_id, metrics=items)
+
+
+DIGEST_CHARS = 32  # MLflow keeps at most 36 characters of a dataset's digest
+
+
+CONTEXTS = {"train": "train", "val": "validation", "test": "test"}  # split -> MLflow's word
+
+
+def log_datasets(run_id: str, splits: Mapping[str, tuple[Any, Any]]) -> None:
+    """Record splits (`train`, `val`, `test`) as MLflow datasets of the run: name, the first
+    `DIGEST_CHARS` hex digits of the split file's SHA-256 (the run's provenance tag
+    `data.processed.<split>.sha256` holds all 64), its DVC path and shape, so the runs table's
+    Dataset column and the run page show them."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    inputs = []
+    for split, (x, y) in splits.items():
+        digest = tags.get(f"{provenance.DATA_PREFIX}processed.{split}.sha256", "unknown")
+        dataset = Dataset(
+            name=f"mnist-{split}",
+            digest=digest[:DIGEST_CHARS],
+            source_type="local",
+            source=json.dumps({"uri": f"data/processed/{split}.npz"}),
+            profile=json.dumps({"features_shape": list(x.shape), "targets_shape": list(y.shape)}),
+        )
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", CONTEXTS[split])]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def log_images(run_id: str, folder: Path) -> None:
+    """Each PNG in `folder` as an MLflow image under a stable key (its file name), so the UI
+    can show one figure across runs."""
+    from PIL import Image
+
+    client = mlflow.MlflowClient()
+    for path in sorted(folder.glob("*.png")):
+        with Image.open(path) as image:
+            client.log_image(run_id, image.convert("RGB"), key=path.stem, step=0)
 
 
 def log_table(run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:

@@ -9,6 +9,7 @@ Command: `uv run dvc repro train` (or `uv run python -m pipeline.train`).
 from __future__ import annotations
 
 from pipeline.config import load_params
+from pipeline.console import load_keras
 from pipeline.data import data_digests, load_split
 from pipeline.errors import run_cli
 from pipeline.paths import PARAMS_FILE, PROCESSED_DIR, RUN_FILE, project_root
@@ -16,6 +17,7 @@ from pipeline.paths import PARAMS_FILE, PROCESSED_DIR, RUN_FILE, project_root
 
 def main() -> None:
     cfg = load_params()  # before the heavy imports: a bad value fails in a second
+    load_keras()
     from pipeline import experiment, tracking
     from pipeline.model import as_tensors, limit
 

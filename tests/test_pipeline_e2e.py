@@ -4,6 +4,7 @@ The data come from MNIST_MIRROR when it is set, else from the public mirrors; ne
 """
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -40,25 +41,41 @@ def find_exp(node: object, name: str) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A fresh copy after `dvc repro`, and the id of the one run that made."""
+def repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A fresh copy after `dvc repro`, the id of the one run that made, and what it printed."""
     root = copy_project(tmp_path_factory.mktemp("e2e"))
     proc = dvc(root, "repro")
     for stage in STAGES:
         assert f"Running stage '{stage}'" in proc.stdout
     (made,) = runs(root)
-    return root, made.info.run_id
+    return root, made.info.run_id, proc.stdout + proc.stderr
+
+
+# What TensorFlow's C++ core, absl, Keras's progress bars and MLflow's INFO logging print.
+NOISE = re.compile(r"^[IWEF]\d{4} |absl::|━|INFO mlflow|Failed to resolve installed pip", re.M)
 
 
 @pytest.fixture
-def project(repro: tuple[Path, str]) -> Path:
+def project(repro: tuple[Path, str, str]) -> Path:
     return repro[0]
 
 
 @pytest.fixture
-def default_run(repro: tuple[Path, str]):
+def default_run(repro: tuple[Path, str, str]):
     use_store(f"sqlite:///{repro[0]}/mlflow.db")
     return mlflow.get_run(repro[1])
+
+
+def test_the_console_shows_stage_and_epoch_lines_only(repro: tuple[Path, str, str]) -> None:
+    printed = repro[2]
+    assert not NOISE.findall(printed), NOISE.findall(printed)[:5]
+    lines = [line for line in printed.splitlines() if line.strip()]
+    epochs = [line for line in lines if line.startswith("Epoch ")]
+    assert len(epochs) == 5
+    own = [line for line in lines if line.startswith(("fetch: ", "preprocess: ", "train: "))]
+    assert len(own) == 4 + 3 + 1 and any(line.startswith("evaluate: ") for line in lines)
+    # DVC's own lines (stages, lock file, hints) and ours: nothing else.
+    assert len(lines) <= 40, "\n".join(lines)
 
 
 def test_default_pipeline_reaches_97_percent(project: Path) -> None:

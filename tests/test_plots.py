@@ -17,6 +17,18 @@ def captions(fig: Figure) -> list[tuple[str, str]]:
     return [(t.get_text(), t.get_color()) for t in ax.texts]
 
 
+def test_showcase_takes_half_mistakes_then_the_first_correct() -> None:
+    y_true = np.arange(100) % 10
+    y_pred = y_true.copy()
+    y_pred[[7, 40, 41, 90]] += 1
+    shown = plots.showcase(y_true, y_pred, n=8)
+    np.testing.assert_array_equal(shown, [0, 1, 2, 3, 7, 40, 41, 90])
+    assert (y_true[shown] != y_pred[shown]).sum() == 4
+    few = plots.showcase(y_true, y_pred, n=16)  # only 4 mistakes: the rest correct
+    assert len(few) == 16 and (y_true[few] != y_pred[few]).sum() == 4
+    assert len(plots.showcase(y_true, y_true, n=8)) == 8  # no mistakes at all
+
+
 def test_prediction_grid_marks_wrong_predictions(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     images = rng.random((5, 28, 28))
@@ -34,7 +46,7 @@ def test_prediction_grid_marks_wrong_predictions(tmp_path: Path) -> None:
             for r in range(mosaic.shape[0] - 27)
             for c in range(mosaic.shape[1] - 27)
         )
-    assert "2 of 5 wrong" in fig.get_suptitle()
+    assert "2 wrong, 3 right" in fig.get_suptitle()
     assert rendered(fig, tmp_path / "grid.png") > 1000
 
 

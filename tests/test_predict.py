@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,6 +113,44 @@ def test_rendered_digits_are_read_as_the_originals(
     assert agree >= 0.95, agree
     seen = np.asarray(Image.open(tmp_path / "seen/digit4.png"))
     assert seen.shape == (28, 28) and seen.max() == 255 and seen[0].max() == 0
+
+
+def drawn_on_transparency(digit: np.ndarray, stroke: tuple[int, int, int]) -> Image.Image:
+    """A test digit as a drawing app exports it: strokes of one colour, alpha as the ink."""
+    alpha = Image.fromarray(np.round(digit * 255).astype(np.uint8)).resize((280, 280))
+    layer = Image.new("RGBA", alpha.size, (*stroke, 0))
+    layer.putalpha(alpha)
+    return layer
+
+
+@pytest.mark.parametrize("stroke", [(255, 255, 255), (0, 0, 0), (30, 60, 200)])
+def test_transparent_drawings_are_read_by_their_alpha(
+    mnist: dict, model_file: Path, tmp_path: Path, stroke: tuple[int, int, int]
+) -> None:
+    import keras
+
+    n = 20
+    paths = []
+    for i in range(n):
+        paths.append(tmp_path / f"drawn{i}.png")
+        drawn_on_transparency(mnist["xt"][i], stroke).save(paths[-1])
+    proc = run(
+        [
+            "python",
+            "-m",
+            "pipeline.predict",
+            "--model",
+            str(model_file),
+            "--json",
+            *map(str, paths),
+        ],
+        ROOT,
+    )
+    digits = [json.loads(line)["digit"] for line in proc.stdout.splitlines()]
+    originals = keras.models.load_model(model_file).predict(mnist["xt"][:n], verbose=0)
+    assert np.mean(np.array(digits) == originals.argmax(axis=1)) >= 0.9
+    seen = normalize(load_image(paths[0]))
+    assert seen[0].max() == 0 and seen.max() == pytest.approx(1.0)  # white digit on black
 
 
 def test_normalize_puts_the_centre_of_mass_in_the_middle() -> None:
@@ -283,3 +322,16 @@ def test_predict_from_the_registry(registry, tmp_path: Path, mnist: dict) -> Non
         MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
     )
     assert json.loads(proc.stdout)["digit"] == 7
+
+
+def test_quiet_by_default_and_verbose_on_request(
+    mnist: dict, model_file: Path, tmp_path: Path
+) -> None:
+    image = tmp_path / "seven.png"
+    render(mnist["xt"][0], 0).save(image)
+    noise = re.compile(r"^[IWEF]\d{4} |absl::|━", re.M)
+    cmd = ["python", "-m", "pipeline.predict", "--model", str(model_file), str(image)]
+    quiet = run(cmd, ROOT)
+    assert quiet.stdout.startswith(f"{image}: 7") and not noise.findall(quiet.stderr)
+    loud = run(cmd, ROOT, PIPELINE_VERBOSE="1")
+    assert loud.stdout.startswith(f"{image}: 7") and len(noise.findall(loud.stderr)) >= 2

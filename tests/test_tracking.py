@@ -28,6 +28,7 @@ def test_store_is_sqlite_and_mlruns_at_the_root(store: Path, experiment_id: str)
     assert mlflow.get_tracking_uri() == f"sqlite:///{store}/mlflow.db"
     experiment = mlflow.get_experiment_by_name("tests")
     assert experiment.artifact_location == (store / "mlruns").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert (store / "mlflow.db").is_file()
     assert tracking.setup("tests") == experiment.experiment_id == experiment_id
 
@@ -135,3 +136,27 @@ def test_read_run_id_errors(experiment_id: str, tmp_path: Path) -> None:
         Exception, match="no run '0123456789abcdef' in the MLflow store .*run.json names it"
     ):
         tracking.read_run(tmp_path / "run.json")
+
+
+def test_splits_are_logged_as_datasets_and_figures_as_keyed_images(
+    experiment_id: str, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    digest = "ab" * 32
+    tags = {"data.processed.train.sha256": digest}
+    with tracking.tracked_run(experiment_id, "data", tags) as run_id:
+        x, y = np.zeros((7, 28, 28), np.float32), np.zeros(7, np.uint8)
+        tracking.log_datasets(run_id, {"train": (x, y), "test": (x[:3], y[:3])})
+        Image.new("RGB", (40, 30), "red").save(tmp_path / "confusion_matrix.png")
+        tracking.log_images(run_id, tmp_path)
+    inputs = {d.dataset.name: d for d in mlflow.get_run(run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"mnist-train", "mnist-test"}
+    train = inputs["mnist-train"]
+    assert train.dataset.digest == digest[:32] and '"features_shape": [7, 28, 28]' in (
+        train.dataset.profile
+    )
+    assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "train"
+    images = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "images")}
+    assert any("confusion_matrix" in path for path in images)

@@ -1,0 +1,67 @@
+"""Quiet by default: the console shows the pipeline's own lines, Keras's epoch lines and the final
+tables, not the start-up chatter of TensorFlow (absl, its C++ logging), MLflow's INFO logging or
+progress bars. `PIPELINE_VERBOSE=1` in the environment brings all of it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+VERBOSE_ENV = "PIPELINE_VERBOSE"
+# MLflow warns about this on every model it logs: the project's environment comes from uv.lock.
+NOISE = ("Failed to resolve installed pip version",)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in NOISE)
+
+
+def quiet() -> None:
+    """Turn the chatter down for this process and the processes it starts (unless verbose)."""
+    if verbose():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read by TensorFlow when it loads
+    for name in ("mlflow", "alembic"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.addFilter(_DropNoise())
+    logging.getLogger("mlflow.utils.environment").addFilter(_DropNoise())
+
+
+@contextmanager
+def _stderr_muted() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null: C++ code writes there, whatever Python says."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_keras() -> ModuleType:
+    """Import Keras (and TensorFlow), without the lines TensorFlow's C++ core prints while it
+    loads (before any log setting applies), and with Keras's progress bars off."""
+    quiet()
+    if verbose():
+        import keras
+
+        return keras
+    with _stderr_muted():
+        import keras
+        import tensorflow  # noqa: F401  (its start-up lines are what is muted)
+    keras.utils.disable_interactive_logging()
+    return keras
