@@ -31,6 +31,7 @@ def quiet() -> None:
     if verbose():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read by TensorFlow when it loads
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow when it loads
     for name in ("mlflow", "alembic"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)

@@ -376,7 +376,15 @@ def register(run_id: str, model_uri: str, name: str, val_accuracy: float) -> tup
     The run records both (`registered_version`, `champion` tags).
     """
     client = mlflow.MlflowClient()
-    version = str(mlflow.register_model(model_uri, name).version)
+    try:  # the client, unlike mlflow.register_model, prints nothing
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    source = client.get_logged_model(model_id).artifact_location
+    created = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
+    version = str(created.version)
     client.set_model_version_tag(name, version, VAL_ACCURACY, str(val_accuracy))
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
