@@ -10,28 +10,28 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import ROOT, assert_complete_child, copy_project, run, run_env, use_store
+from conftest import (
+    ROOT,
+    assert_complete_child,
+    copy_project,
+    free_port,
+    run,
+    run_env,
+    use_store,
+    wait_for,
+)
 from pipeline.config import params_yaml_text
 
 QUICK = ["train.max_examples=2000", "train.epochs=2"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_bin(name: str) -> str:
@@ -49,19 +49,6 @@ def postgres_bin(name: str) -> str:
 def as_postgres_user(cmd: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{url} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not answer in {seconds}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
