@@ -210,7 +210,6 @@ def run_job(cfg: DictConfig) -> float | None:
     leaves that run FAILED with its reason and ends the job. Either way the job records it in
     its folder's job.json for the summary, and the sweep goes on.
     """
-    load_keras()  # quietly, once per process: jobs a launcher runs elsewhere start here
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
@@ -236,8 +235,8 @@ def _train_and_evaluate(
     data: dict[str, Any], overrides: str, parent: dict[str, str], out: Path
 ) -> float:
     """One model of the job: its own run, files under `out/s<seed>/`; its validation accuracy."""
-    import keras
-
+    keras = load_keras()  # quietly: jobs a launcher runs elsewhere start here; and per model,
+    # since clearing the last model's session turns Keras's progress bars on again
     from pipeline import experiment, tracking
     from pipeline.data import prepared, project_data_digests
     from pipeline.model import limit

@@ -88,6 +88,9 @@ def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
     grid = ["model.hidden_units=16,32", "train.epochs=1,2", "sweep.seeds=2"]
     proc = sweep(project, "seeds", *grid, "tracking.registered_model=seeds-digits")
     assert "8 runs, 4 configurations, best first" in proc.stdout
+    printed = proc.stdout + proc.stderr
+    noise = re.findall(r"^[IWEF]\d{4} |absl|━|INFO mlflow|Registered model", printed, re.M)
+    assert not noise and printed.count("\nEpoch 1/") + printed.startswith("Epoch 1/") == 8
     (parent,), children = runs_of(project, "seeds")
     names = sorted(c.info.run_name for c in children)
     assert names == sorted(
