@@ -5,12 +5,12 @@ Inputs: reports/figures/ (from `uv run dvc repro`), the newest sweep folder unde
 serves to a headless Chromium (Debian's chromium and chromium-driver) for a screenshot of the
 runs table with the newest sweep expanded.
 Outputs: docs/images/*.png, scaled down to at most 900 pixels wide.
-Command: `uv run python docs/make_images.py`.
+Command: `uv run python docs/make_images.py [--sweep multirun/DATE/TIME]`.
 """
 
 from __future__ import annotations
 
-import subprocess
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,7 +19,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from conftest import chromium, free_port, run_env, wait_for  # noqa: E402
+from conftest import chromium, mlflow_server  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 FIGURES = {
@@ -50,38 +50,34 @@ def ui_screenshot(target: Path) -> None:
     (parent,) = client.search_runs(
         [experiment.experiment_id], "tags.sweep = 'parent'", max_results=1
     )
-    url = f"http://127.0.0.1:{free_port()}"
     log = OUT / ".ui.log"
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host"]
-    cmd += ["127.0.0.1", "--port", url.rsplit(":", 1)[1]]
-    with log.open("w") as out:
-        server = subprocess.Popen(cmd, env=run_env(), stdout=out, stderr=out)
     driver = chromium(1400, 900)
     try:
-        wait_for(f"{url}/health", server, log)
-        driver.get(f"{url}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
-        name = parent.info.run_name
-        WebDriverWait(driver, 60).until(lambda d: name in d.page_source)
-        link = driver.find_element(By.LINK_TEXT, name)
-        link.find_element(
-            By.XPATH, "./ancestor::div[contains(@class, 'ag-cell')][1]"
-        ).find_element(By.TAG_NAME, "button").click()
-        time.sleep(3)  # the children's rows render
-        driver.save_screenshot(str(target))
+        with mlflow_server("ui", "--backend-store-uri", store, log=log) as url:
+            page = f"{url}/#/experiments/{experiment.experiment_id}"
+            driver.get(f"{page}?workflowType=machine_learning")
+            name = parent.info.run_name
+            WebDriverWait(driver, 60).until(lambda d: name in d.page_source)
+            link = driver.find_element(By.LINK_TEXT, name)
+            cell = link.find_element(By.XPATH, "./ancestor::div[contains(@class, 'ag-cell')][1]")
+            cell.find_element(By.TAG_NAME, "button").click()  # expand the sweep
+            time.sleep(3)  # the children's rows render
+            driver.save_screenshot(str(target))
     finally:
         driver.quit()
-        server.terminate()
-        server.wait(30)
         log.unlink(missing_ok=True)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", type=Path, help="a sweep folder (default: the newest)")
+    args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for source, name in FIGURES.items():
         save_small(ROOT / "reports" / "figures" / source, name)
     sweeps = sorted((ROOT / "multirun").glob("*/*/accuracy_by_hidden_units.png"))
-    if sweeps:
-        save_small(sweeps[-1], "sweep-accuracy-by-hidden-units.png")
+    plot = args.sweep / "accuracy_by_hidden_units.png" if args.sweep else sweeps[-1]
+    save_small(plot, "sweep-accuracy-by-hidden-units.png")
     shot = OUT / ".mlflow-ui.png"
     ui_screenshot(shot)
     save_small(shot, "mlflow-ui-sweep.png")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +176,20 @@ def chromium(width: int = 1400, height: int = 1000):
     ):  # fmt: skip
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@contextmanager
+def mlflow_server(*args: str, log: Path, cwd: Path | None = None) -> Iterator[str]:
+    """`mlflow ARGS --host 127.0.0.1 --port P` (`server` or `ui`) until the block ends; yields
+    its URL once its health check answers. What it prints goes to `log`."""
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1"]
+    cmd += ["--port", url.rsplit(":", 1)[1]]
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=out, stderr=out)
+    try:
+        wait_for(f"{url}/health", process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)

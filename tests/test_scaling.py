@@ -24,10 +24,10 @@ from conftest import (
     assert_complete_child,
     copy_project,
     free_port,
+    mlflow_server,
     run,
     run_env,
     use_store,
-    wait_for,
 )
 from pipeline.config import params_yaml_text
 
@@ -111,22 +111,12 @@ def server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """`mlflow server` on PostgreSQL with proxied artifacts; yields its URL and artifact folder."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     artifacts, log = folder / "artifacts", folder / "server.log"
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", postgres,
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+    args = [
+        "server", "--backend-store-uri", postgres, "--artifacts-destination", str(artifacts),
         "--workers", "2",
     ]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(cmd, env=run_env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(f"{url}/health", process, log)
+    with mlflow_server(*args, log=log) as url:
         yield url, artifacts
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def runs_on(url: str, experiment: str) -> list:

@@ -8,8 +8,6 @@ Screenshots go to the test's temporary folder.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +19,9 @@ from conftest import (
     CHROMIUM,
     chromium,
     copy_project,
-    free_port,
+    mlflow_server,
     run,
-    run_env,
     use_store,
-    wait_for,
 )
 
 
@@ -49,20 +45,9 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     run(["dvc", "repro", "preprocess"], project)
     sweep = ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32"]
     run([*sweep, "train.epochs=1", "train.max_examples=1000"], project)
-    url = f"http://127.0.0.1:{free_port()}"
-    log = project / "ui.log"
-    cmd = [
-        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-        f"sqlite:///{project}/mlflow.db", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-    ]  # fmt: skip
-    with log.open("w") as out:
-        server = subprocess.Popen(cmd, cwd=project, env=run_env(), stdout=out, stderr=out)
-    try:
-        wait_for(f"{url}/health", server, log)
+    store = f"sqlite:///{project}/mlflow.db"
+    with mlflow_server("ui", "--backend-store-uri", store, log=project / "ui.log") as url:
         yield url, project
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def wait_text(driver, text: str, seconds: float = 60) -> None:
