@@ -63,6 +63,11 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict, default_co
     return path
 
 
+def predict(*args: str, check: bool = True, **env: str):
+    """`python -m pipeline.predict ARGS` from the project root, as a user runs it."""
+    return run(["python", "-m", "pipeline.predict", *args], ROOT, check=check, **env)
+
+
 def render(digit: np.ndarray, i: int) -> Image.Image:
     """A test digit as a large dark-on-light picture, off-centre, every other one in colour."""
     ink = Image.fromarray(np.round(255 - digit * 255).astype(np.uint8))
@@ -91,19 +96,13 @@ def test_rendered_digits_are_read_as_the_originals(
         path = tmp_path / f"digit{i}.{'jpg' if i % 3 == 0 else 'png'}"
         render(mnist["xt"][i], i).save(path)
         paths.append(path)
-    proc = run(
-        [
-            "python",
-            "-m",
-            "pipeline.predict",
-            "--model",
-            str(model_file),
-            "--json",
-            "--save-normalized",
-            str(tmp_path / "seen"),
-            *map(str, paths),
-        ],
-        ROOT,
+    proc = predict(
+        "--model",
+        str(model_file),
+        "--json",
+        "--save-normalized",
+        str(tmp_path / "seen"),
+        *map(str, paths),
     )
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in paths]
@@ -134,18 +133,7 @@ def test_transparent_drawings_are_read_by_their_alpha(
     for i in range(n):
         paths.append(tmp_path / f"drawn{i}.png")
         drawn_on_transparency(mnist["xt"][i], stroke).save(paths[-1])
-    proc = run(
-        [
-            "python",
-            "-m",
-            "pipeline.predict",
-            "--model",
-            str(model_file),
-            "--json",
-            *map(str, paths),
-        ],
-        ROOT,
-    )
+    proc = predict("--model", str(model_file), "--json", *map(str, paths))
     digits = [json.loads(line)["digit"] for line in proc.stdout.splitlines()]
     originals = keras.models.load_model(model_file).predict(mnist["xt"][:n], verbose=0)
     assert np.mean(np.array(digits) == originals.argmax(axis=1)) >= 0.9
@@ -176,16 +164,10 @@ def test_bad_files_get_errors_and_the_rest_are_predicted(
     cut.write_bytes(good.read_bytes()[:200])
     blank = tmp_path / "blank.png"
     Image.new("L", (64, 64), 250).save(blank)
-    proc = run(
-        [
-            "python",
-            "-m",
-            "pipeline.predict",
-            "--model",
-            str(model_file),
-            *map(str, [text, good, cut, blank, tmp_path / "missing.png"]),
-        ],
-        ROOT,
+    proc = predict(
+        "--model",
+        str(model_file),
+        *map(str, [text, good, cut, blank, tmp_path / "missing.png"]),
         check=False,
     )
     assert proc.returncode == 1
@@ -308,17 +290,11 @@ def test_predict_from_the_registry(registry, tmp_path: Path, mnist: dict) -> Non
     root, _ = registry
     image = tmp_path / "seven.png"
     render(mnist["xt"][0], 0).save(image)
-    proc = run(
-        [
-            "python",
-            "-m",
-            "pipeline.predict",
-            "--model-uri",
-            "models:/mnist-digits@champion",
-            "--json",
-            str(image),
-        ],
-        ROOT,
+    proc = predict(
+        "--model-uri",
+        "models:/mnist-digits@champion",
+        "--json",
+        str(image),
         MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db",
     )
     assert json.loads(proc.stdout)["digit"] == 7
@@ -330,8 +306,7 @@ def test_quiet_by_default_and_verbose_on_request(
     image = tmp_path / "seven.png"
     render(mnist["xt"][0], 0).save(image)
     noise = re.compile(r"^[IWEF]\d{4} |absl::|━", re.M)
-    cmd = ["python", "-m", "pipeline.predict", "--model", str(model_file), str(image)]
-    quiet = run(cmd, ROOT)
+    quiet = predict("--model", str(model_file), str(image))
     assert quiet.stdout.startswith(f"{image}: 7") and not noise.findall(quiet.stderr)
-    loud = run(cmd, ROOT, PIPELINE_VERBOSE="1")
+    loud = predict("--model", str(model_file), str(image), PIPELINE_VERBOSE="1")
     assert loud.stdout.startswith(f"{image}: 7") and len(noise.findall(loud.stderr)) >= 2
