@@ -131,7 +131,7 @@ def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: P
     from pipeline import model
 
     start(cfg)
-    net = model.compile_model(model.build_model(cfg.model), cfg.train)
+    net = model.compiled_model(cfg.model, cfg.train)  # the last one's compiled steps, if it can
     tracking.log_params(run_id, tracking.flatten(cfg.to_dict()))
     tracking.log_datasets(run_id, {"train": train_split, "val": val_split})
     history, seconds = model.fit(net, train_split, val_split, cfg.train, [epoch_logger(run_id)])

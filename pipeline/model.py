@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file
 from pipeline.errors import PipelineError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, validation included
 
 
 def build_mlp(hidden_units: int) -> keras.Model:
@@ -67,6 +70,7 @@ def build_model(cfg: ModelConfig) -> keras.Model:
 
 
 def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
+    """Give `model` the optimizer, loss and metrics of `train`."""
     optimizers = {
         "adam": keras.optimizers.Adam,
         "sgd": keras.optimizers.SGD,
@@ -78,6 +82,64 @@ def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
         metrics=list(train.metrics),
     )
     return model
+
+
+@dataclass
+class _Compiled:
+    """The last model `compiled_model` handed out, with what it needs to start over."""
+
+    key: str  # the model and training settings, but for the epoch count
+    model: keras.Model
+    steps: CompiledSteps | None = None  # set by the first `fit`
+    optimizer_start: list[np.ndarray] = field(default_factory=list)  # after `optimizer.build`
+
+
+_last: _Compiled | None = None
+
+
+def compiled_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Model:
+    """A compiled model to train, in the state a new one built now would have.
+
+    Call after `set_determinism`. When only the seed or the epoch count differ from the last
+    call's settings (the seeds and epoch counts of a sweep), it is the last call's model, with
+    its compiled training steps, reset: weights (and random-generator states) from a new model
+    built with this seed, the optimizer's state back to zero. Building that new model draws the
+    same random numbers as training a new one would, so the result is bit-identical to a fresh
+    run with this seed, without compiling the training step again.
+    """
+    global _last
+    key = json.dumps([model_cfg.model_dump(), train_cfg.model_dump(exclude={"epochs"})])
+    if _last is None or _last.key != key or _last.steps is None:
+        _last = None  # let the last model and its compiled steps go
+        _last = _Compiled(key, compile_model(build_model(model_cfg), train_cfg))
+        return _last.model
+    new = build_model(model_cfg)
+    if len(new.layers) != len(_last.model.layers):
+        raise PipelineError(f"model {model_cfg.name} built {len(new.layers)} layers, then "
+                            f"{len(_last.model.layers)}: its builder must not vary")
+    for target, source in zip(_last.model.layers, new.layers, strict=True):
+        for variable, value in zip(target.variables, source.variables, strict=True):
+            variable.assign(value)
+    for variable, value in zip(_last.model.optimizer.variables, _last.optimizer_start, strict=True):
+        variable.assign(value)
+    _last.model.stop_training = False
+    return _last.model
+
+
+def _compiled_steps(
+    model: keras.Model, batch: tuple[Any, Any], batch_size: int, jit_compile: bool
+) -> CompiledSteps:
+    """The compiled steps of `model`: the ones made before for it by `compiled_model`'s last
+    model, else new ones, after creating the loss, metric and optimizer state they update."""
+    if _last is not None and _last.model is model and _last.steps is not None:
+        return _last.steps
+    build_state(model, batch)
+    model.optimizer.build(model.trainable_variables)
+    steps = CompiledSteps(model, batch_size, jit_compile)
+    if _last is not None and _last.model is model:
+        _last.optimizer_start = [np.array(v) for v in model.optimizer.variables]
+        _last.steps = steps
+    return steps
 
 
 def set_determinism(seed: int, intra_op_threads: int, inter_op_threads: int) -> None:
@@ -243,11 +305,9 @@ def fit(
 
     start = time.perf_counter()
     (x, y), (x_val, y_val) = as_tensors(train), as_tensors(val)  # no copy for tensors
-    build_state(model, (x[:1], y[:1]))
-    model.optimizer.build(model.trainable_variables)
-    steps = CompiledSteps(model, cfg.batch_size, cfg.jit_compile)
+    steps = _compiled_steps(model, (x[:1], y[:1]), cfg.batch_size, cfg.jit_compile)
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=cfg.epochs)
-    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    history: dict[str, list[float]] = {k: [] for k in (*HISTORY_KEYS, EPOCH_SECONDS)}
     model.stop_training = False
     hooks.on_train_begin()
     for epoch in range(cfg.epochs):
@@ -263,11 +323,12 @@ def fit(
             )
         logs = {k: float(v) for k, v in model.get_metrics_result().items()}
         logs |= {f"val_{k}": v for k, v in steps.evaluate(x_val, y_val).items()}
+        logs[EPOCH_SECONDS] = time.perf_counter() - began
         hooks.on_epoch_end(epoch, logs)
-        for key in HISTORY_KEYS:
+        for key in history:
             history[key].append(logs[key])
         shown = " - ".join(f"{k}: {logs[k]:.4f}" for k in HISTORY_KEYS)
-        print(f"Epoch {epoch + 1}/{cfg.epochs} - {time.perf_counter() - began:.2f}s - {shown}")
+        print(f"Epoch {epoch + 1}/{cfg.epochs} - {logs[EPOCH_SECONDS]:.2f}s - {shown}")
         if model.stop_training:
             break
     hooks.on_train_end()

@@ -235,8 +235,7 @@ def _train_and_evaluate(
     data: dict[str, Any], overrides: str, parent: dict[str, str], out: Path
 ) -> float:
     """One model of the job: its own run, files under `out/s<seed>/`; its validation accuracy."""
-    keras = load_keras()  # quietly: jobs a launcher runs elsewhere start here; and per model,
-    # since clearing the last model's session turns Keras's progress bars on again
+    load_keras()  # quietly: jobs a launcher runs elsewhere start here
     from pipeline import experiment, tracking
     from pipeline.data import prepared, project_data_digests
     from pipeline.model import limit
@@ -244,27 +243,26 @@ def _train_and_evaluate(
     config = validate(data)
     root = Path(parent["workspace"])
     experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
-    try:
-        with tracking.model_run(
-            root,
-            to_yaml(data),
-            project_data_digests(root),
-            experiment_id,
-            experiment.run_name(config, with_seed=True),
-            tags={tracking.OVERRIDES_TAG: overrides},
-            parent_run_id=parent["run_id"],
-        ) as run_id:
-            experiment.run(
-                config,
-                limit(prepared(root, "train"), config.train.max_examples),
-                prepared(root, "val"),
-                prepared(root, "test"),
-                run_id,
-                out / f"s{config.seed}",
-                register=False,  # the sweep registers its best configuration once, at the end
-            )
-    finally:
-        keras.backend.clear_session()  # jobs may share a process: free the last graph
+    # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
+    # process share them (`model.compiled_model`).
+    with tracking.model_run(
+        root,
+        to_yaml(data),
+        project_data_digests(root),
+        experiment_id,
+        experiment.run_name(config, with_seed=True),
+        tags={tracking.OVERRIDES_TAG: overrides},
+        parent_run_id=parent["run_id"],
+    ) as run_id:
+        experiment.run(
+            config,
+            limit(prepared(root, "train"), config.train.max_examples),
+            prepared(root, "val"),
+            prepared(root, "test"),
+            run_id,
+            out / f"s{config.seed}",
+            register=False,  # the sweep registers its best configuration once, at the end
+        )
     return tracking.get_run(run_id, "").data.metrics[tracking.VAL_ACCURACY]
 
 

@@ -105,6 +105,47 @@ def test_same_seed_and_threads_give_bit_identical_weights() -> None:
     assert hashes[0] == hashes[1] and len(hashes[0]) == 64
 
 
+REUSE_SCRIPT = """
+import sys
+import numpy as np
+from pipeline.config import compose, validate
+from pipeline import model as core
+from pipeline.model import compiled_model, fit, set_determinism, weights_sha256
+model = sys.argv[1]
+overrides = ["train.batch_size=16", f"model={model}"]
+if model == "cnn":
+    overrides += ["model.filters=[4]", "model.hidden_units=8", "model.dropout=0.5"]
+rng = np.random.default_rng(0)
+x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
+for arg in sys.argv[2:]:
+    seed, epochs = arg.split(":")
+    cfg = validate(compose(overrides + [f"seed={seed}", f"train.epochs={epochs}"]))
+    set_determinism(cfg.seed, 1, 1)
+    net = compiled_model(cfg.model, cfg.train)
+    fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
+    traced = core._last.steps._batches.experimental_get_tracing_count()
+    print(id(net), traced, weights_sha256(net))
+"""
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_later_seeds_reuse_the_compiled_model_bit_identically(model: str) -> None:
+    """A model trained after another of the same settings (other seed, other epoch count)
+    reuses its compiled model, and ends with the weights a fresh process gives that seed."""
+
+    def trained(*runs: str) -> list[list[str]]:
+        out = run(["python", "-c", REUSE_SCRIPT, model, *runs], ROOT).stdout
+        return [line.split() for line in out.splitlines() if len(line.split()) == 3]
+
+    reused = trained("42:1", "43:2", "42:1")
+    fresh = [trained(r)[0] for r in ("43:2", "42:1")]
+    assert len({obj for obj, _, _ in reused}) == 1  # one model object for all three
+    assert [traced for _, traced, _ in reused] == ["1", "1", "1"]  # its epoch loop traced once
+    assert reused[1][2] == fresh[0][2]  # seed 43 after seed 42 == seed 43 alone
+    assert reused[0][2] == reused[2][2] == fresh[1][2]
+    assert reused[0][2] != reused[1][2]
+
+
 def test_weights_sha256_tracks_every_weight() -> None:
     model = build_mlp(4)
     before = weights_sha256(model)
