@@ -115,12 +115,15 @@ def compiled_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Mode
         return _last.model
     new = build_model(model_cfg)
     if len(new.layers) != len(_last.model.layers):
-        raise PipelineError(f"model {model_cfg.name} built {len(new.layers)} layers, then "
-                            f"{len(_last.model.layers)}: its builder must not vary")
+        raise PipelineError(
+            f"model {model_cfg.name} built {len(new.layers)} layers, then "
+            f"{len(_last.model.layers)}: its builder must not vary"
+        )
     for target, source in zip(_last.model.layers, new.layers, strict=True):
         for variable, value in zip(target.variables, source.variables, strict=True):
             variable.assign(value)
-    for variable, value in zip(_last.model.optimizer.variables, _last.optimizer_start, strict=True):
+    optimizer = _last.model.optimizer
+    for variable, value in zip(optimizer.variables, _last.optimizer_start, strict=True):
         variable.assign(value)
     _last.model.stop_training = False
     return _last.model
