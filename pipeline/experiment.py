@@ -86,6 +86,8 @@ def _label(key: str, value: Any) -> str:
         return label if value else f"no{label}"
     if isinstance(value, list):
         return label + "x".join(map(str, value))
+    if isinstance(value, float):
+        return f"{label}{value:.3g}"  # a searched learning rate: lr0.00123, not 17 digits
     return f"{label}{value}"
 
 

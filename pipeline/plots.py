@@ -222,3 +222,17 @@ def accuracy_vs_seconds(
 def _natural(text: str) -> list:
     """Sort key putting 'e10' after 'e5'."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def search_history(values: Sequence[float | None], metric: str = "validation accuracy") -> Figure:
+    """A search's trials in order: each one's objective, and the best so far."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    trials = np.arange(len(values))
+    score = np.array([np.nan if v is None else v for v in values], dtype=float)
+    ax.plot(trials, score, "o", label="trial")
+    ax.plot(trials, np.fmax.accumulate(score), drawstyle="steps-post", label="best so far")
+    ax.set(xlabel="trial", ylabel=metric, title="Search history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig

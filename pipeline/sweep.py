@@ -18,6 +18,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import search
 from pipeline.config import Config, ConfigError, load_params, to_yaml, validate
 from pipeline.console import load_keras, quiet
 from pipeline.errors import PipelineError
@@ -61,14 +63,38 @@ def check_data_settings(config: Config, root: Path) -> None:
 class SweepCallback(Callback):
     """Runs in the launching process: prepares data and the parent run, then the summary."""
 
+    # Hydra turns a callback's exception into a warning and goes on; these end the sweep.
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._start(config)
+        except Exception as exc:
+            self._close(exc)
+            stop(f"the sweep could not start: {_reason(exc)}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._end(config)
+        except Exception as exc:
+            self._close(exc)
+            stop(f"the sweep's summary failed: {_reason(exc)}")
+
+    def _start(self, config: DictConfig) -> None:
         from pipeline import provenance, tracking
 
         root = project_root()
-        subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"], check=True, cwd=root)
         sweep_dir = Path(config.hydra.sweep.dir)
+        earlier = sweep_dir / PARENT_FILE
+        if earlier.exists() and not search.is_search(config):
+            raise ConfigError(
+                f"hydra.sweep.dir {sweep_dir} already holds a sweep ({earlier}); only a search "
+                "(+search=optuna) continues in its folder. Leave hydra.sweep.dir out to start a "
+                "new one."
+            )
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"], check=True, cwd=root)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         experiment_id = tracking.setup(config.tracking.experiment_name, config.tracking.uri)
+        # A resumed search goes on under its parent run.
+        resumed = json.loads(earlier.read_text(encoding="utf-8")) if earlier.exists() else {}
         parent_id = tracking.open_run(
             experiment_id,
             f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
@@ -77,6 +103,7 @@ class SweepCallback(Callback):
                 tracking.OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
                 **provenance.git_state(root),
             },
+            run_id=resumed.get("run_id"),
         )
         # Jobs log where the parent does, wherever a launcher runs them.
         info = {
@@ -97,7 +124,7 @@ class SweepCallback(Callback):
         if parent_id is not None:
             tracking.close_run(parent_id, error)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def _end(self, config: DictConfig) -> None:
         from pipeline import tracking
         from pipeline.compare import (
             METHOD,
@@ -124,7 +151,10 @@ class SweepCallback(Callback):
             means = {f"best_{k}": v for k, v in best.items() if k.endswith("_mean")}
             tracking.log_metrics(parent_id, means)
             tracking.set_tags(parent_id, {BEST_TAG: best["config"]})
-        for name, fig in sweep_figures(table).items():
+        figures = sweep_figures(table, heatmap=not search.is_search(config))
+        if search.is_search(config):
+            figures |= log_search(config, parent_id, sweep_dir)
+        for name, fig in figures.items():
             fig.savefig(sweep_dir / name, dpi=100)
             tracking.log_artifact(parent_id, sweep_dir / name, tracking.FIGURES_ARTIFACT)
         jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
@@ -148,6 +178,16 @@ class SweepCallback(Callback):
             print(f"\n{message}:\n{reasons}", file=sys.stderr)
             sys.exit(1)
         self._close()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, PipelineError) else repr(exc)
+
+
+def stop(message: str) -> None:
+    """End the sweep with `message` and exit status 1."""
+    print(f"sweep: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def _plain(value: Any) -> Any:
@@ -176,9 +216,33 @@ def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> s
     )
 
 
-def sweep_figures(table: list[dict[str, Any]]) -> dict[str, Any]:
+def log_search(config: DictConfig, parent_id: str, sweep_dir: Path) -> dict[str, Any]:
+    """Keep a search's study in its parent run: the study database, a row per trial, the best
+    trial's parameters as tags and its objective as `best_value`; return its history figure."""
+    from pipeline import plots, tracking
+    from pipeline.compare import write_csv
+
+    trials, best = search.study_summary(config)
+    columns = list(dict.fromkeys(k for t in trials for k in t))
+    write_csv(trials, sweep_dir / search.TRIALS_CSV, columns)
+    for name in (search.TRIALS_CSV, search.RESULTS_FILE, search.STUDY_FILE):
+        if (sweep_dir / name).exists():
+            tracking.log_artifact(parent_id, sweep_dir / name, search.STUDY_ARTIFACT)
+    if best:
+        tags = {f"{search.BEST_PREFIX}{k}": v for k, v in best["params"].items()}
+        tracking.set_tags(parent_id, tags | {f"{search.BEST_PREFIX}trial": best["trial"]})
+        tracking.log_metrics(parent_id, {"best_value": best["value"], "trials": len(trials)})
+        print(
+            f"\nbest trial {best['trial']} of {len(trials)}: {best['params']}, "
+            f"validation accuracy {best['value']:.4f} (the mean over its seeds)"
+        )
+    values = [t["val_accuracy_mean"] for t in trials]
+    return {"search_history.png": plots.search_history(values)}
+
+
+def sweep_figures(table: list[dict[str, Any]], heatmap: bool = True) -> dict[str, Any]:
     """The sweep's figures from its summary: validation accuracy, the mean over seeds with its
-    95% interval (no bars with one seed)."""
+    95% interval (no bars with one seed); the hidden units x epochs heatmap for a grid."""
     from pipeline import plots
 
     if not table:
@@ -192,13 +256,15 @@ def sweep_figures(table: list[dict[str, Any]]) -> dict[str, Any]:
         f"{r['model']} e{r['epochs']}" if several_models else f"e{r['epochs']}" for r in table
     ]
     labels = [f"h{h}-e{e}" for h, e in zip(hidden, epochs, strict=True)]
-    return {
+    figures = {
         "accuracy_by_hidden_units.png": plots.sweep_lines(hidden, mean, groups, ci),
-        "accuracy_heatmap.png": plots.sweep_heatmap(hidden, epochs, mean, ci),
         "accuracy_vs_seconds.png": plots.accuracy_vs_seconds(
             [r["train_seconds_mean"] for r in table], mean, labels, ci
         ),
     }
+    if heatmap:
+        figures["accuracy_heatmap.png"] = plots.sweep_heatmap(hidden, epochs, mean, ci)
+    return figures
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -224,7 +290,7 @@ def run_job(cfg: DictConfig) -> float | None:
         outcome |= {"status": "FINISHED", "val_accuracy": scores}
         return sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
-        outcome["error"] = str(exc) if isinstance(exc, PipelineError) else repr(exc)
+        outcome["error"] = _reason(exc)
         print(f"job {hc.job.num} ({overrides}) failed: {outcome['error']}", file=sys.stderr)
         return None
     finally:
@@ -266,6 +332,9 @@ def _train_and_evaluate(
     return tracking.get_run(run_id, "").data.metrics[tracking.VAL_ACCURACY]
 
 
+OmegaConf.register_new_resolver("sampler_seed", search.sampler_seed, replace=True)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     return run_job(cfg)
@@ -273,4 +342,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     quiet()
+    # The Optuna sweeper builds its search space from distributions Optuna 3 deprecated.
+    warnings.filterwarnings("ignore", ".*Distribution has been deprecated", FutureWarning)
     main()

@@ -118,7 +118,7 @@ def default_config():
     return validate(compose())
 
 
-def assert_complete_child(child, parent_id: str, epochs: int) -> None:
+def assert_complete_child(child, parent_id: str, epochs: int, examples: int = 1000) -> None:
     """A sweep job's run: FINISHED under its parent, with history, scores, figures, model."""
     import mlflow
 
@@ -128,7 +128,7 @@ def assert_complete_child(child, parent_id: str, epochs: int) -> None:
     assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == epochs
     for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds"):
         assert key in child.data.metrics
-    assert child.data.params["train.max_examples"] == "1000"
+    assert child.data.params["train.max_examples"] == str(examples)
     figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
     assert "figures/confusion_matrix.png" in figures
     models = mlflow.search_logged_models(
