@@ -11,11 +11,16 @@ side by side on the same machine:
   (d) per job of a 4-job sweep: its wall time minus its fit time;
   (e) the peak resident memory of the train stage;
   (f) seconds per epoch of Keras `fit` tuned the documented way (`benchmarks/fit.py`: float32,
-      XLA, `steps_per_execution` = one epoch) on the same data, against the train stage's loop.
+      XLA, `steps_per_execution` = one epoch) on the same data, against the train stage's loop;
+  (g) `sweep_efficiency` of the standard grid with `sweep.seeds=3` (60 models) and the default
+      launcher: the sum over its models of epochs x steady seconds per epoch, over the sweep's
+      wall time; and the same grid's wall time with `hydra/launcher=joblib`, 2 workers, at 1 and
+      at 2 TensorFlow threads each.
 
 Prints a table, writes `benchmarks/results.json` and the table into `docs/benchmarks.md`.
 Command: `uv run python benchmarks/run.py` (`MNIST_MIRROR` or `--mirror` names the local copy of
-the four MNIST files; the default is `../shared/data/mnist` beside the project).
+the four MNIST files; the default is `../shared/data/mnist` beside the project); with `--only
+sweeps`, only (d) and (g), about 15 minutes, keeping the other results.
 """
 
 from __future__ import annotations
@@ -49,10 +54,13 @@ TARGETS: dict[str, tuple[str, float, bool]] = {
     "accuracy_gap_points": ("(a) test accuracy gap to the plain script, points", 0.3, False),
     "pipeline_vs_plain": ("(b) dvc repro from clean / plain script wall", 1.0, False),
     "noop_repro_s": ("(c) dvc repro with nothing to do, s", 1.5, False),
-    "sweep_overhead_per_job_s": ("(d) sweep job wall - fit, s (mean of 4)", 1.5, False),
+    "sweep_overhead_per_job_s": ("(d) sweep job wall - fit, s (mean of 4)", 1.0, False),
     "train_peak_rss_mb": ("(e) train stage peak RSS, MB", 1500.0, False),
     "loop_vs_tuned_fit": ("(f) tuned `fit` s/epoch / pipeline s/epoch", 1.0, True),
+    "sweep_efficiency": ("(g) 60-model grid: steady training s / wall s", 0.75, True),
 }
+GRID = ["+sweep=hidden_epochs", "sweep.seeds=3"]
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
 class BenchmarkError(Exception):
@@ -108,13 +116,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def sweep_jobs(project: Path) -> list[dict[str, float]]:
+def sweep_jobs(project: Path, experiment: str) -> list[dict[str, float]]:
     """Each sweep job's run: its wall time (opened to closed) and its fit time."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
+        [client.get_experiment_by_name(experiment).experiment_id],
         filter_string="tags.sweep_overrides != ''",
     )
     return [
@@ -125,6 +133,74 @@ def sweep_jobs(project: Path) -> list[dict[str, float]]:
         for r in runs
         if "mlflow.parentRunId" in r.data.tags
     ]
+
+
+def efficiency(project: Path, experiment: str, wall: float) -> dict[str, Any]:
+    """(g) for the sweep logged to `experiment`: the sum over its models of epochs x steady
+    seconds per epoch, over `wall`. A model's steady seconds per epoch are the median epoch time
+    of all models of its hidden size: compilation, paid once per hidden size by the first of
+    them, drops out of the median."""
+    import statistics
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = [
+        r
+        for r in client.search_runs([experiment_id], max_results=1000)
+        if "mlflow.parentRunId" in r.data.tags
+    ]
+    if len(runs) != 60 or any(r.info.status != "FINISHED" for r in runs):
+        raise BenchmarkError(f"the grid in {experiment} made {len(runs)} runs, expected 60")
+    epochs_of: dict[str, list[float]] = {}
+    for r in runs:
+        history = client.get_metric_history(r.info.run_id, "epoch_seconds")
+        epochs_of.setdefault(r.data.params["model.hidden_units"], []).extend(
+            m.value for m in history
+        )
+    per_epoch = {h: statistics.median(v) for h, v in epochs_of.items()}
+    training = sum(
+        int(r.data.params["train.epochs"]) * per_epoch[r.data.params["model.hidden_units"]]
+        for r in runs
+    )
+    return {
+        "training_s": round(training, 1),
+        "wall_s": round(wall, 1),
+        "efficiency": round(training / wall, 3),
+        "steady_epoch_s": {
+            h: round(v, 3) for h, v in sorted(per_epoch.items(), key=lambda i: int(i[0]))
+        },
+    }
+
+
+def measure_sweeps(project: Path, env: dict[str, str]) -> dict[str, Any]:
+    """(d), then (g): the standard grid with 3 seeds, basic launcher, then joblib."""
+    py = sys.executable
+    print(f"sweep {SWEEP} ...", flush=True)
+    sweep_wall, _, _ = timed([py, "-m", "pipeline.sweep", "-m", SWEEP], project, env)
+    jobs = sweep_jobs(project, "mnist")
+    if len(jobs) != 4:
+        raise BenchmarkError(f"the sweep logged {len(jobs)} jobs with job_seconds, expected 4")
+    overheads = [j["job_seconds"] - j["train_seconds"] for j in jobs]
+    grids = {}
+    for name, extra in {
+        "basic": [],
+        "joblib_1_thread": [*JOBLIB, "train.intra_op_threads=1", "train.inter_op_threads=1"],
+        "joblib_2_threads": JOBLIB,
+    }.items():
+        print(f"standard grid, 3 seeds, {name} ...", flush=True)
+        cmd = [py, "-m", "pipeline.sweep", *GRID, *extra, f"tracking.experiment_name={name}"]
+        wall, _, _ = timed(cmd, project, env)
+        grids[name] = efficiency(project, name, wall)
+    return {
+        "sweep_overhead_per_job_s": round(sum(overheads) / len(overheads), 2),
+        "sweep_job_overheads_s": [round(o, 2) for o in overheads],
+        "sweep_wall_s": round(sweep_wall, 2),
+        "sweep_startup_s": round(sweep_wall - sum(j["job_seconds"] for j in jobs), 2),
+        "sweep_efficiency": grids["basic"]["efficiency"],
+        "grid_3_seeds": grids,
+    }
 
 
 def steady(epoch_seconds: list[float]) -> float:
@@ -160,12 +236,7 @@ def measure(mirror: Path, work: Path) -> dict[str, Any]:
     print("Keras fit, tuned, on the same data ...", flush=True)
     _, _, out = timed([py, str(ROOT / "benchmarks/fit.py"), str(project)], work, env)
     tuned = json.loads(out.strip().splitlines()[-1])
-    print(f"sweep {SWEEP} ...", flush=True)
-    sweep_wall, _, _ = timed([py, "-m", "pipeline.sweep", "-m", SWEEP], project, env)
-    jobs = sweep_jobs(project)
-    if len(jobs) != 4:
-        raise BenchmarkError(f"the sweep logged {len(jobs)} jobs with job_seconds, expected 4")
-    overheads = [j["job_seconds"] - j["train_seconds"] for j in jobs]
+    sweeps = measure_sweeps(project, env)
 
     plain_epoch = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
     pipeline_epoch = train["train_seconds"] / epochs
@@ -182,10 +253,7 @@ def measure(mirror: Path, work: Path) -> dict[str, Any]:
         "repro_wall_s": round(repro_wall, 2),
         "pipeline_vs_plain": round(repro_wall / plain_wall, 3),
         "noop_repro_s": round(noop_wall, 2),
-        "sweep_overhead_per_job_s": round(sum(overheads) / len(overheads), 2),
-        "sweep_job_overheads_s": [round(o, 2) for o in overheads],
-        "sweep_wall_s": round(sweep_wall, 2),
-        "sweep_startup_s": round(sweep_wall - sum(j["job_seconds"] for j in jobs), 2),
+        **sweeps,
         "train_peak_rss_mb": train_rss,
         "tuned_fit_epoch_s": round(tuned["fit_seconds"] / len(tuned["epoch_seconds"]), 3),
         "tuned_fit_steady_epoch_s": round(steady(tuned["epoch_seconds"]), 3),
@@ -220,6 +288,19 @@ def table(results: dict[str, Any]) -> str:
         f"{results['pipeline_steady_epoch_s']} s), test accuracy "
         f"{results['tuned_fit_test_accuracy']}."
     )
+    grids = results["grid_3_seeds"]
+    rows.append("")
+    rows.append(
+        "Standard grid with `sweep.seeds=3` (60 models, 285 epochs): "
+        + "; ".join(
+            f"{name.replace('_', ' ')}: {g['wall_s']} s wall, {g['training_s']} s of steady "
+            f"training, efficiency {g['efficiency']}"
+            for name, g in grids.items()
+        )
+        + ". Steady seconds per epoch by hidden size (basic launcher, 2 threads): "
+        + ", ".join(f"{h}: {v}" for h, v in grids["basic"]["steady_epoch_s"].items())
+        + "."
+    )
     return "\n".join(rows)
 
 
@@ -242,6 +323,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default = os.environ.get("MNIST_MIRROR") or str(ROOT.parent / "shared/data/mnist")
     parser.add_argument("--mirror", default=default, help="folder with the 4 MNIST .gz files")
+    parser.add_argument(
+        "--only", choices=["sweeps"], help="measure only (d) and (g), keep the other results"
+    )
     args = parser.parse_args()
     mirror = Path(args.mirror).resolve()
     if not mirror.is_dir():
@@ -255,7 +339,16 @@ def main() -> int:
     compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as work:
         try:
-            results = measure(mirror, Path(work))
+            if args.only == "sweeps":
+                env = run_env(MNIST_MIRROR=str(mirror))
+                project = copy_project(Path(work) / "project")
+                subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"],
+                               cwd=project, env=env, check=True, capture_output=True)  # fmt: skip
+                earlier = json.loads(RESULTS.read_text())
+                earlier.pop("machine", None)
+                results = earlier | measure_sweeps(project, env)
+            else:
+                results = measure(mirror, Path(work))
         except BenchmarkError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, s
 
 Split = tuple[np.ndarray, np.ndarray]
 GRID = 32  # test digits in the predictions grid: half of them mistakes, where there are as many
-EXAMPLE_INPUTS = 5  # validation digits stored with the logged model as its input example
+EXAMPLE_INPUTS = 5  # validation digits the logged model's signature is read from
 
 
 @dataclass(frozen=True)
