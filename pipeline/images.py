@@ -8,6 +8,7 @@ normalised the same way or the model misreads it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -20,15 +21,25 @@ SIZE = IMAGE_SHAPE[0]  # ... centred by mass in 28x28
 MIN_CONTRAST = 32  # grey levels between background and ink below which an image is blank
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Read PNG, JPEG or any format Pillow knows as grayscale 0-255.
+def load_image(
+    source: Path | BinaryIO, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """Read PNG, JPEG or any format Pillow knows, from a path or an open binary file, as
+    grayscale 0-255. `name` is what errors call it (the path by default); an image of more
+    than `max_pixels` pixels is refused before it is decoded.
 
     Transparent parts are paper. Drawing apps export strokes of any colour on a transparent
     background, so the paper is put under the strokes in the opposite shade: black under light
     strokes, white under dark ones; the alpha channel then draws the digit either way.
     """
+    path = name or str(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(
+                    f"{path}: {img.width} x {img.height} pixels, more than the "
+                    f"{max_pixels / 1e6:g} megapixels allowed; scale it down first."
+                )
             img.load()
             if img.mode in ("RGBA", "LA", "P", "PA"):
                 rgba = img.convert("RGBA")
@@ -38,8 +49,14 @@ def load_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: no such file.") from exc
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...).") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{path}: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable image ({exc}).") from exc
+
+
+class ImageTooLarge(DataError):
+    """An image with more pixels than allowed."""
 
 
 def _paper(rgba: Image.Image) -> str:

@@ -14,7 +14,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -24,26 +26,96 @@ from pipeline.images import load_image, normalize, save_png
 from pipeline.paths import MODEL_PATH, project_root
 
 
-def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from (n, 28, 28) float32 images to (n, 10) probabilities."""
-    if args.model_uri or args.run:
-        load_keras()
-        import mlflow
+@dataclass(frozen=True)
+class Chosen:
+    """A model to read digits with, and what it is: `source` (file, run, uri or registry), and
+    where known its `uri`, registered `name`, `version`, `alias`, `run_id`, `experiment_id`,
+    `val_accuracy` and `test_accuracy`."""
 
-        from pipeline import tracking
+    model: Any
+    about: dict[str, Any]
 
-        tracking.connect(tracking.configured_uri())
-        uri = args.model_uri or _run_model_uri(args.run)
-        try:
-            model = mlflow.tensorflow.load_model(uri)  # the Keras model, loaded in safe mode
-        except mlflow.exceptions.MlflowException as exc:
-            raise PipelineError(f"cannot load model {uri}: {exc.message}") from exc
-    else:
-        load_keras()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, 28, 28) float32 images -> (n, 10) probabilities."""
+        return self.model.predict(x, verbose=0)
+
+
+def choose_model(
+    path: Path | None = None,
+    run: str | None = None,
+    model_uri: str | None = None,
+    champion: bool = False,
+) -> Chosen:
+    """The model a command names: a `.keras` file, the model `run` logged, a model URI, or
+    (with `champion`, when none is named) the registry's champion of the configured
+    `tracking.registered_model`; else the project's models/model.keras."""
+    load_keras()
+    if path is not None or not (run or model_uri or champion):
         from pipeline.model import load_model
 
-        model = load_model(args.model if args.model else project_root() / MODEL_PATH)
-    return lambda x: model.predict(x, verbose=0)
+        file = Path(path) if path else project_root() / MODEL_PATH
+        return Chosen(load_model(file), {"source": "file", "path": str(file)})
+
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.config import load_params
+
+    tracking.connect(tracking.configured_uri())
+    about: dict[str, Any] = {"source": "uri"}
+    if run:
+        about = {"source": "run", "run_id": run}
+        uri = _run_model_uri(run)
+    elif model_uri:
+        uri = model_uri
+    else:
+        name = load_params().tracking.registered_model
+        uri = f"models:/{name}@{tracking.CHAMPION}"
+        about = {"source": "registry", "name": name, "alias": tracking.CHAMPION}
+    try:
+        model = mlflow.tensorflow.load_model(uri)  # the Keras model, loaded in safe mode
+    except mlflow.exceptions.MlflowException as exc:
+        hint = (
+            " Train one with `uv run dvc repro`, or name a model with --model, --run or "
+            "--model-uri."
+            if about["source"] == "registry"
+            else ""
+        )
+        raise PipelineError(f"cannot load model {uri}: {exc.message}.{hint}") from exc
+    return Chosen(model, {**about, "uri": uri, **_describe(uri, about)})
+
+
+def _describe(uri: str, about: dict[str, Any]) -> dict[str, Any]:
+    """Registry version, run and accuracies of the model at `uri`, where the store knows them."""
+    import mlflow
+
+    from pipeline import tracking
+
+    client = mlflow.MlflowClient()
+    found: dict[str, Any] = {}
+    try:
+        if about["source"] == "registry":
+            version = client.get_model_version_by_alias(about["name"], about["alias"])
+            found = {"version": version.version, "run_id": version.run_id}
+        elif uri.startswith("models:/m-"):
+            found = {"run_id": client.get_logged_model(uri.split("/")[1]).source_run_id}
+        run = client.get_run(found.get("run_id") or about["run_id"])
+    except (mlflow.exceptions.MlflowException, KeyError):
+        return found
+    metrics = run.data.metrics
+    return {
+        **found,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "val_accuracy": metrics.get(tracking.VAL_ACCURACY),
+        "test_accuracy": metrics.get(tracking.TEST_ACCURACY),
+    }
+
+
+def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from (n, 28, 28) float32 images to (n, 10) probabilities."""
+    return choose_model(args.model, args.run, args.model_uri).predict
 
 
 def _run_model_uri(run_id: str) -> str:
@@ -60,6 +132,12 @@ def _run_model_uri(run_id: str) -> str:
             "pick a run with `uv run python -m pipeline.compare`."
         )
     return f"models:/{models[0].model_id}"
+
+
+def read_digit(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """An image file -> the 28x28 0-1 input the model reads: the one path from picture to
+    model input, for this command and the web app."""
+    return normalize(load_image(source, name, max_pixels), name)
 
 
 def top3(probs: np.ndarray) -> list[dict[str, float]]:
@@ -81,7 +159,7 @@ def main(argv: list[str]) -> None:
     inputs, failed = {}, 0
     for path in args.images:
         try:
-            inputs[path] = normalize(load_image(path), str(path))
+            inputs[path] = read_digit(path, str(path))
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1

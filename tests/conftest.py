@@ -179,6 +179,57 @@ def chromium(width: int = 1400, height: int = 1000):
 
 
 @contextmanager
+def app_server(*args: str, cwd: Path, log: Path) -> Iterator[str]:
+    """`python -m pipeline.app ARGS --port P` in `cwd` until the block ends; yields its URL once
+    it answers. What it prints goes to `log`."""
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "pipeline.app", *args, "--port", url.rsplit(":", 1)[1]]
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=out, stderr=out)
+    try:
+        wait_for(f"{url}/api/model", process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def line(a: tuple[int, int], b: tuple[int, int], n: int = 12) -> list[tuple[int, int]]:
+    """`n` + 1 points from `a` to `b`."""
+    (ax, ay), (bx, by) = a, b
+    return [(round(ax + (bx - ax) * t / n), round(ay + (by - ay) * t / n)) for t in range(n + 1)]
+
+
+def draw(driver, strokes: list[list[tuple[int, int]]]) -> None:
+    """Draw `strokes` (points in the app's 280 x 280 canvas) with the pointer, as a hand would."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    canvas = driver.find_element(By.ID, "canvas")
+    for stroke in strokes:
+        actions = ActionChains(driver, duration=10)
+        x, y = stroke[0]
+        actions.move_to_element_with_offset(canvas, x - 140, y - 140).click_and_hold()
+        for nx, ny in stroke[1:]:
+            actions.move_by_offset(nx - x, ny - y)
+            x, y = nx, ny
+        actions.release().perform()
+
+
+def read_answer(driver, seconds: float = 30) -> str:
+    """The digit the app's draw page shows, once it shows one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(d) -> str | bool:
+        idle = d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+        answer = d.find_element(By.ID, "answer").is_displayed()
+        return idle and answer and d.find_element(By.ID, "digit").text
+
+    return WebDriverWait(driver, seconds).until(shown)
+
+
+@contextmanager
 def mlflow_server(*args: str, log: Path, cwd: Path | None = None) -> Iterator[str]:
     """`mlflow ARGS --host 127.0.0.1 --port P` (`server` or `ui`) until the block ends; yields
     its URL once its health check answers. What it prints goes to `log`."""
@@ -193,3 +244,84 @@ def mlflow_server(*args: str, log: Path, cwd: Path | None = None) -> Iterator[st
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """A headless Chromium for a module's tests. Under `.ci/run` (CI set) a missing browser
+    fails the test; elsewhere it skips, saying why."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run installs them")
+        pytest.skip(reason)
+    driver = chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="session")
+def swept_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose store holds one 2-job sweep (hidden units 16 and 32, 1 epoch, 1,000
+    digits): real runs with figures, for the pages that show runs. Read it, do not change it."""
+    project = copy_project(tmp_path_factory.mktemp("swept"))
+    run(["dvc", "repro", "preprocess"], project)
+    sweep = ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32"]
+    run([*sweep, "train.epochs=1", "train.max_examples=1000"], project)
+    return project
+
+
+@pytest.fixture(scope="session")
+def mnist(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Real MNIST from MNIST_MIRROR (else the public mirrors), read into arrays."""
+    from pipeline.data import read_mnist_pair
+    from pipeline.download import fetch_file, sources
+
+    cfg = validate(compose([]))
+    raw = tmp_path_factory.mktemp("raw")
+    places = sources(cfg.data.mirrors, os.environ.get("MNIST_MIRROR"))
+    paths = {k: raw / s.name for k, s in cfg.data.files.items()}
+    for spec in cfg.data.files.values():
+        fetch_file(spec, raw, places, cfg.data.timeout_s)
+    x, y = read_mnist_pair(paths["train_images"], paths["train_labels"])
+    xt, yt = read_mnist_pair(paths["test_images"], paths["test_labels"])
+    return {"x": x / np.float32(255), "y": y, "xt": xt / np.float32(255), "yt": yt}
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
+    """The seed model trained for 2 epochs on 50,000 real digits, saved as a .keras file."""
+    from pipeline.model import build_mlp, compile_model, fit, save_model
+
+    cfg = validate(compose(["train.epochs=2"]))
+    model = compile_model(build_mlp(128), cfg.train)
+    fit(
+        model,
+        (mnist["x"][:50_000], mnist["y"][:50_000]),
+        (mnist["x"][50_000:], mnist["y"][50_000:]),
+        cfg.train,
+    )
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    save_model(model, path)
+    return path
+
+
+def render(digit: np.ndarray, i: int):
+    """A test digit as a large dark-on-light picture, off-centre, every other one in colour."""
+    from PIL import Image
+
+    ink = Image.fromarray(np.round(255 - digit * 255).astype(np.uint8))
+    big = ink.resize((224, 224), Image.Resampling.BILINEAR)
+    page = Image.new("L", (400, 300), 255)
+    page.paste(big, (20 + (i * 37) % 150, 10 + (i * 53) % 70))
+    if i % 2:
+        return Image.merge(
+            "RGB",
+            [
+                page.point(lambda v: 40 + v * 0.85),
+                page.point(lambda v: 30 + v * 0.8),
+                page.point(lambda v: 90 + v * 0.6),
+            ],
+        )
+    return page

@@ -61,7 +61,7 @@ def test_fit_returns_history_and_save_load_round_trip(
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_mlp(8), cfg.train)
     history, seconds = fit(model, (x[:32], y[:32]), (x[32:], y[32:]), cfg.train)
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"}
     assert all(len(v) == 2 for v in history.values()) and seconds > 0
     path = tmp_path / "models/model.keras"
     save_model(model, path)

@@ -16,74 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run, run_env, use_store
-from pipeline.config import validate
-from pipeline.data import read_mnist_pair
-from pipeline.download import fetch_file, sources
+from conftest import ROOT, render, run, run_env, use_store
 from pipeline.images import load_image, normalize
 
 N = 100  # test digits rendered as images
 
 
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory: pytest.TempPathFactory, default_config_module) -> dict:
-    """Real MNIST from MNIST_MIRROR (else the public mirrors), read into arrays."""
-    cfg = default_config_module
-    raw = tmp_path_factory.mktemp("raw")
-    places = sources(cfg.data.mirrors, os.environ.get("MNIST_MIRROR"))
-    paths = {k: raw / s.name for k, s in cfg.data.files.items()}
-    for spec in cfg.data.files.values():
-        fetch_file(spec, raw, places, cfg.data.timeout_s)
-    x, y = read_mnist_pair(paths["train_images"], paths["train_labels"])
-    xt, yt = read_mnist_pair(paths["test_images"], paths["test_labels"])
-    return {"x": x / np.float32(255), "y": y, "xt": xt / np.float32(255), "yt": yt}
-
-
-@pytest.fixture(scope="module")
-def default_config_module():
-    from pipeline.config import compose
-
-    return validate(compose(["train.epochs=2"]))
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict, default_config_module):
-    from pipeline.model import build_mlp, compile_model, fit, save_model
-
-    cfg = default_config_module
-    model = compile_model(build_mlp(128), cfg.train)
-    fit(
-        model,
-        (mnist["x"][:50_000], mnist["y"][:50_000]),
-        (mnist["x"][50_000:], mnist["y"][50_000:]),
-        cfg.train,
-    )
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    save_model(model, path)
-    return path
-
-
 def predict(*args: str, check: bool = True, **env: str):
     """`python -m pipeline.predict ARGS` from the project root, as a user runs it."""
     return run(["python", "-m", "pipeline.predict", *args], ROOT, check=check, **env)
-
-
-def render(digit: np.ndarray, i: int) -> Image.Image:
-    """A test digit as a large dark-on-light picture, off-centre, every other one in colour."""
-    ink = Image.fromarray(np.round(255 - digit * 255).astype(np.uint8))
-    big = ink.resize((224, 224), Image.Resampling.BILINEAR)
-    page = Image.new("L", (400, 300), 255)
-    page.paste(big, (20 + (i * 37) % 150, 10 + (i * 53) % 70))
-    if i % 2:
-        return Image.merge(
-            "RGB",
-            [
-                page.point(lambda v: 40 + v * 0.85),
-                page.point(lambda v: 30 + v * 0.8),
-                page.point(lambda v: 90 + v * 0.6),
-            ],
-        )
-    return page
 
 
 def test_rendered_digits_are_read_as_the_originals(

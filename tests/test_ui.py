@@ -7,7 +7,6 @@ Screenshots go to the test's temporary folder.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,36 +14,15 @@ import mlflow
 import pytest
 
 from conftest import (
-    CHROMEDRIVER,
-    CHROMIUM,
-    chromium,
-    copy_project,
     mlflow_server,
-    run,
     use_store,
 )
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; .ci/run installs them")
-        pytest.skip(reason)
-    driver = chromium()
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def ui(swept_project: Path) -> Iterator[tuple[str, Path]]:
     """`mlflow ui` over a project whose store holds one 2-job sweep; yields its URL and root."""
-    project = copy_project(tmp_path_factory.mktemp("ui"))
-    run(["dvc", "repro", "preprocess"], project)
-    sweep = ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32"]
-    run([*sweep, "train.epochs=1", "train.max_examples=1000"], project)
+    project = swept_project
     store = f"sqlite:///{project}/mlflow.db"
     with mlflow_server("ui", "--backend-store-uri", store, log=project / "ui.log") as url:
         yield url, project

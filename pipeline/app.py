@@ -1,0 +1,269 @@
+"""A web app: draw a digit and watch a model read it; compare runs picture by picture.
+
+Pages: `/` (draw, or drop a photo or scan) and `/compare?runs=ID1,ID2,...` or
+`/compare?sweep=PARENT_ID` (2-6 runs: the params that differ, metrics against the first run,
+the figures row by row). JSON: `POST /api/predict` (multipart field `image`, PNG or JPEG),
+`GET /api/model`. The model is the registry's champion unless `--model PATH`, `--run RUN_ID` or
+`--model-uri URI` names another (as for `pipeline.predict`); runs are read from the MLflow store
+the pipeline uses. Pages, scripts and styles ship in `pipeline/web/`: no CDN, works offline.
+Command: `uv run python -m pipeline.app [--port 8000] [--host 127.0.0.1]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import io
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image
+
+from pipeline.errors import DataError, PipelineError, run_cli
+from pipeline.images import ImageTooLarge
+from pipeline.predict import Chosen, choose_model, read_digit, top3
+
+WEB = Path(__file__).parent / "web"
+MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused unread
+MAX_PIXELS = 40_000_000  # and one with more pixels than this, before it is decoded
+IMAGE_TYPES = ("image/png", "image/jpeg")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # MLflow's run ids: nothing else reaches the store
+FIGURES = {  # the figures compared, in page order: file under the run's figures/ -> title
+    "confusion_matrix.png": "Confusion matrix",
+    "misclassified.png": "Misclassified test digits",
+    "learning_curves.png": "Learning curves",
+    "predictions.png": "Predictions",
+}
+METRICS = ("val_accuracy", "test_accuracy", "test_loss", "macro_f1", "train_seconds")
+MIN_RUNS, MAX_RUNS = 2, 6
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """A 0-1 grayscale image as a PNG data URL (the input the model saw)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Runs:
+    """Runs and their figures from one MLflow store, for the compare page."""
+
+    def __init__(self, store_uri: str) -> None:
+        import mlflow
+
+        self.uri = store_uri
+        self.client = mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+        self.cache = Path(tempfile.mkdtemp(prefix="mnist-app-"))  # figures, once downloaded
+        atexit.register(shutil.rmtree, self.cache, ignore_errors=True)
+        self.lock = threading.Lock()
+
+    def get(self, run_id: str) -> Any:
+        import mlflow
+
+        if not RUN_ID.match(run_id):
+            raise HTTPException(400, f"{run_id!r} is not an MLflow run id (32 hex digits).")
+        try:
+            return self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            raise HTTPException(404, f"no run {run_id} in the MLflow store {self.uri}.") from None
+
+    def of_sweep(self, parent_id: str) -> list[Any]:
+        """The sweep's child runs, best validation accuracy first, at most MAX_RUNS."""
+        parent = self.get(parent_id)
+        children = self.client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+            order_by=["metrics.val_accuracy DESC"],
+            max_results=MAX_RUNS,
+        )
+        if len(children) < MIN_RUNS:
+            raise HTTPException(
+                404, f"run {parent_id} has {len(children)} child runs; compare needs {MIN_RUNS}."
+            )
+        return children
+
+    def figure(self, run_id: str, name: str) -> Path:
+        import mlflow
+
+        self.get(run_id)
+        if name not in FIGURES:
+            raise HTTPException(404, f"no figure {name!r}: one of {', '.join(FIGURES)}.")
+        local = self.cache / run_id / name
+        with self.lock:  # the page asks for all figures at once
+            if not local.exists():
+                with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+                    try:
+                        got = self.client.download_artifacts(run_id, f"figures/{name}", tmp)
+                    except (mlflow.exceptions.MlflowException, OSError):
+                        raise HTTPException(404, f"run {run_id} has no figure {name}.") from None
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    Path(got).replace(local)
+        return local
+
+
+def comparison(runs: list[Any]) -> dict[str, Any]:
+    """What the compare page shows: runs, params that differ, metrics against the first run."""
+    keys = sorted({k for r in runs for k in r.data.params})
+    differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+    metrics = []
+    for key in METRICS:
+        values = [r.data.metrics.get(key) for r in runs]
+        first = values[0]
+        deltas = [
+            None if v is None or first is None or i == 0 else v - first
+            for i, v in enumerate(values)
+        ]
+        metrics.append({"name": key, "values": values, "deltas": deltas})
+    return {
+        "runs": [
+            {"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status} for r in runs
+        ],
+        "params": [
+            {"name": k, "values": [r.data.params.get(k, "") for r in runs]} for k in differ
+        ],
+        "metrics": metrics,
+        "figures": FIGURES,
+    }
+
+
+def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> FastAPI:
+    """The app on `chosen`, reading runs from `store_uri`; `mlflow_ui` is linked to if given."""
+    app = FastAPI(title="MNIST digits", docs_url="/api/docs", redoc_url=None)
+    app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
+    pages = Environment(loader=FileSystemLoader(WEB), autoescape=select_autoescape(["html"]))
+    runs = Runs(store_uri)
+    lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
+    ui = mlflow_ui.rstrip("/") if mlflow_ui else None
+
+    def run_link(run_id: str | None, experiment_id: str | None) -> str | None:
+        if not (ui and run_id and experiment_id):
+            return None
+        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    about = {
+        **chosen.about,
+        "mlflow_run_url": run_link(chosen.about.get("run_id"), chosen.about.get("experiment_id")),
+    }
+
+    @app.exception_handler(HTTPException)
+    def refused(request: Request, exc: HTTPException) -> Response:
+        """JSON for the API and figures, a page for the pages."""
+        if request.url.path.startswith(("/api/", "/runs/")):
+            return JSONResponse({"detail": exc.detail}, exc.status_code)
+        page = pages.get_template("error.html").render(status=exc.status_code, message=exc.detail)
+        return HTMLResponse(page, exc.status_code)
+
+    @app.get("/", response_class=HTMLResponse)
+    def draw() -> str:
+        return pages.get_template("draw.html").render(max_mb=MAX_BYTES // 2**20)
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        return about
+
+    @app.post("/api/predict")
+    async def predict(request: Request, image: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        size = int(request.headers.get("content-length") or 0)
+        if size > MAX_BYTES + 64 * 1024:
+            raise HTTPException(413, f"upload of {size} bytes: at most {MAX_BYTES} bytes.")
+        if image.content_type not in IMAGE_TYPES:
+            raise HTTPException(
+                415, f"{image.filename}: content type {image.content_type!r}; send a PNG or JPEG."
+            )
+        data = await image.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise HTTPException(413, f"{image.filename}: over {MAX_BYTES} bytes.")
+        name = image.filename or "image"
+        try:
+            x = read_digit(io.BytesIO(data), name, MAX_PIXELS)
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except DataError as exc:
+            raise HTTPException(422, str(exc)) from None
+        with lock:
+            probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
+        best = top3(probs)
+        return {
+            "digit": best[0]["digit"],
+            "probabilities": [round(float(p), 6) for p in probs],
+            "top3": best,
+            "input": png_data_url(x),
+            "model": about,
+        }
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare(
+        runs_: Annotated[str | None, Query(alias="runs")] = None, sweep: str | None = None
+    ) -> str:
+        if sweep:
+            chosen_runs = runs.of_sweep(sweep.strip())
+        else:
+            ids = [i.strip() for i in (runs_ or "").split(",") if i.strip()]
+            if not MIN_RUNS <= len(ids) <= MAX_RUNS:
+                raise HTTPException(
+                    400,
+                    f"compare takes {MIN_RUNS}-{MAX_RUNS} run ids, got {len(ids)}: "
+                    "/compare?runs=ID1,ID2 or /compare?sweep=PARENT_ID.",
+                )
+            chosen_runs = [runs.get(i) for i in ids]
+        view = comparison(chosen_runs)
+        for run, info in zip(chosen_runs, view["runs"], strict=True):
+            info["url"] = run_link(run.info.run_id, run.info.experiment_id)
+        return pages.get_template("compare.html").render(**view, sweep=sweep)
+
+    @app.get("/runs/{run_id}/figures/{name}")
+    def figure(run_id: str, name: str) -> FileResponse:
+        return FileResponse(runs.figure(run_id, name), media_type="image/png")
+
+    return app
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to serve on (8000)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help="a .keras file")
+    source.add_argument("--run", metavar="RUN_ID", help="the model an MLflow run logged")
+    source.add_argument("--model-uri", metavar="URI", help="e.g. models:/mnist-digits/3")
+    parser.add_argument(
+        "--mlflow-ui", metavar="URL", help="the MLflow UI to link runs to (default: the "
+        "tracking server, when the store is one)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from pipeline import tracking
+
+    chosen = choose_model(args.model, args.run, args.model_uri, champion=True)
+    store = tracking.connect(tracking.configured_uri())
+    ui = args.mlflow_ui or (store if store.startswith(("http://", "https://")) else None)
+    if args.host not in LOOPBACK:
+        print(
+            f"warning: serving on {args.host}: anyone who can reach this machine can use the "
+            "model and read the runs of the MLflow store.",
+            file=sys.stderr,
+        )
+    print(f"model: {chosen.about.get('uri') or chosen.about.get('path')}", flush=True)
+    app = create_app(chosen, store, ui)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as exc:
+        raise PipelineError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
