@@ -3,9 +3,10 @@
 Inputs: reports/figures/ (from `uv run dvc repro`), the newest sweep folder under multirun/ (from
 `uv run python -m pipeline.sweep ...`), and the MLflow store, which a real `mlflow ui` on 127.0.0.1
 serves to a headless Chromium (Debian's chromium and chromium-driver) for a screenshot of the
-runs table with the newest sweep expanded.
+runs table with the newest sweep expanded; and the web app (`pipeline.app`) on the champion, for
+its draw page with a 7 drawn and its compare page for the sweep's best and worst models.
 Outputs: docs/images/*.png, scaled down to at most 900 pixels wide.
-Command: `uv run python docs/make_images.py [--sweep multirun/DATE/TIME]`.
+Command: `uv run python docs/make_images.py [--sweep multirun/DATE/TIME] [--only app]`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from conftest import chromium, mlflow_server  # noqa: E402
+from conftest import app_server, chromium, draw, line, mlflow_server, read_answer  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 FIGURES = {
@@ -68,20 +69,61 @@ def ui_screenshot(target: Path) -> None:
         log.unlink(missing_ok=True)
 
 
+def app_screenshots(sweep: Path) -> None:
+    """The web app on the champion: a 7 drawn on its draw page, and its compare page for the
+    best and the worst model of `sweep`."""
+    import json
+
+    import mlflow
+
+    store = f"sqlite:///{ROOT / 'mlflow.db'}"
+    parent = json.loads((sweep / "parent_run.json").read_text())["run_id"]
+    children = mlflow.MlflowClient(store).search_runs(
+        [json.loads((sweep / "parent_run.json").read_text())["experiment_id"]],
+        f"tags.mlflow.parentRunId = '{parent}'",
+        order_by=["metrics.val_accuracy DESC"],
+        max_results=1000,
+    )
+    ends = f"{children[0].info.run_id},{children[-1].info.run_id}"
+    log = OUT / ".app.log"
+    driver = chromium(1200, 760)
+    try:
+        with app_server(cwd=ROOT, log=log) as url:
+            driver.get(url)
+            draw(driver, [line((60, 55), (215, 55)) + line((215, 55), (115, 240))[1:]])
+            read_answer(driver)
+            driver.save_screenshot(str(OUT / ".app-draw.png"))
+            driver.set_window_size(1400, 1600)
+            driver.get(f"{url}/compare?runs={ends}")
+            time.sleep(3)  # the figures load
+            driver.save_screenshot(str(OUT / ".app-compare.png"))
+    finally:
+        driver.quit()
+        log.unlink(missing_ok=True)
+    for name in ("app-draw.png", "app-compare.png"):
+        save_small(OUT / f".{name}", name)
+        (OUT / f".{name}").unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, help="a sweep folder (default: the newest)")
+    parser.add_argument("--only", choices=["app"], help="only the web app's screenshots")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    sweeps = sorted((ROOT / "multirun").glob("*/*/accuracy_by_hidden_units.png"))
+    sweep = args.sweep or sweeps[-1].parent
+    if args.only == "app":
+        app_screenshots(sweep)
+        return
     for source, name in FIGURES.items():
         save_small(ROOT / "reports" / "figures" / source, name)
-    sweeps = sorted((ROOT / "multirun").glob("*/*/accuracy_by_hidden_units.png"))
-    plot = args.sweep / "accuracy_by_hidden_units.png" if args.sweep else sweeps[-1]
-    save_small(plot, "sweep-accuracy-by-hidden-units.png")
+    save_small(sweep / "accuracy_by_hidden_units.png", "sweep-accuracy-by-hidden-units.png")
     shot = OUT / ".mlflow-ui.png"
     ui_screenshot(shot)
     save_small(shot, "mlflow-ui-sweep.png")
     shot.unlink()
+    app_screenshots(sweep)
 
 
 if __name__ == "__main__":
