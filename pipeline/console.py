@@ -32,6 +32,7 @@ def quiet() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read by TensorFlow when it loads
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow when it loads
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per download
     for name in ("mlflow", "alembic", "absl"):  # absl: where Keras sends its progress bars
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)

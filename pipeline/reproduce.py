@@ -1,12 +1,18 @@
-"""Reproduce an MLflow run from its commit and check the result bit for bit.
+"""Reproduce an MLflow run from its commit, in the environment its uv.lock pins, bit for bit.
 
 Inputs: a run id in the project's MLflow store; the run's `git_commit` (and its uncommitted diff
 when the tree was dirty), its `config.yaml` artifact, and the MNIST files (MNIST_MIRROR, else
 the project's data/raw/, else the public mirrors; verified by digest either way).
-Outputs: a new run tagged `reproduces=RUN_ID`, and a table of weights hash, data digests and
-test metrics, original against reproduced. Exit 0 only when everything is identical; when the
-environment differs (versions, CPU), the metrics are judged within TOLERANCE instead.
-Command: `uv run python -m pipeline.reproduce RUN_ID`.
+The pipeline runs in the environment the commit's `uv.lock` pins: uv installs it (frozen, no dev
+packages) once per lock into a cache folder named by the lock's SHA-256 (PIPELINE_ENV_CACHE, else
+~/.cache/mnist-pipeline/envs), so a later reproduction from the same lock installs nothing.
+`--current-env` runs it with this checkout's interpreter and packages instead.
+Outputs: a new run tagged `reproduces=RUN_ID` and `reproduce.environment` (`locked` or
+`current`), and a table of the environment, weights hash, data digests and test metrics,
+original against reproduced. Exit 0 when weights and metrics are identical; where the
+environment still differs (another CPU, another Python), those rows are named and the metrics
+judged within TOLERANCE; otherwise exit 1.
+Command: `uv run python -m pipeline.reproduce RUN_ID [--current-env]`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +32,11 @@ from pipeline.errors import PipelineError, run_cli
 from pipeline.paths import PARAMS_FILE, RAW_DIR, RUN_FILE, project_root
 
 TOLERANCE = 0.002  # absolute, on every metric, when the environment differs
+ENV_CACHE_VAR = "PIPELINE_ENV_CACHE"  # where locked environments are kept
+ENVIRONMENT_TAG = "reproduce.environment"  # on the new run: `locked` or `current`
+LOCK_TAG = "reproduce.uv_lock_sha256"  # on the new run, when `locked`: the lock it installed
+LOCK_FILE = "uv.lock"
+THREADS = ("train.intra_op_threads", "train.inter_op_threads")  # params shown with the env
 METRICS = (
     tracking.TEST_ACCURACY,
     tracking.TEST_LOSS,
@@ -59,10 +71,72 @@ def check_reproducible(run: Any, root: Path) -> str:
     return commit
 
 
-def rerun(run: Any, commit: str, root: Path) -> str:
-    """Check out `commit` in a temporary worktree, restore the config, `dvc repro` there.
+def env_cache() -> Path:
+    """The folder of locked environments: PIPELINE_ENV_CACHE, else the user's cache folder."""
+    if os.environ.get(ENV_CACHE_VAR):
+        return Path(os.environ[ENV_CACHE_VAR])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mnist-pipeline" / "envs"
 
-    Returns the id of the new run; the worktree is removed whatever happens.
+
+def locked_env(worktree: Path, commit: str) -> tuple[Path, str]:
+    """The environment `commit`'s uv.lock pins, installed into the cache unless it is there:
+    its folder and the lock's SHA-256. It is built under a temporary name and renamed once
+    complete, so a failed install leaves nothing under the final name."""
+    from filelock import FileLock
+
+    lock = worktree / LOCK_FILE
+    if not lock.is_file():
+        raise PipelineError(
+            f"commit {commit[:12]} has no {LOCK_FILE}, so its environment is unknown; "
+            "reproduce it with --current-env."
+        )
+    digest = provenance.sha256_text(lock.read_text(encoding="utf-8"))
+    cache = env_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / digest[:16]
+    with FileLock(str(cache / f"{digest[:16]}.lock")):  # one install per lock at a time
+        if (final / "bin" / "python").exists():
+            print(f"reproduce: environment of {LOCK_FILE} {digest[:12]}, cached in {final}")
+            return final, digest
+        uv = os.environ.get("UV") or shutil.which("uv")
+        if uv is None:
+            raise PipelineError(
+                "uv is not on PATH, so the run's locked environment cannot be installed; "
+                "install it (`pip install uv`) or reproduce with --current-env."
+            )
+        partial = cache / f"{digest[:16]}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        print(
+            f"reproduce: installing the environment of {LOCK_FILE} {digest[:12]} ...", flush=True
+        )
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        env["UV_PROJECT_ENVIRONMENT"] = str(partial)
+        steps = (
+            [uv, "venv", "--relocatable", "--quiet", str(partial)],
+            [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
+        )
+        for cmd in steps:
+            proc = subprocess.run(cmd, cwd=worktree, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise PipelineError(
+                    f"cannot install the environment that {LOCK_FILE} of commit {commit[:12]} "
+                    f"pins (`{' '.join(cmd[1:3])}` exited {proc.returncode}: "
+                    f"{proc.stderr.strip()[-600:]}). Reach the package registry (or a uv cache "
+                    "holding those packages) and run again, or reproduce in this checkout's "
+                    "environment with --current-env."
+                )
+        partial.rename(final)
+        return final, digest
+
+
+def rerun(run: Any, commit: str, root: Path, current_env: bool) -> tuple[str, dict[str, str]]:
+    """Check out `commit` in a temporary worktree, restore the config, `dvc repro` there, in
+    the environment the commit's uv.lock pins (or, with `current_env`, this one).
+
+    Returns the id of the new run and the tags saying which environment it ran in; the
+    worktree is removed whatever happens.
     """
     import mlflow
 
@@ -86,26 +160,39 @@ def rerun(run: Any, commit: str, root: Path) -> str:
                 if applied.returncode != 0:
                     raise PipelineError(f"the run's diff does not apply: {applied.stderr.strip()}")
             (worktree / PARAMS_FILE).write_text(config_text, encoding="utf-8")
-            print(f"reproduce: dvc repro at {commit[:12]} in {worktree}", flush=True)
-            proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=worktree, env=env)
+            python, used = Path(sys.executable), {ENVIRONMENT_TAG: "current"}
+            if not current_env:
+                folder, digest = locked_env(worktree, commit)
+                python, used = folder / "bin" / "python", {ENVIRONMENT_TAG: "locked"}
+                used[LOCK_TAG] = digest
+                env["VIRTUAL_ENV"] = str(folder)
+            # The stages run `python -m pipeline...`: this environment's python comes first.
+            env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+            print(f"reproduce: dvc repro at {commit[:12]} in {worktree} ({python})", flush=True)
+            proc = subprocess.run([str(python), "-m", "dvc", "repro"], cwd=worktree, env=env)
             if proc.returncode != 0:
                 raise PipelineError(f"`dvc repro` at commit {commit} exited {proc.returncode}.")
-            return json.loads((worktree / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
+            new_id = json.loads((worktree / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
+            tracking.set_tags(new_id, used)
+            return new_id, used
         finally:
             provenance.run_git(root, "worktree", "remove", "--force", str(worktree))
             provenance.run_git(root, "worktree", "prune")
 
 
 def compare(original: Any, reproduced: Any) -> tuple[list[tuple[str, Any, Any]], list[str]]:
-    """Rows (what, original, reproduced) and the environment keys that differ."""
+    """Rows (what, original, reproduced), environment first, and the environment rows that
+    differ."""
     a, b = original.data, reproduced.data
+    env_keys = sorted(k for k in a.tags if k.startswith(provenance.ENV_PREFIX))
+    env_rows = [(k, a.tags.get(k), b.tags.get(k)) for k in env_keys]
+    env_rows += [(k, a.params.get(k), b.params.get(k)) for k in THREADS]
+    env_diff = [k for k, x, y in env_rows if x != y]
     keys = sorted(k for k in a.tags if k.startswith(provenance.DATA_PREFIX))
     keys += [provenance.PARAMS_SHA256, tracking.WEIGHTS_SHA256_TAG]
     rows = [(k, a.tags.get(k), b.tags.get(k)) for k in keys]
     rows += [(m, a.metrics.get(m), b.metrics.get(m)) for m in METRICS]
-    env_keys = sorted(k for k in a.tags if k.startswith(provenance.ENV_PREFIX))
-    env_diff = [k for k in env_keys if a.tags.get(k) != b.tags.get(k)]
-    return rows, env_diff
+    return env_rows + rows, env_diff
 
 
 def verdict(rows: list[tuple[str, Any, Any]], env_diff: list[str]) -> tuple[list[str], bool]:
@@ -114,7 +201,9 @@ def verdict(rows: list[tuple[str, Any, Any]], env_diff: list[str]) -> tuple[list
     lines, ok = [f"{'':{width}}  {'original':<22}  {'reproduced':<22}"], True
     for what, x, y in rows:
         same = x == y
-        if not same and env_diff and what in METRICS and None not in (x, y):
+        if what.startswith(provenance.ENV_PREFIX) or what in THREADS:
+            state = "same" if same else "differs"
+        elif not same and env_diff and what in METRICS and None not in (x, y):
             state = "within tolerance" if abs(x - y) <= TOLERANCE else "DIFFERENT"
         elif not same and env_diff and what == tracking.WEIGHTS_SHA256_TAG:
             state = "different (environment differs)"
@@ -134,25 +223,29 @@ def _short(value: Any) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Reproduce an MLflow run from its commit.")
     parser.add_argument("run_id")
+    parser.add_argument(
+        "--current-env",
+        action="store_true",
+        help="run with this checkout's interpreter and packages, not the run's uv.lock",
+    )
     args = parser.parse_args(argv)
 
     root = project_root()
     tracking.connect(tracking.configured_uri())
     original = find_run(args.run_id)
     commit = check_reproducible(original, root)
-    reproduced = find_run(rerun(original, commit, root))
+    new_id, used = rerun(original, commit, root, args.current_env)
+    reproduced = find_run(new_id)
     rows, env_diff = compare(original, reproduced)
     lines, ok = verdict(rows, env_diff)
     print(
         f"\nrun {original.info.run_id} (commit {commit[:12]}) reproduced as "
-        f"{reproduced.info.run_id}\n"
+        f"{reproduced.info.run_id} in the {used[ENVIRONMENT_TAG]} environment\n"
     )
     print("\n".join(lines))
     if env_diff:
-        changes = ", ".join(
-            f"{k}: {original.data.tags.get(k)} -> {reproduced.data.tags.get(k)}" for k in env_diff
-        )
-        print(f"\nenvironment differs ({changes}); metrics judged within +/-{TOLERANCE}.")
+        print(f"\nenvironment differs ({', '.join(env_diff)}); metrics judged within "
+              f"+/-{TOLERANCE}.")  # fmt: skip
     if not ok:
         print("\nnot reproduced: see the rows marked DIFFERENT.", file=sys.stderr)
         sys.exit(1)

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from hashlib import sha256
 from pathlib import Path
 
 import mlflow
@@ -25,8 +26,15 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]
     yield root, json.loads((root / "models/run.json").read_text())["run_id"]
 
 
-def reproduce(root: Path, run_id: str):
-    return run(["python", "-m", "pipeline.reproduce", run_id], root, check=False)
+@pytest.fixture(scope="module")
+def env_cache(made: tuple[Path, str]) -> Path:
+    """The locked environments of this module's reproductions (installed once per lock)."""
+    return made[0].parent / "envs"
+
+
+def reproduce(root: Path, run_id: str, *args: str, **env: str):
+    env = {"PIPELINE_ENV_CACHE": str(root.parent / "envs"), **env}  # see env_cache
+    return run(["python", "-m", "pipeline.reproduce", run_id, *args], root, check=False, **env)
 
 
 def worktrees(root: Path) -> int:
@@ -64,7 +72,7 @@ def test_reproduces_bit_for_bit(made: tuple[Path, str]) -> None:
     root, run_id = made
     proc = reproduce(root, run_id)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "reproduced: bit for bit." in proc.stdout
+    assert "reproduced: bit for bit." in proc.stdout and "environment of uv.lock" in proc.stdout
     weights = next(line for line in proc.stdout.splitlines() if line.startswith("weights_sha256"))
     assert weights.endswith("identical")
     (copy,) = mlflow.search_runs(
@@ -77,6 +85,88 @@ def test_reproduces_bit_for_bit(made: tuple[Path, str]) -> None:
     assert copy.data.metrics["test_accuracy"] == original.data.metrics["test_accuracy"]
     assert copy.data.tags["git_commit"] == original.data.tags["git_commit"]
     assert worktrees(root) == 1
+
+
+def test_a_run_reproduces_in_its_own_locked_environment_after_the_lock_moved(
+    made: tuple[Path, str], env_cache: Path
+) -> None:
+    """tqdm, which the pipeline imports, moves to another version in a later commit; the run
+    reproduces in the environment of its own commit's lock, bit for bit, and a reproduction
+    from a lock already installed installs nothing."""
+    root, run_id = made
+    old_lock = (root / "uv.lock").read_text()
+    before = version_in(None, "tqdm")
+    run(["uv", "lock", "--upgrade-package", "tqdm==4.67.1", "--quiet"], root)
+    assert (root / "uv.lock").read_text() != old_lock
+    run(["git", "commit", "-qam", "tqdm 4.67.1"], root)
+
+    proc = reproduce(root, run_id)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reproduced: bit for bit." in proc.stdout and "in the locked environment" in proc.stdout
+    for row in ("env.tensorflow", "env.keras", "env.numpy", "env.mlflow", "env.python",
+                "env.cpu", "train.intra_op_threads"):  # fmt: skip
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(row))
+        assert line.endswith("same"), line
+    copy = reproductions(run_id, "locked")[0]  # the newest
+    assert copy.data.tags["reproduce.uv_lock_sha256"] == sha256(old_lock.encode()).hexdigest()
+    (folder,) = [p for p in env_cache.iterdir() if p.is_dir()]
+    assert version_in(folder, "tqdm") == before != "4.67.1"
+
+    again = reproduce(root, run_id)
+    assert again.returncode == 0 and "installing" not in again.stdout
+    assert "cached" in again.stdout and [p for p in env_cache.iterdir() if p.is_dir()] == [folder]
+    assert worktrees(root) == 1
+
+
+def test_current_env_runs_in_this_checkouts_environment(made: tuple[Path, str]) -> None:
+    root, run_id = made
+    proc = reproduce(root, run_id, "--current-env")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "in the current environment" in proc.stdout and "bit for bit" in proc.stdout
+    assert "installing" not in proc.stdout
+    assert len(reproductions(run_id, "current")) >= 1
+
+
+def test_a_lock_that_cannot_be_installed_stops_cleanly(
+    made: tuple[Path, str], tmp_path: Path
+) -> None:
+    """No registry and nothing in uv's cache: the error says so and suggests --current-env;
+    no worktree, no environment under its final name, no new run."""
+    root, run_id = made
+    envs = tmp_path / "envs"
+    runs_before = len(mlflow.search_runs(experiment_names=["mnist"], output_format="list"))
+    proc = reproduce(
+        root,
+        run_id,
+        PIPELINE_ENV_CACHE=str(envs),
+        UV_OFFLINE="1",
+        UV_CACHE_DIR=str(tmp_path / "uv"),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: cannot install the environment that uv.lock of commit")
+    assert "--current-env" in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in envs.iterdir() if p.is_dir()] == []
+    assert worktrees(root) == 1
+    assert len(mlflow.search_runs(experiment_names=["mnist"], output_format="list")) == runs_before
+
+
+def reproductions(run_id: str, environment: str) -> list:
+    return mlflow.search_runs(
+        experiment_names=["mnist"],
+        filter_string=f"tags.reproduces = '{run_id}' and "
+        f"tags.`reproduce.environment` = '{environment}'",
+        output_format="list",
+    )
+
+
+def version_in(env: Path | None, package: str) -> str:
+    """`package`'s version in the environment at `env` (None: the one running the tests)."""
+    from importlib.metadata import version
+
+    if env is None:
+        return version(package)
+    code = f"from importlib.metadata import version; print(version({package!r}))"
+    return run([str(env / "bin" / "python"), "-c", code], env).stdout.strip()
 
 
 @contextmanager
