@@ -135,11 +135,11 @@ def sweep_jobs(project: Path, experiment: str) -> list[dict[str, float]]:
     ]
 
 
-def efficiency(project: Path, experiment: str, wall: float) -> dict[str, Any]:
+def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dict[str, Any]:
     """(g) for the sweep logged to `experiment`: the sum over its models of epochs x steady
-    seconds per epoch, over `wall`. A model's steady seconds per epoch are the median epoch time
-    of all models of its hidden size: compilation, paid once per hidden size by the first of
-    them, drops out of the median."""
+    seconds per epoch, over `wall` x `workers` (the jobs run side by side). A model's steady
+    seconds per epoch are the median epoch time of all models of its hidden size: compilation,
+    paid once per hidden size by the first of them, drops out of the median."""
     import statistics
 
     import mlflow
@@ -167,7 +167,8 @@ def efficiency(project: Path, experiment: str, wall: float) -> dict[str, Any]:
     return {
         "training_s": round(training, 1),
         "wall_s": round(wall, 1),
-        "efficiency": round(training / wall, 3),
+        "workers": workers,
+        "efficiency": round(training / (wall * workers), 3),
         "steady_epoch_s": {
             h: round(v, 3) for h, v in sorted(per_epoch.items(), key=lambda i: int(i[0]))
         },
@@ -192,7 +193,7 @@ def measure_sweeps(project: Path, env: dict[str, str]) -> dict[str, Any]:
         print(f"standard grid, 3 seeds, {name} ...", flush=True)
         cmd = [py, "-m", "pipeline.sweep", *GRID, *extra, f"tracking.experiment_name={name}"]
         wall, _, _ = timed(cmd, project, env)
-        grids[name] = efficiency(project, name, wall)
+        grids[name] = efficiency(project, name, wall, 2 if JOBLIB[0] in extra else 1)
     return {
         "sweep_overhead_per_job_s": round(sum(overheads) / len(overheads), 2),
         "sweep_job_overheads_s": [round(o, 2) for o in overheads],
@@ -294,7 +295,7 @@ def table(results: dict[str, Any]) -> str:
         "Standard grid with `sweep.seeds=3` (60 models, 285 epochs): "
         + "; ".join(
             f"{name.replace('_', ' ')}: {g['wall_s']} s wall, {g['training_s']} s of steady "
-            f"training, efficiency {g['efficiency']}"
+            f"training in {g['workers']} worker(s), efficiency {g['efficiency']}"
             for name, g in grids.items()
         )
         + ". Steady seconds per epoch by hidden size (basic launcher, 2 threads): "
