@@ -305,19 +305,27 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def write_doc(results: dict[str, Any], about: dict[str, Any]) -> None:
+def taken(about: dict[str, Any]) -> str:
+    """When and where a measurement was taken."""
+    return (
+        f"{time.strftime('%Y-%m-%d')} on {about['cpu']}, {about['cores']} cores, "
+        f"{about['memory_gb']} GB, {about['os']}; Python {about['python']}, TensorFlow "
+        f"{about['tensorflow']}, Keras {about['keras']}, MLflow {about['mlflow']}, "
+        f"DVC {about['dvc']}"
+    )
+
+
+def write_doc(results: dict[str, Any]) -> None:
     text = DOC.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise BenchmarkError(f"{DOC} lacks the markers {BEGIN} and {END}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    taken = (
-        f"Taken {time.strftime('%Y-%m-%d')} on {about['cpu']}, {about['cores']} cores, "
-        f"{about['memory_gb']} GB, {about['os']}; Python {about['python']}, TensorFlow "
-        f"{about['tensorflow']}, Keras {about['keras']}, MLflow {about['mlflow']}, "
-        f"DVC {about['dvc']}."
-    )
-    DOC.write_text(f"{head}{BEGIN}\n{taken}\n\n{table(results)}\n{END}{tail}", encoding="utf-8")
+    when = results["taken"]
+    lines = f"Taken {when['all']}."
+    if when["sweeps"] != when["all"]:
+        lines = f"(a)-(c), (e), (f) taken {when['all']}.\n\n(d), (g) taken {when['sweeps']}."
+    DOC.write_text(f"{head}{BEGIN}\n{lines}\n\n{table(results)}\n{END}{tail}", encoding="utf-8")
 
 
 def main() -> int:
@@ -340,22 +348,23 @@ def main() -> int:
     compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as work:
         try:
+            now = taken(machine())
             if args.only == "sweeps":
                 env = run_env(MNIST_MIRROR=str(mirror))
                 project = copy_project(Path(work) / "project")
                 subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"],
                                cwd=project, env=env, check=True, capture_output=True)  # fmt: skip
                 earlier = json.loads(RESULTS.read_text())
-                earlier.pop("machine", None)
                 results = earlier | measure_sweeps(project, env)
+                results["taken"] = {"all": earlier["taken"]["all"], "sweeps": now}
             else:
                 results = measure(mirror, Path(work))
+                results["taken"] = {"all": now, "sweeps": now}
         except BenchmarkError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    about = machine()
-    RESULTS.write_text(json.dumps({**results, "machine": about}, indent=2) + "\n")
-    write_doc(results, about)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_doc(results)
     print(table(results))
     print(f"\nwrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
     return 0

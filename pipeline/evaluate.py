@@ -39,7 +39,8 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(1, load_keras) as worker:
         from pipeline import experiment, tracking
 
-        tracking.setup(cfg.tracking.experiment_name, cfg.tracking.uri)
+        t = cfg.tracking
+        tracking.setup(t.experiment_name, t.uri, t.registered_model)
         run = tracking.read_run(root / RUN_FILE)
         tags = run.data.tags
         with tracking.tracked_run(run_id=run.info.run_id) as run_id:

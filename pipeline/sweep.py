@@ -63,20 +63,19 @@ def check_data_settings(config: Config, root: Path) -> None:
 class SweepCallback(Callback):
     """Runs in the launching process: prepares data and the parent run, then the summary."""
 
-    # Hydra turns a callback's exception into a warning and goes on; these end the sweep.
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            self._start(config)
-        except Exception as exc:
-            self._close(exc)
-            stop(f"the sweep could not start: {_reason(exc)}")
+        self._or_stop(self._start, config, "the sweep could not start")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._or_stop(self._end, config, "the sweep's summary failed")
+
+    def _or_stop(self, step: Any, config: DictConfig, failed: str) -> None:
+        """Hydra turns a callback's exception into a warning and goes on: end the sweep."""
         try:
-            self._end(config)
+            step(config)
         except Exception as exc:
             self._close(exc)
-            stop(f"the sweep's summary failed: {_reason(exc)}")
+            stop(f"{failed}: {_reason(exc)}")
 
     def _start(self, config: DictConfig) -> None:
         from pipeline import provenance, tracking
@@ -92,7 +91,8 @@ class SweepCallback(Callback):
             )
         subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"], check=True, cwd=root)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        experiment_id = tracking.setup(config.tracking.experiment_name, config.tracking.uri)
+        t = config.tracking
+        experiment_id = tracking.setup(t.experiment_name, t.uri, t.registered_model)
         # A resumed search goes on under its parent run.
         resumed = json.loads(earlier.read_text(encoding="utf-8")) if earlier.exists() else {}
         parent_id = tracking.open_run(

@@ -108,7 +108,7 @@ def connect(configured: str | None = None) -> str:
     `configured` is `tracking.uri`; a command without a config passes `configured_uri()`.
     """
     uri = tracking_uri(configured)
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -125,9 +125,20 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def setup(experiment_name: str, configured: str | None = None) -> str:
-    """Connect to the store and return the id of `experiment_name`, creating it if new."""
+def setup(
+    experiment_name: str, configured: str | None = None, registered_model: str | None = None
+) -> str:
+    """Connect to the store and return the id of `experiment_name`, creating it if new.
+
+    On a tracking server it also checks, before any work, what a run will need: that the
+    server takes the user's credentials, that the user may write to the experiment and, with
+    `registered_model`, add versions to that model. It stops with the server, the user and
+    what is missing otherwise.
+    """
     uri = connect(configured)
+    if is_server(uri):
+        with _server_access(uri, experiment_name, registered_model):
+            return _server_setup(experiment_name, registered_model)
     with _store_lock(uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is not None:
@@ -143,6 +154,62 @@ def setup(experiment_name: str, configured: str | None = None) -> str:
         return mlflow.create_experiment(
             experiment_name, artifact_location=location, tags=EXPERIMENT_KIND
         )
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _server_setup(experiment_name: str, registered_model: str | None) -> str:
+    """`setup` on a tracking server: every step a write the run will make, so a user without
+    the right is stopped here, not after training."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        experiment_id = client.create_experiment(experiment_name, tags=EXPERIMENT_KIND)
+    else:
+        experiment_id = experiment.experiment_id
+        for key, value in EXPERIMENT_KIND.items():  # a write: needs EDIT on the experiment
+            client.set_experiment_tag(experiment_id, key, value)
+    if registered_model:
+        try:
+            model = client.get_registered_model(registered_model)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        else:  # a write: needs EDIT on the model, as adding a version does
+            client.update_registered_model(registered_model, model.description or "")
+    return experiment_id
+
+
+@contextmanager
+def _server_access(uri: str, experiment: str, registered_model: str | None) -> Iterator[None]:
+    """Turn the server's 401 and 403 into an error naming the server, the user and the need."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "a request without credentials"
+        text = str(exc)
+        if "401" in text or exc.error_code == "UNAUTHENTICATED":
+            need = (
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                if user
+                else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            )
+            raise PipelineError(
+                f"the MLflow server {uri} did not accept {who} (401 unauthorized): {need}."
+            ) from None
+        if "403" in text or exc.error_code == "PERMISSION_DENIED":
+            what = f"experiment {experiment!r}"
+            if registered_model:
+                what += f" and registered model {registered_model!r}"
+            raise PipelineError(
+                f"the MLflow server {uri} refused {who} a write the run needs (403 permission "
+                f"denied): a run needs EDIT on {what}. Ask an admin for it (docs/scaling.md, "
+                f"'Users and permissions'). The server said: {text[:300]}"
+            ) from None
+        raise
 
 
 # ---- run lifecycle -----------------------------------------------------------------------

@@ -22,7 +22,8 @@ def main() -> None:
     from pipeline.model import as_tensors, limit
 
     root = project_root()
-    experiment_id = tracking.setup(cfg.tracking.experiment_name, cfg.tracking.uri)
+    t = cfg.tracking  # on a server, checks the user may write what the run will
+    experiment_id = tracking.setup(t.experiment_name, t.uri, t.registered_model)
     experiment.start(cfg)
     train = as_tensors(limit(load_split(root / PROCESSED_DIR, "train"), cfg.train.max_examples))
     val = as_tensors(load_split(root / PROCESSED_DIR, "val"))

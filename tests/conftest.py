@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -44,7 +46,10 @@ def spec_of(path: Path) -> FileSpec:
 
 def run_env(**extra: str) -> dict[str, str]:
     """The environment for commands under test: this venv first on PATH, no MLflow URIs."""
-    drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT")
+    drop = (
+        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT",
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",  # a test passes its user's
+    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(GIT_ENV)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -182,12 +187,25 @@ def chromium(width: int = 1400, height: int = 1000):
 def app_server(*args: str, cwd: Path, log: Path) -> Iterator[str]:
     """`python -m pipeline.app ARGS --port P` in `cwd` until the block ends; yields its URL once
     it answers. What it prints goes to `log`."""
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "pipeline.app", *args, "--port", url.rsplit(":", 1)[1]]
+    port = free_port()
+    cmd = [sys.executable, "-m", "pipeline.app", *args, "--port", str(port)]
+    with serving(cmd, port, "/api/model", log, cwd) as url:
+        yield url
+
+
+@contextmanager
+def serving(
+    cmd: list[str], port: int, ready: str, log: Path, cwd: Path | None, env: dict | None = None
+) -> Iterator[str]:
+    """Run the server `cmd` listening on 127.0.0.1:`port` until the block ends; yield its URL
+    once `ready` (a path) answers. What it prints goes to `log`."""
+    url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
-        process = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=out, stderr=out)
+        process = subprocess.Popen(
+            cmd, cwd=cwd, env=run_env(**(env or {})), stdout=out, stderr=out
+        )
     try:
-        wait_for(f"{url}/api/model", process, log)
+        wait_for(f"{url}{ready}", process, log)
         yield url
     finally:
         process.terminate()
@@ -230,20 +248,16 @@ def read_answer(driver, seconds: float = 30) -> str:
 
 
 @contextmanager
-def mlflow_server(*args: str, log: Path, cwd: Path | None = None) -> Iterator[str]:
-    """`mlflow ARGS --host 127.0.0.1 --port P` (`server` or `ui`) until the block ends; yields
-    its URL once its health check answers. What it prints goes to `log`."""
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1"]
-    cmd += ["--port", url.rsplit(":", 1)[1]]
-    with log.open("w") as out:
-        process = subprocess.Popen(cmd, cwd=cwd, env=run_env(), stdout=out, stderr=out)
-    try:
-        wait_for(f"{url}/health", process, log)
+def mlflow_server(
+    *args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`mlflow ARGS --host 127.0.0.1 --port P` (`server` or `ui`) until the block ends, with
+    `env` added to its environment; yields its URL once its health check answers. What it
+    prints goes to `log`."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)]
+    with serving(cmd, port, "/health", log, cwd, env) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +339,75 @@ def render(digit: np.ndarray, i: int):
             ],
         )
     return page
+
+
+def postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
+    )
+    if found is None:
+        pytest.fail(
+            f"PostgreSQL's {name} not found: install Debian's postgresql package "
+            "(`apt-get install postgresql`; .ci/run does this)."
+        )
+    return found
+
+
+def as_postgres_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 with a database `mlflow`; yields its SQLAlchemy URI."""
+    # Outside pytest's private temporary folder, which the postgres user cannot enter.
+    home = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
+    data, port = home / "data", free_port()
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+    subprocess.run(
+        as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-U", "mlflow", "-A", "trust"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {home}"
+    subprocess.run(
+        as_postgres_user(
+            [
+                postgres_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(home / "log"),
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [
+                postgres_bin("createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "mlflow",
+                "mlflow",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(
+            as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            capture_output=True,
+        )
+        shutil.rmtree(home, ignore_errors=True)

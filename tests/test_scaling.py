@@ -7,8 +7,6 @@ with proxied artifacts. Both listen on 127.0.0.1 only and are stopped after the 
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
 import subprocess
 import sys
@@ -32,78 +30,6 @@ from conftest import (
 from pipeline.config import params_yaml_text
 
 QUICK = ["train.max_examples=2000", "train.epochs=2"]
-
-
-def postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
-    )
-    if found is None:
-        pytest.fail(
-            f"PostgreSQL's {name} not found: install Debian's postgresql package "
-            "(`apt-get install postgresql`; .ci/run does this)."
-        )
-    return found
-
-
-def as_postgres_user(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """A PostgreSQL server on 127.0.0.1 with a database `mlflow`; yields its SQLAlchemy URI."""
-    # Outside pytest's private temporary folder, which the postgres user cannot enter.
-    home = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
-    data, port = home / "data", free_port()
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-    subprocess.run(
-        as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-U", "mlflow", "-A", "trust"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {home}"
-    subprocess.run(
-        as_postgres_user(
-            [
-                postgres_bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(home / "log"),
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        subprocess.run(
-            [
-                postgres_bin("createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "mlflow",
-                "mlflow",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run(
-            as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
