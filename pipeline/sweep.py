@@ -16,6 +16,7 @@ import atexit
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -75,7 +76,7 @@ class SweepCallback(Callback):
             step(config)
         except Exception as exc:
             self._close(exc)
-            stop(f"{failed}: {_reason(exc)}")
+            stop(f"{failed}: {_reason(exc)}{failures(Path(config.hydra.sweep.dir))[1]}")
 
     def _start(self, config: DictConfig) -> None:
         from pipeline import provenance, tracking
@@ -121,8 +122,16 @@ class SweepCallback(Callback):
         from pipeline import tracking
 
         parent_id, self.parent_id = getattr(self, "parent_id", None), None
-        if parent_id is not None:
+        if parent_id is None:
+            return
+        try:
             tracking.close_run(parent_id, error)
+        except Exception as exc:  # the store is gone: say how to close it later
+            print(
+                f"sweep: could not close the parent run {parent_id} ({_reason(exc)}); "
+                "`uv run python -m pipeline.runs --cleanup` closes it once the store answers.",
+                file=sys.stderr,
+            )
 
     def _end(self, config: DictConfig) -> None:
         from pipeline import tracking
@@ -158,7 +167,7 @@ class SweepCallback(Callback):
             fig.savefig(sweep_dir / name, dpi=100)
             tracking.log_artifact(parent_id, sweep_dir / name, tracking.FIGURES_ARTIFACT)
         jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
-        failed = [j for j in jobs if j["status"] != "FINISHED"]
+        failed, reasons = failures(sweep_dir)
         counts = {"jobs": len(jobs), "failed_jobs": len(failed), "models": len(runs)}
         tracking.log_metrics(parent_id, counts)
         print(f"\nSweep {parent_id}: {len(runs)} runs, {len(table)} configurations, best first\n")
@@ -170,18 +179,37 @@ class SweepCallback(Callback):
             f"\nsummary: {sweep_dir / tracking.SUMMARY_ARTIFACT} (one row per model: {RUNS_CSV})"
         )
         if failed:
-            reasons = "\n".join(
-                f"  job {j['job']} ({j['overrides']}): {j['error']}" for j in failed
-            )
-            message = f"{len(failed)} of {len(jobs)} jobs failed"
-            self._close(PipelineError(message))
-            print(f"\n{message}:\n{reasons}", file=sys.stderr)
+            self._close(PipelineError(f"{len(failed)} of {len(jobs)} jobs failed"))
+            print(reasons, file=sys.stderr)
             sys.exit(1)
         self._close()
 
 
+def failures(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """The sweep's failed jobs, from their job.json, and a text naming each ('' if none)."""
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
+    failed = [j for j in jobs if j["status"] != "FINISHED"]
+    if not failed:
+        return [], ""
+    lines = [f"  job {j['job']} ({j['overrides']}): {j['error']}" for j in failed]
+    return failed, f"\n{len(failed)} of {len(jobs)} jobs failed:\n" + "\n".join(lines)
+
+
 def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, PipelineError) else repr(exc)
+    """What went wrong, in a line: a server that stopped answering is named as such."""
+    if isinstance(exc, PipelineError):
+        return str(exc)
+    text = str(exc)
+    if "Max retries exceeded" in text:
+        request = re.search(r"API request to (\S+) failed", text)
+        cause = "connection refused" if "Connection refused" in text else "no answer"
+        return (
+            f"the MLflow tracking server stopped answering ({cause} at "
+            f"{request.group(1) if request else 'the server'}, after "
+            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries); a run it left "
+            "RUNNING is closed by `uv run python -m pipeline.runs --cleanup` once it answers"
+        )
+    return repr(exc)
 
 
 def stop(message: str) -> None:

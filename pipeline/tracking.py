@@ -85,6 +85,16 @@ def configured_uri() -> str | None:
     return load_params().tracking.uri
 
 
+# A server that stops answering fails a request within seconds, not the minutes of MLflow's
+# defaults (7 retries, backoff factor 2, 120 s timeout): the job fails and says so, the others
+# go on. Each is set only where the environment does not set it already.
+SERVER_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 def check_server(uri: str, timeout: float = 10.0) -> None:
     """Fail fast, before any training, when a tracking server does not answer its health check."""
     import urllib.error
@@ -110,6 +120,8 @@ def connect(configured: str | None = None) -> str:
     uri = tracking_uri(configured)
     if is_server(uri):
         check_server(uri)
+        for key, value in SERVER_RETRIES.items():  # unless the user chose otherwise
+            os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

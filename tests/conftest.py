@@ -358,6 +358,21 @@ def as_postgres_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def pg_ctl(data: Path, *args: str) -> None:
+    """`pg_ctl -D data ARGS` as the user PostgreSQL runs as."""
+    cmd = as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), *args])
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+_CLUSTERS: dict[str, Path] = {}  # a `postgres` fixture's URI -> its data directory
+
+
+def restart_postgres(uri: str) -> None:
+    """Restart the `postgres` fixture's server behind `uri`: every connection to it drops."""
+    data = _CLUSTERS[uri]
+    pg_ctl(data, "-l", str(data.parent / "log"), "-m", "fast", "-w", "restart")
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """A PostgreSQL server on 127.0.0.1 with a database `mlflow`; yields its SQLAlchemy URI."""
@@ -371,43 +386,21 @@ def postgres() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = f"-h 127.0.0.1 -p {port} -k {home}"
-    subprocess.run(
-        as_postgres_user(
-            [
-                postgres_bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(home / "log"),
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
+    # Options and log are kept in the data directory, so that a restart keeps them.
+    (data / "postgresql.auto.conf").write_text(
+        f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
     )
+    pg_ctl(data, "-l", str(home / "log"), "-w", "start")
+    uri = f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
+    _CLUSTERS[uri] = data
     try:
-        subprocess.run(
-            [
-                postgres_bin("createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "mlflow",
-                "mlflow",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
+        createdb = [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow"]
+        subprocess.run([*createdb, "mlflow"], check=True, capture_output=True)
+        yield uri
     finally:
         subprocess.run(
             as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
             capture_output=True,
         )
+        _CLUSTERS.pop(uri, None)
         shutil.rmtree(home, ignore_errors=True)

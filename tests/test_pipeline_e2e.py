@@ -92,7 +92,8 @@ def test_default_pipeline_reaches_97_percent(project: Path) -> None:
         "test": 10_000,
     }
     history = (project / "reports/history.csv").read_text().splitlines()
-    assert history[0] == "epoch,loss,accuracy,val_loss,val_accuracy" and len(history) == 6
+    assert history[0] == "epoch,loss,accuracy,val_loss,val_accuracy,epoch_seconds"
+    assert len(history) == 6
     assert sorted(p.name for p in (project / "reports/figures").iterdir()) == FIGURES
     predictions = (project / "reports/predictions.csv").read_text().splitlines()
     assert predictions[0] == "actual,predicted" and len(predictions) == 10_001

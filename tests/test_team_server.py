@@ -18,7 +18,14 @@ import mlflow.server
 import pytest
 import requests
 
-from conftest import copy_project, mlflow_server, postgres_bin, run, use_store
+from conftest import (
+    assert_complete_child,
+    copy_project,
+    mlflow_server,
+    postgres_bin,
+    run,
+    use_store,
+)
 from pipeline.config import params_yaml_text
 
 EXPERIMENT, MODEL = "team", "team-digits"
@@ -163,3 +170,22 @@ def test_an_editor_lands_a_complete_run_and_no_credential_lands_anywhere(
     leaked = [p for p in files + local if secret.encode() in p.read_bytes()]
     assert not leaked
     assert secret not in (project / "params.yaml").read_text()
+
+
+def test_eight_jobs_log_to_the_team_server_at_once(project: Path, team: str) -> None:
+    """A sweep of 8 jobs on 8 joblib workers, all logging to the server at the same time."""
+    hidden = ",".join(str(h) for h in range(8, 40, 4))
+    sweep = [
+        "python", "-m", "pipeline.sweep", "-m", f"model.hidden_units={hidden}",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "train.max_examples=500",
+        "train.epochs=2", "tracking=server", f"tracking.uri={team}",
+        "tracking.experiment_name=team-sweep", f"tracking.registered_model={MODEL}",
+    ]  # fmt: skip
+    proc = run(sweep, project, **as_user(EDITOR))
+    assert "8 runs, 8 configurations" in proc.stdout and not (project / "mlflow.db").exists()
+    found = mlflow.search_runs(experiment_names=["team-sweep"], output_format="list")
+    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in found if r is not parent]
+    assert parent.info.status == "FINISHED" and len(children) == 8
+    for child in children:
+        assert_complete_child(child, parent.info.run_id, epochs=2, examples=500)
