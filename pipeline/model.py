@@ -362,9 +362,16 @@ def load_model(path: Path, sha256: str | None = None) -> keras.Model:
         raise PipelineError(f"refused to load {path}: {exc}") from exc
 
 
+PREDICT_CHUNK = 1024
+
+
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Class probabilities for every image in `x`, shape (len(x), 10)."""
-    return model.predict(x, batch_size=1024, verbose=0)
+    """Class probabilities for every image in `x`, shape (len(x), 10): the same numbers as
+    `model.predict(x, batch_size=PREDICT_CHUNK)`, without its per-call set-up (0.06 s)."""
+    if len(x) == 0:
+        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    chunks = range(0, len(x), PREDICT_CHUNK)
+    return np.concatenate([model.predict_on_batch(x[i : i + PREDICT_CHUNK]) for i in chunks])
 
 
 def predict_file(path: Path, sha256: str | None, x: np.ndarray) -> np.ndarray:

@@ -314,7 +314,14 @@ def run_job(cfg: DictConfig) -> float | None:
         config = validate(data)
         check_data_settings(config, Path(parent["workspace"]))
         seeds = range(config.seed, config.seed + config.sweep.seeds)
-        scores = [_train_and_evaluate({**data, "seed": s}, overrides, parent, out) for s in seeds]
+        load_keras()  # quietly: jobs a launcher runs elsewhere start here
+        from pipeline import tracking
+
+        experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
+        scores = [
+            _train_and_evaluate({**data, "seed": s}, overrides, parent, experiment_id, out)
+            for s in seeds
+        ]
         outcome |= {"status": "FINISHED", "val_accuracy": scores}
         return sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
@@ -326,17 +333,15 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def _train_and_evaluate(
-    data: dict[str, Any], overrides: str, parent: dict[str, str], out: Path
+    data: dict[str, Any], overrides: str, parent: dict[str, str], experiment_id: str, out: Path
 ) -> float:
     """One model of the job: its own run, files under `out/s<seed>/`; its validation accuracy."""
-    load_keras()  # quietly: jobs a launcher runs elsewhere start here
     from pipeline import experiment, tracking
     from pipeline.data import prepared, project_data_digests
     from pipeline.model import limit
 
     config = validate(data)
     root = Path(parent["workspace"])
-    experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
     # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
     # process share them (`model.compiled_model`).
     with tracking.model_run(

@@ -79,6 +79,8 @@ def test_learning_curves_plot_train_and_validation(tmp_path: Path) -> None:
     loss_ax, acc_ax = fig.axes
     assert [line.get_label() for line in loss_ax.lines] == ["train", "validation"]
     np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), [0.7, 0.85])
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["train", "validation"]
     assert rendered(fig, tmp_path / "curves.png") > 1000
 
 
