@@ -68,6 +68,7 @@ class Runs:
         self.cache = Path(tempfile.mkdtemp(prefix="mnist-app-"))  # figures, once downloaded
         atexit.register(shutil.rmtree, self.cache, ignore_errors=True)
         self.lock = threading.Lock()
+        self.known: set[str] = set()  # runs found in the store: a page's figures need no lookup
 
     def get(self, run_id: str) -> Any:
         import mlflow
@@ -75,9 +76,11 @@ class Runs:
         if not RUN_ID.match(run_id):
             raise HTTPException(400, f"{run_id!r} is not an MLflow run id (32 hex digits).")
         try:
-            return self.client.get_run(run_id)
+            run = self.client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
             raise HTTPException(404, f"no run {run_id} in the MLflow store {self.uri}.") from None
+        self.known.add(run_id)
+        return run
 
     def of_sweep(self, parent_id: str) -> list[Any]:
         """The sweep's child runs, best validation accuracy first, at most MAX_RUNS."""
@@ -92,12 +95,14 @@ class Runs:
             raise HTTPException(
                 404, f"run {parent_id} has {len(children)} child runs; compare needs {MIN_RUNS}."
             )
+        self.known.update(r.info.run_id for r in children)
         return children
 
     def figure(self, run_id: str, name: str) -> Path:
         import mlflow
 
-        self.get(run_id)
+        if run_id not in self.known:
+            self.get(run_id)
         if name not in FIGURES:
             raise HTTPException(404, f"no figure {name!r}: one of {', '.join(FIGURES)}.")
         local = self.cache / run_id / name

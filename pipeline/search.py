@@ -9,7 +9,6 @@ run (job folders are named by their parameters, so a resumed study's folders add
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -19,13 +18,6 @@ STUDY_FILE = "study.db"  # the study's sqlite storage, as conf/search/optuna.yam
 STUDY_ARTIFACT = "study"  # where the parent run keeps these files
 TRIALS_CSV = "trials.csv"  # in the sweep folder and the parent run: one row per trial
 BEST_PREFIX = "search.best."  # parent run tags: the best trial's parameters
-
-
-def sampler_seed(seed: int, sweep_dir: str) -> int:
-    """The sampler's seed: `seed`, plus the trials the sweep folder already holds. A resumed
-    study's sampler then draws new trials, not its first ones again."""
-    folder = Path(sweep_dir)
-    return seed + (sum(1 for _ in folder.glob("*/job.json")) if folder.is_dir() else 0)
 
 
 def is_search(config: DictConfig) -> bool:

@@ -76,7 +76,8 @@ class SweepCallback(Callback):
             step(config)
         except Exception as exc:
             self._close(exc)
-            stop(f"{failed}: {_reason(exc)}{failures(Path(config.hydra.sweep.dir))[1]}")
+            jobs = job_outcomes(Path(config.hydra.sweep.dir))
+            stop(f"{failed}: {_reason(exc)}{failures(jobs)[1]}")
 
     def _start(self, config: DictConfig) -> None:
         from pipeline import provenance, tracking
@@ -166,8 +167,8 @@ class SweepCallback(Callback):
         for name, fig in figures.items():
             fig.savefig(sweep_dir / name, dpi=100)
             tracking.log_artifact(parent_id, sweep_dir / name, tracking.FIGURES_ARTIFACT)
-        jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
-        failed, reasons = failures(sweep_dir)
+        jobs = job_outcomes(sweep_dir)
+        failed, reasons = failures(jobs)
         counts = {"jobs": len(jobs), "failed_jobs": len(failed), "models": len(runs)}
         tracking.log_metrics(parent_id, counts)
         print(f"\nSweep {parent_id}: {len(runs)} runs, {len(table)} configurations, best first\n")
@@ -185,9 +186,13 @@ class SweepCallback(Callback):
         self._close()
 
 
-def failures(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
-    """The sweep's failed jobs, from their job.json, and a text naming each ('' if none)."""
-    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
+def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
+    """How each job of the sweep in `sweep_dir` ended so far: its job.json."""
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{JOB_FILE}"))]
+
+
+def failures(jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The failed ones of `jobs` (`job_outcomes`), and a text naming each ('' if none)."""
     failed = [j for j in jobs if j["status"] != "FINISHED"]
     if not failed:
         return [], ""
@@ -365,7 +370,13 @@ def _train_and_evaluate(
     return tracking.get_run(run_id, "").data.metrics[tracking.VAL_ACCURACY]
 
 
-OmegaConf.register_new_resolver("sampler_seed", search.sampler_seed, replace=True)
+def sampler_seed(seed: int, sweep_dir: str) -> int:
+    """A search's sampler seed (conf/search/optuna.yaml): `seed`, plus the jobs the sweep folder
+    already holds. A resumed study's sampler then draws new trials, not its first ones again."""
+    return seed + len(job_outcomes(Path(sweep_dir)))
+
+
+OmegaConf.register_new_resolver("sampler_seed", sampler_seed, replace=True)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

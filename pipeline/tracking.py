@@ -202,8 +202,8 @@ def _server_access(uri: str, experiment: str, registered_model: str | None) -> I
     except mlflow.exceptions.MlflowException as exc:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
         who = f"user {user!r}" if user else "a request without credentials"
-        text = str(exc)
-        if "401" in text or exc.error_code == "UNAUTHENTICATED":
+        status = exc.get_http_status_code()  # from the response's status or its error code
+        if status == 401:
             need = (
                 "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
                 if user
@@ -212,14 +212,14 @@ def _server_access(uri: str, experiment: str, registered_model: str | None) -> I
             raise PipelineError(
                 f"the MLflow server {uri} did not accept {who} (401 unauthorized): {need}."
             ) from None
-        if "403" in text or exc.error_code == "PERMISSION_DENIED":
+        if status == 403:
             what = f"experiment {experiment!r}"
             if registered_model:
                 what += f" and registered model {registered_model!r}"
             raise PipelineError(
                 f"the MLflow server {uri} refused {who} a write the run needs (403 permission "
                 f"denied): a run needs EDIT on {what}. Ask an admin for it (docs/scaling.md, "
-                f"'Users and permissions'). The server said: {text[:300]}"
+                f"'Users and permissions'). The server said: {str(exc)[:300]}"
             ) from None
         raise
 
