@@ -8,8 +8,9 @@ per-epoch metrics, the training summary, test metrics, figures, the model and it
 version.
 
 `dvc repro` calls `train` (stage train) and `evaluate` (stage evaluate, which predicts in a worker
-process) in two processes, with the project root as output folder; a sweep job calls `run`, which
-does both in one, with its own folder.
+process) in two processes, with the project root as output folder; a sweep job calls both in one
+process, each model with its own folder, and evaluates one model while the next trains
+(`sweep.Finishing`).
 """
 
 from __future__ import annotations
@@ -207,23 +208,6 @@ def evaluate(
         run_id, model_uri, cfg.tracking.registered_model, val_accuracy
     )
     return Evaluated(report, version, promoted)
-
-
-def run(
-    cfg: Config,
-    train_split: Split,
-    val_split: Split,
-    test: Split,
-    run_id: str,
-    out: Path,
-    register: bool = True,
-) -> Evaluated:
-    """`train`, then `evaluate` the model in memory: one configuration, start to finish."""
-    from pipeline import model
-
-    trained = train(cfg, train_split, val_split, run_id, out)
-    probs = model.predict(trained.model, test[0])
-    return evaluate(cfg, probs, trained.model_uri, trained.history, test, run_id, out, register)
 
 
 def write_history(history: dict[str, list[float]], path: Path) -> None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import keras
 import numpy as np
 
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file
+from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file, prepared
 from pipeline.errors import PipelineError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -288,6 +289,14 @@ def as_tensors(data: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
     import tensorflow as tf
 
     return tf.convert_to_tensor(data[0]), tf.convert_to_tensor(data[1])
+
+
+@functools.cache
+def prepared_tensors(root: Path, split: str) -> tuple[Any, Any]:
+    """A split of the project's prepared data (`data.prepared`) as tensors, converted once per
+    process: the models of a sweep train on the same data, and a copy of the training set costs
+    up to half a second. Call after `set_determinism`."""
+    return as_tensors(prepared(root, split))
 
 
 def fit(

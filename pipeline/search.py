@@ -20,8 +20,9 @@ TRIALS_CSV = "trials.csv"  # in the sweep folder and the parent run: one row per
 BEST_PREFIX = "search.best."  # parent run tags: the best trial's parameters
 
 
-def is_search(config: DictConfig) -> bool:
-    return str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper")
+def is_search(sweeper: DictConfig) -> bool:
+    """Whether Hydra's sweeper (`hydra.sweeper`) is the Optuna one."""
+    return str(sweeper.get("_target_", "")).endswith("OptunaSweeper")
 
 
 def study_summary(config: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:

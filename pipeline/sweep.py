@@ -3,9 +3,10 @@
 Inputs: `conf/` with Hydra overrides; the preprocessed data of `dvc repro preprocess` (made once,
 before the jobs start, from params.yaml's data settings).
 Outputs: one MLflow run per combination, made by the same core as a `dvc repro` run
-(`experiment.run`), nested under one parent run holding `summary.csv` and comparison plots; the
-same files and the table in the sweep folder (`multirun/<date>/<time>/`), each job's files in
-its own numbered folder there, and the table on stdout. Exits non-zero if any job failed.
+(`experiment.train` and `experiment.evaluate`), nested under one parent run holding
+`summary.csv` and comparison plots; the same files and the table in the sweep folder
+(`multirun/<date>/<time>/`), each job's files in its own numbered folder there, and the table
+on stdout. Exits non-zero if any job failed.
 Command: `uv run python -m pipeline.sweep -m model.hidden_units=32,64,128 train.epochs=1,3`,
 or the standard grid: `uv run python -m pipeline.sweep +sweep=hidden_epochs`.
 """
@@ -13,6 +14,7 @@ or the standard grid: `uv run python -m pipeline.sweep +sweep=hidden_epochs`.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
 import os
@@ -20,6 +22,7 @@ import re
 import subprocess
 import sys
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from pipeline import search
 from pipeline.config import Config, ConfigError, load_params, to_yaml, validate
 from pipeline.console import load_keras, quiet
 from pipeline.errors import PipelineError
+from pipeline.finishing import Finishing, finished, finishing
 from pipeline.paths import PARAMS_FILE, project_root
 
 PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
@@ -75,6 +79,7 @@ class SweepCallback(Callback):
         try:
             step(config)
         except Exception as exc:
+            finished()
             self._close(exc)
             jobs = job_outcomes(Path(config.hydra.sweep.dir))
             stop(f"{failed}: {_reason(exc)}{failures(jobs)[1]}")
@@ -85,13 +90,20 @@ class SweepCallback(Callback):
         root = project_root()
         sweep_dir = Path(config.hydra.sweep.dir)
         earlier = sweep_dir / PARENT_FILE
-        if earlier.exists() and not search.is_search(config):
+        if earlier.exists() and not search.is_search(config.hydra.sweeper):
             raise ConfigError(
                 f"hydra.sweep.dir {sweep_dir} already holds a sweep ({earlier}); only a search "
                 "(+search=optuna) continues in its folder. Leave hydra.sweep.dir out to start a "
                 "new one."
             )
-        subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"], check=True, cwd=root)
+        command = [sys.executable, "-m", "dvc", "repro", "preprocess"]
+        preprocess = subprocess.Popen(command, cwd=root)
+        try:
+            if str(config.hydra.launcher._target_).endswith("BasicLauncher"):
+                load_keras()  # the jobs run in this process: import TensorFlow meanwhile
+        finally:
+            if preprocess.wait() != 0:
+                raise subprocess.CalledProcessError(preprocess.returncode, preprocess.args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         t = config.tracking
         experiment_id = tracking.setup(t.experiment_name, t.uri, t.registered_model)
@@ -113,6 +125,7 @@ class SweepCallback(Callback):
             "run_id": parent_id,
             "experiment_id": experiment_id,
             "tracking_uri": tracking.tracking_uri(config.tracking.uri),
+            "pid": os.getpid(),  # jobs run in this process leave their last model to `_end`
         }
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")
         self.parent_id: str | None = parent_id
@@ -145,6 +158,7 @@ class SweepCallback(Callback):
             write_csv,
         )
 
+        finished()  # the last jobs' models, evaluated in the background
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / PARENT_FILE).read_text(encoding="utf-8"))
         parent_id = parent["run_id"]
@@ -161,8 +175,8 @@ class SweepCallback(Callback):
             means = {f"best_{k}": v for k, v in best.items() if k.endswith("_mean")}
             tracking.log_metrics(parent_id, means)
             tracking.set_tags(parent_id, {BEST_TAG: best["config"]})
-        figures = sweep_figures(table, heatmap=not search.is_search(config))
-        if search.is_search(config):
+        figures = sweep_figures(table, heatmap=not search.is_search(config.hydra.sweeper))
+        if search.is_search(config.hydra.sweeper):
             figures |= log_search(config, parent_id, sweep_dir)
         for name, fig in figures.items():
             fig.savefig(sweep_dir / name, dpi=100)
@@ -214,7 +228,7 @@ def _reason(exc: BaseException) -> str:
             f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries); a run it left "
             "RUNNING is closed by `uv run python -m pipeline.runs --cleanup` once it answers"
         )
-    return repr(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def stop(message: str) -> None:
@@ -307,14 +321,20 @@ def run_job(cfg: DictConfig) -> float | None:
 
     A bad value is rejected before any run is made, as in a stage; a failure during training
     leaves that run FAILED with its reason and ends the job. Either way the job records it in
-    its folder's job.json for the summary, and the sweep goes on.
+    its folder's job.json for the summary, and the sweep goes on. Each model is evaluated in the
+    background (`Finishing`); a job run by the sweep's own process leaves its last one to the
+    sweep's end, other jobs (another launcher's, a search's trials) wait for theirs.
     """
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
     outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
+    background = finishing()
+    models: list[Future] = []
+    objective, sweep_process = None, False
     try:
         parent = json.loads((Path(hc.sweep.dir) / PARENT_FILE).read_text(encoding="utf-8"))
+        sweep_process = parent.get("pid") == os.getpid()
         data = plain(cfg)
         config = validate(data)
         check_data_settings(config, Path(parent["workspace"]))
@@ -323,30 +343,57 @@ def run_job(cfg: DictConfig) -> float | None:
         from pipeline import tracking
 
         experiment_id = tracking.setup(config.tracking.experiment_name, parent["tracking_uri"])
-        scores = [
-            _train_and_evaluate({**data, "seed": s}, overrides, parent, experiment_id, out)
-            for s in seeds
-        ]
+        scores = []
+        for seed in seeds:
+            score, model = _train_model(
+                {**data, "seed": seed}, overrides, parent, experiment_id, out, background
+            )
+            scores.append(score)
+            models.append(model)
         outcome |= {"status": "FINISHED", "val_accuracy": scores}
-        return sum(scores) / len(scores)
+        objective = sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
         outcome["error"] = _reason(exc)
-        print(f"job {hc.job.num} ({overrides}) failed: {outcome['error']}", file=sys.stderr)
-        return None
     finally:
-        (out / JOB_FILE).write_text(json.dumps(outcome), encoding="utf-8")
+        ended = background.then(functools.partial(_record, outcome, models, out))
+    if sweep_process and not search.is_search(hc.sweeper):
+        return objective
+    return objective if ended.result()["status"] == "FINISHED" else None
 
 
-def _train_and_evaluate(
-    data: dict[str, Any], overrides: str, parent: dict[str, str], experiment_id: str, out: Path
-) -> float:
-    """One model of the job: its own run, files under `out/s<seed>/`; its validation accuracy."""
+def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[str, Any]:
+    """Write the job's job.json once its models are done: one that failed fails the job."""
+    failed = next((f.exception() for f in models if f.exception() is not None), None)
+    if failed is not None and outcome["status"] == "FINISHED":
+        outcome = {**outcome, "status": "FAILED", "error": _reason(failed)}
+    if outcome["status"] != "FINISHED":
+        outcome.setdefault("error", "interrupted")
+        print(
+            f"job {outcome['job']} ({outcome['overrides']}) failed: {outcome['error']}",
+            file=sys.stderr,
+        )
+    (out / JOB_FILE).write_text(json.dumps(outcome), encoding="utf-8")
+    return outcome
+
+
+def _train_model(
+    data: dict[str, Any],
+    overrides: str,
+    parent: dict[str, str],
+    experiment_id: str,
+    out: Path,
+    background: Finishing,
+) -> tuple[float, Future]:
+    """One model of the job: its own run, files under `out/s<seed>/`. Trains it and predicts
+    the test set, then queues its evaluation. Returns its validation accuracy and that."""
     from pipeline import experiment, tracking
     from pipeline.data import prepared, project_data_digests
-    from pipeline.model import limit
+    from pipeline.model import limit, predict, prepared_tensors
 
     config = validate(data)
     root = Path(parent["workspace"])
+    folder = out / f"s{config.seed}"
+    test = prepared(root, "test")
     # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
     # process share them (`model.compiled_model`).
     with tracking.model_run(
@@ -357,17 +404,30 @@ def _train_and_evaluate(
         experiment.run_name(config, with_seed=True),
         tags={tracking.OVERRIDES_TAG: overrides},
         parent_run_id=parent["run_id"],
+        close=False,  # `background` closes it
     ) as run_id:
-        experiment.run(
+        experiment.start(config)  # fixes TensorFlow's threads: before its first tensor
+        trained = experiment.train(
             config,
-            limit(prepared(root, "train"), config.train.max_examples),
-            prepared(root, "val"),
-            prepared(root, "test"),
+            limit(prepared_tensors(root, "train"), config.train.max_examples),
+            prepared_tensors(root, "val"),
             run_id,
-            out / f"s{config.seed}",
+            folder,
+        )
+        probs = predict(trained.model, test[0])
+        evaluate = functools.partial(
+            experiment.evaluate,
+            config,
+            probs,
+            trained.model_uri,
+            trained.history,
+            test,
+            run_id,
+            folder,
             register=False,  # the sweep registers its best configuration once, at the end
         )
-    return tracking.get_run(run_id, "").data.metrics[tracking.VAL_ACCURACY]
+        future = background.model(run_id, evaluate)
+    return trained.history[tracking.VAL_ACCURACY][-1], future
 
 
 def sampler_seed(seed: int, sweep_dir: str) -> int:

@@ -277,9 +277,11 @@ def tracked_run(
     tags: Mapping[str, str] | None = None,
     run_id: str | None = None,
     parent_run_id: str | None = None,
+    close: bool = True,
 ) -> Iterator[str]:
     """`open_run` ... `close_run` around a block; SIGINT and SIGTERM end it KILLED, the signal
-    named in its `failure_reason`. Yields the run id.
+    named in its `failure_reason`. Yields the run id. With `close=False`, a block that ends
+    without error leaves the run open, for the caller to close (`close_run`).
     """
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in INTERRUPTS}
     try:
@@ -289,7 +291,8 @@ def tracked_run(
         except BaseException as exc:
             close_run(run_id, exc)
             raise
-        close_run(run_id)
+        if close:
+            close_run(run_id)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -304,6 +307,7 @@ def model_run(
     run_name: str,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    close: bool = True,
 ) -> Iterator[str]:
     """A `tracked_run` for one trained model, with its provenance logged before any work.
 
@@ -311,7 +315,7 @@ def model_run(
     the tree is dirty, the uncommitted diff (`uncommitted.diff`, dvc.lock aside).
     """
     tags = {**provenance.provenance(code_dir, data_digests, config_text), **(tags or {})}
-    with tracked_run(experiment_id, run_name, tags, parent_run_id=parent_run_id) as run_id:
+    with tracked_run(experiment_id, run_name, tags, None, parent_run_id, close) as run_id:
         client = mlflow.MlflowClient()
         client.log_text(run_id, config_text, CONFIG_ARTIFACT)
         if tags.get(provenance.GIT_DIRTY) == "true":

@@ -301,3 +301,43 @@ def test_a_sweep_job_and_dvc_exp_run_make_the_same_run(project: Path) -> None:
     for key in ("weights_sha256", "params_sha256", "git_commit", "git_dirty"):
         assert job.data.tags[key] == stage.data.tags[key], key
     assert job.data.metrics["test_accuracy"] == stage.data.metrics["test_accuracy"]
+
+
+def test_a_model_whose_evaluation_fails_fails_its_job_and_the_sweep_goes_on(
+    project: Path,
+) -> None:
+    # Models are evaluated in the background while the next one trains: a figures folder that
+    # cannot be made fails seed 42's evaluation after seed 43 of the job has started.
+    sweep_dir = project / "multirun" / "evaluation-fails"
+    blocked = sweep_dir / "0" / "s42" / "reports" / "figures"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the figures folder goes\n")
+    proc = sweep(
+        project,
+        "evaluation-fails",
+        "model.hidden_units=16,24",
+        "train.epochs=1",
+        "sweep.seeds=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "1 of 2 jobs failed" in proc.stderr
+    assert f"FileExistsError: [Errno 17] File exists: '{blocked}'" in proc.stderr
+    (parent,), children = runs_of(project, "evaluation-fails")
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status == {
+        "mlp-h16-e1-n1000-s42": "FAILED",
+        "mlp-h16-e1-n1000-s43": "FINISHED",
+        "mlp-h24-e1-n1000-s42": "FINISHED",
+        "mlp-h24-e1-n1000-s43": "FINISHED",
+    }
+    (failed,) = [c for c in children if c.info.status == "FAILED"]
+    assert failed.data.tags["failure_reason"].startswith("FileExistsError")
+    for child in children:
+        if child.info.status == "FINISHED":
+            assert_complete_child(child, parent.info.run_id, epochs=1)
+    job = json.loads((sweep_dir / "0" / "job.json").read_text())
+    assert job["status"] == "FAILED" and str(blocked) in job["error"]
+    assert json.loads((sweep_dir / "1" / "job.json").read_text())["status"] == "FINISHED"
+    assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1

@@ -1,0 +1,82 @@
+"""Evaluating a sweep's models in the background, while the next ones train.
+
+A sweep job trains a model and predicts the test set in its main thread, then hands the rest of
+the model's run to this process's `Finishing`: figures, test metrics and artifacts
+(`experiment.evaluate`), then closing the run. One module holds it, so that the jobs and the
+sweep's end (`pipeline.sweep`, also run as `__main__`) share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+
+class Finishing:
+    """Runs each model's evaluation, then closes its run (FINISHED, or FAILED with the reason).
+
+    One worker thread takes them in order, at the lowest CPU priority, so it runs on the CPU
+    time training leaves; at most `LIMIT` models wait for it, beyond that training waits. Other
+    work queued with `then` (a job's outcome) runs after the models queued before it.
+    """
+
+    LIMIT = 2
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, "finishing", initializer=_lowest_priority)
+        self._models: list[Future] = []
+
+    def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
+        """Queue `evaluate` for the open run `run_id`, then its closing."""
+        self._models = [f for f in self._models if not f.done()]
+        while len(self._models) >= self.LIMIT:
+            wait(self._models, return_when=FIRST_COMPLETED)
+            self._models = [f for f in self._models if not f.done()]
+        future = self._pool.submit(_finish, run_id, evaluate)
+        self._models.append(future)
+        return future
+
+    def then(self, work: Callable[[], Any]) -> Future:
+        """Queue `work` after everything queued so far."""
+        return self._pool.submit(work)
+
+    def wait(self) -> None:
+        """Return once everything queued so far is done."""
+        self.then(lambda: None).result()
+
+
+def _lowest_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux keeps one per thread)."""
+    with contextlib.suppress(AttributeError, OSError):  # elsewhere: the process's priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _finish(run_id: str, evaluate: Callable[[], Any]) -> None:
+    from pipeline import tracking
+
+    try:
+        evaluate()
+    except BaseException as exc:
+        tracking.close_run(run_id, exc)
+        raise
+    tracking.close_run(run_id)
+
+
+_finishing: Finishing | None = None  # this process's, made by its first job
+
+
+def finishing() -> Finishing:
+    global _finishing
+    if _finishing is None:
+        _finishing = Finishing()
+    return _finishing
+
+
+def finished() -> None:
+    """Wait for the models this process evaluates in the background (none if it ran no job)."""
+    if _finishing is not None:
+        _finishing.wait()
