@@ -372,7 +372,13 @@ def log_datasets(run_id: str, splits: Mapping[str, tuple[Any, Any]]) -> None:
             profile=json.dumps({"features_shape": list(x.shape), "targets_shape": list(y.shape)}),
         )
         inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", CONTEXTS[split])]))
-    client.log_inputs(run_id, datasets=inputs)
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException:
+        # The store gets or creates each dataset: when two jobs create the same new one at once,
+        # its unique key refuses one of them. Tried again, it finds it made; any other error
+        # comes back the same.
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def log_images(run_id: str, folder: Path) -> None:

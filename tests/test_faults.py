@@ -302,22 +302,29 @@ def test_tracking_server_down_fails_fast_before_training(
 
 
 LOGGER = """
-import sys
+import sys, time
+import numpy as np
 from pipeline import tracking
 experiment_id = tracking.setup("load")
 with tracking.tracked_run(experiment_id, f"job-{sys.argv[1]}") as run_id:
+    wave = sys.argv[1].split("-")[0]  # a new dataset (by its digest) per wave
+    tracking.set_tags(run_id, {"data.processed.test.sha256": wave})
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all log it at once
+    tracking.log_datasets(run_id, {"test": (np.zeros((3, 28, 28)), np.zeros(3))})
     for step in range(25):
         tracking.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
 """
 
 
 def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
-    """4 jobs create the store at once, then 8 log to it: every run complete."""
+    """4 jobs create the store at once, then 8 log to it; each wave logs a new dataset at the
+    same moment: every run complete."""
     env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(tmp_path))
     for wave in (4, 8):
+        start = time.time() + 2 * wave  # once every process has imported MLflow, on 2 cores
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", LOGGER, f"{wave}-{i}"],
+                [sys.executable, "-c", LOGGER, f"wave{wave}-{i}", str(start)],
                 env=env,
                 cwd=tmp_path,
                 stderr=subprocess.PIPE,
@@ -334,6 +341,8 @@ def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
     for r in runs:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "loss")) == 25
+        (logged,) = [d.dataset for d in r.inputs.dataset_inputs]
+        assert (logged.name, logged.digest) == ("mnist-test", r.info.run_name.split("-")[1])
 
 
 def test_unsafe_or_changed_model_files_are_refused(tmp_path: Path) -> None:

@@ -3,13 +3,16 @@
 import csv
 import json
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import assert_complete_child, copy_project, run, use_store
+from conftest import assert_complete_child, copy_project, run, run_env, use_store
 
 QUICK = ["train.max_examples=1000"]
 
@@ -341,3 +344,40 @@ def test_a_model_whose_evaluation_fails_fails_its_job_and_the_sweep_goes_on(
     assert job["status"] == "FAILED" and str(blocked) in job["error"]
     assert json.loads((sweep_dir / "1" / "job.json").read_text())["status"] == "FINISHED"
     assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
+
+
+def test_an_interrupted_sweep_finishes_the_model_it_was_evaluating(project: Path) -> None:
+    # Job 0's model is evaluated in the background while job 1 trains; SIGINT comes as job 1's
+    # first epoch ends, while job 0's figures are still being drawn.
+    sweep_dir = project / "multirun" / "interrupted"
+    cmd = [sys.executable, "-m", "pipeline.sweep", "-m", "train.epochs=1,500"]
+    cmd += ["train.batch_size=8", *QUICK, "tracking.experiment_name=interrupted"]
+    cmd += [f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=run_env(PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Epoch 1/500"):
+            proc.send_signal(signal.SIGINT)
+            break
+    else:
+        raise AssertionError(f"the sweep ended before job 1 trained, exit {proc.wait()}")
+    proc.stdout.read()
+    assert proc.wait(timeout=120) != 0
+    (parent,), children = runs_of(project, "interrupted")
+    runs = {c.info.run_name: c for c in children}
+    assert set(runs) == {"mlp-h128-e1-bs8-n1000-s42", "mlp-h128-e500-bs8-n1000-s42"}
+    finished, killed = runs["mlp-h128-e1-bs8-n1000-s42"], runs["mlp-h128-e500-bs8-n1000-s42"]
+    assert_complete_child(finished, parent.info.run_id, epochs=1)
+    assert finished.info.end_time > killed.info.start_time  # evaluated while job 1 trained
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["failure_reason"] == "KeyboardInterrupt: received SIGINT"
+    assert json.loads((sweep_dir / "0" / "job.json").read_text())["status"] == "FINISHED"
+    assert json.loads((sweep_dir / "1" / "job.json").read_text())["status"] == "FAILED"
+    assert parent.info.status != "RUNNING"
