@@ -9,8 +9,9 @@ version.
 
 `dvc repro` calls `train` (stage train) and `evaluate` (stage evaluate, which predicts in a worker
 process) in two processes, with the project root as output folder; a sweep job calls both in one
-process, each model with its own folder, and evaluates one model while the next trains
-(`sweep.Finishing`).
+process, each model with its own folder. It trains with a `Deferred`: the run's logging and the
+model's saving are held back, then made with the model's evaluation in the background while the
+next model trains (`finishing.Finishing`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +60,37 @@ class Trained:
     model: keras.Model
     history: dict[str, list[float]]
     summary: dict[str, Any]
-    model_uri: str
+    logged: Future[str]  # the logged model's URI, once `train`'s calls on the run are made
+
+    @property
+    def model_uri(self) -> str:
+        """The logged model's URI; after `Deferred.replay` when `train` had a `Deferred`."""
+        return self.logged.result(timeout=0)
+
+
+class Deferred:
+    """Calls on a model's run held back, to be made in order by `replay`: a sweep makes them in
+    the background while its next model trains."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[Future, Callable[[], Any]]] = []
+
+    def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        self._calls.append((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def replay(self) -> None:
+        """Make the held calls in order. The first that fails raises; the rest are dropped."""
+        calls, self._calls = self._calls, []
+        for future, call in calls:
+            future.set_result(call())
+
+
+def _now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    future: Future = Future()
+    future.set_result(fn(*args, **kwargs))
+    return future
 
 
 # Short labels in run names; other keys go by their last part (`momentum0.9`).
@@ -118,34 +152,59 @@ def start(cfg: Config) -> None:
     model.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
 
 
-def epoch_logger(run_id: str) -> keras.callbacks.Callback:
-    """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1)."""
+def epoch_logger(run_id: str, record: Callable[..., Any] = _now) -> keras.callbacks.Callback:
+    """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1), through
+    `record` (a `Deferred` holds them back), timed when the epoch ended."""
     import keras
 
     def log(epoch: int, logs: dict[str, float] | None) -> None:
-        tracking.log_metrics(run_id, logs or {}, step=epoch + 1)
+        record(tracking.log_metrics, run_id, dict(logs or {}), step=epoch + 1, at=time.time())
 
     return keras.callbacks.LambdaCallback(on_epoch_end=log)
 
 
-def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: Path) -> Trained:
+def train(
+    cfg: Config,
+    train_split: Split,
+    val_split: Split,
+    run_id: str,
+    out: Path,
+    deferred: Deferred | None = None,
+) -> Trained:
     """Build and fit the configured model; save it, its history and summary under `out`; log
-    the config, each epoch, the summary, the weights' digest and the model to `run_id`."""
+    the config, each epoch, the summary, the weights' digest and the model to `run_id`.
+
+    With `deferred`, the logging and the model's saving are held there for `Deferred.replay`,
+    made on a copy of the model: the returned model is free to train the next one.
+    """
     from pipeline import model
 
+    record = deferred or _now
     start(cfg)
     net = model.compiled_model(cfg.model, cfg.train)  # the last one's compiled steps, if it can
-    tracking.log_params(run_id, tracking.flatten(cfg.to_dict()))
-    tracking.log_datasets(run_id, {"train": train_split, "val": val_split})
-    history, seconds = model.fit(net, train_split, val_split, cfg.train, [epoch_logger(run_id)])
+    record(tracking.log_params, run_id, tracking.flatten(cfg.to_dict()))
+    record(tracking.log_datasets, run_id, {"train": train_split, "val": val_split})
+    logger = epoch_logger(run_id, record)
+    history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
     summary = {
         tracking.TRAIN_SECONDS: round(seconds, 3),
         "train_examples": len(train_split[1]),
         **model.describe(net),
     }
-    tracking.log_metrics(run_id, summary)
+    record(tracking.log_metrics, run_id, dict(summary))  # a copy: `summary` grows below
     summary[tracking.VAL_ACCURACY] = history[tracking.VAL_ACCURACY][-1]  # for `dvc exp show`
-    model_file = out / MODEL_PATH
+    write_history(history, out / HISTORY_CSV)
+    (out / TRAIN_JSON).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    kept = net if deferred is None else model.detached_copy(net, cfg.model, cfg.train)
+    example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
+    logged = record(_keep_model, kept, out / MODEL_PATH, run_id, example)
+    return Trained(net, history, summary, logged)
+
+
+def _keep_model(net: keras.Model, model_file: Path, run_id: str, example: np.ndarray) -> str:
+    """Save `net` to `model_file`, tag the run with its digests, log it; return its URI."""
+    from pipeline import model
+
     model.save_model(net, model_file)
     tracking.set_tags(
         run_id,
@@ -154,11 +213,7 @@ def train(cfg: Config, train_split: Split, val_split: Split, run_id: str, out: P
             tracking.MODEL_SHA256_TAG: sha256_file(model_file),
         },
     )
-    write_history(history, out / HISTORY_CSV)
-    (out / TRAIN_JSON).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
-    model_uri = tracking.log_keras_model(run_id, net, example)
-    return Trained(net, history, summary, model_uri)
+    return tracking.log_keras_model(run_id, net, example)
 
 
 def evaluate(

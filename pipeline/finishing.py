@@ -1,8 +1,9 @@
 """Evaluating a sweep's models in the background, while the next ones train.
 
 A sweep job trains a model and predicts the test set in its main thread, then hands the rest of
-the model's run to this process's `Finishing`: figures, test metrics and artifacts
-(`experiment.evaluate`), then closing the run. One module holds it, so that the jobs and the
+the model's run to this process's `Finishing`: the logging and saving training held back
+(`experiment.Deferred`), figures, test metrics and artifacts (`experiment.evaluate`), then
+closing the run. One module holds it, so that the jobs and the
 sweep's end (`pipeline.sweep`, also run as `__main__`) share one.
 """
 
@@ -74,6 +75,11 @@ def finishing() -> Finishing:
     if _finishing is None:
         _finishing = Finishing()
     return _finishing
+
+
+def ran_jobs() -> bool:
+    """Whether this process ran sweep jobs (with another launcher, its workers did)."""
+    return _finishing is not None
 
 
 def finished() -> None:

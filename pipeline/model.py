@@ -169,6 +169,22 @@ def set_determinism(seed: int, intra_op_threads: int, inter_op_threads: int) -> 
     tf.config.experimental.enable_op_determinism()
 
 
+def detached_copy(
+    model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig
+) -> keras.Model:
+    """A new compiled model holding `model`'s weights and optimizer state, for work that goes on
+    while `model` trains again (a sweep's next seed, `compiled_model`). Saved, it gives the same
+    file layout as `model`. Building it draws random numbers: call it after training, before the
+    next `set_determinism`."""
+    copy = compile_model(build_model(model_cfg), train_cfg)
+    copy.optimizer.build(copy.trainable_variables)
+    targets = [*copy.weights, *copy.optimizer.variables]
+    sources = [*model.weights, *model.optimizer.variables]
+    for target, source in zip(targets, sources, strict=True):
+        target.assign(source)
+    return copy
+
+
 def weights_sha256(model: keras.Model) -> str:
     """SHA-256 over every weight array in order: equal only for bit-identical models."""
     digest = hashlib.sha256()

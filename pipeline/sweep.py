@@ -14,6 +14,7 @@ or the standard grid: `uv run python -m pipeline.sweep +sweep=hidden_epochs`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import math
@@ -34,8 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import search
 from pipeline.config import Config, ConfigError, load_params, to_yaml, validate
 from pipeline.console import load_keras, quiet
-from pipeline.errors import PipelineError
-from pipeline.finishing import Finishing, finished, finishing
+from pipeline.errors import PipelineError, exit_now
+from pipeline.finishing import Finishing, finished, finishing, ran_jobs
 from pipeline.paths import PARAMS_FILE, project_root
 
 PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
@@ -385,7 +386,8 @@ def _train_model(
     background: Finishing,
 ) -> tuple[float, Future]:
     """One model of the job: its own run, files under `out/s<seed>/`. Trains it and predicts
-    the test set, then queues its evaluation. Returns its validation accuracy and that."""
+    the test set; the rest of its run (logging, saving, evaluation) is queued for `background`.
+    Returns its validation accuracy and the queued work."""
     from pipeline import experiment, tracking
     from pipeline.data import prepared, project_data_digests
     from pipeline.model import limit, predict, prepared_tensors
@@ -394,6 +396,7 @@ def _train_model(
     root = Path(parent["workspace"])
     folder = out / f"s{config.seed}"
     test = prepared(root, "test")
+    deferred = experiment.Deferred()
     # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
     # process share them (`model.compiled_model`).
     with tracking.model_run(
@@ -407,26 +410,35 @@ def _train_model(
         close=False,  # `background` closes it
     ) as run_id:
         experiment.start(config)  # fixes TensorFlow's threads: before its first tensor
-        trained = experiment.train(
-            config,
-            limit(prepared_tensors(root, "train"), config.train.max_examples),
-            prepared_tensors(root, "val"),
-            run_id,
-            folder,
-        )
-        probs = predict(trained.model, test[0])
-        evaluate = functools.partial(
-            experiment.evaluate,
-            config,
-            probs,
-            trained.model_uri,
-            trained.history,
-            test,
-            run_id,
-            folder,
-            register=False,  # the sweep registers its best configuration once, at the end
-        )
-        future = background.model(run_id, evaluate)
+        try:
+            trained = experiment.train(
+                config,
+                limit(prepared_tensors(root, "train"), config.train.max_examples),
+                prepared_tensors(root, "val"),
+                run_id,
+                folder,
+                deferred,
+            )
+            probs = predict(trained.model, test[0])
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
+                deferred.replay()
+            raise
+
+        def finish() -> None:
+            deferred.replay()
+            experiment.evaluate(
+                config,
+                probs,
+                trained.model_uri,
+                trained.history,
+                test,
+                run_id,
+                folder,
+                register=False,  # the sweep registers its best configuration once, at the end
+            )
+
+        future = background.model(run_id, finish)
     return trained.history[tracking.VAL_ACCURACY][-1], future
 
 
@@ -448,4 +460,6 @@ if __name__ == "__main__":
     quiet()
     # The Optuna sweeper builds its search space from distributions Optuna 3 deprecated.
     warnings.filterwarnings("ignore", ".*Distribution has been deprecated", FutureWarning)
-    main()
+    main()  # a sweep that failed has exited by now, through Hydra or `stop`
+    if ran_jobs():  # no launcher's workers to shut down, every run closed
+        exit_now()

@@ -337,12 +337,17 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def log_metrics(
-    run_id: str, metrics: Mapping[str, float], step: int = 0, model_uri: str | None = None
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    model_uri: str | None = None,
+    at: float | None = None,
 ) -> None:
-    """Log to the run; with `model_uri` (a `models:/ID`), the logged model's page shows them."""
-    now = int(time.time() * 1000)
+    """Log to the run, timed `at` (seconds since the epoch; default now); with `model_uri` (a
+    `models:/ID`), the logged model's page shows them."""
+    stamp = int((time.time() if at is None else at) * 1000)
     model_id = model_uri.removeprefix("models:/") if model_uri else None
-    items = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
+    items = [Metric(k, float(v), stamp, step, model_id=model_id) for k, v in metrics.items()]
     mlflow.MlflowClient().log_batch(run_id, metrics=items)
 
 

@@ -124,6 +124,10 @@ for arg in sys.argv[2:]:
     net = compiled_model(cfg.model, cfg.train)
     fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
     traced = core._last.steps._batches.experimental_get_tracing_count()
+    # As in a sweep: a copy is kept, its building drawing random numbers, before the next seed.
+    copy = core.detached_copy(net, cfg.model, cfg.train)
+    assert weights_sha256(copy) == weights_sha256(net), "the copy holds other weights"
+    assert int(copy.optimizer.iterations) == int(net.optimizer.iterations) > 0
     print(id(net), traced, weights_sha256(net))
 """
 

@@ -378,6 +378,10 @@ def test_an_interrupted_sweep_finishes_the_model_it_was_evaluating(project: Path
     assert finished.info.end_time > killed.info.start_time  # evaluated while job 1 trained
     assert killed.info.status == "KILLED"
     assert killed.data.tags["failure_reason"] == "KeyboardInterrupt: received SIGINT"
+    # What it logged before the signal is kept: its config and the epochs it finished.
+    assert killed.data.params["train.epochs"] == "500"
+    history = mlflow.MlflowClient().get_metric_history(killed.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) != []
     assert json.loads((sweep_dir / "0" / "job.json").read_text())["status"] == "FINISHED"
     assert json.loads((sweep_dir / "1" / "job.json").read_text())["status"] == "FAILED"
     assert parent.info.status != "RUNNING"
