@@ -20,15 +20,18 @@ from typing import Any
 class Finishing:
     """Runs each model's evaluation, then closes its run (FINISHED, or FAILED with the reason).
 
-    One worker thread takes them in order, at the lowest CPU priority, so it runs on the CPU
-    time training leaves; at most `LIMIT` models wait for it, beyond that training waits. Other
-    work queued with `then` (a job's outcome) runs after the models queued before it.
+    One worker thread takes them in order; at most `LIMIT` models wait for it, beyond that
+    training waits. Other work queued with `then` (a job's outcome) runs after the models queued
+    before it. With `low_priority` the thread runs at the lowest CPU priority, on the CPU time
+    training leaves: right where the process runs the whole sweep, not in one of a launcher's
+    workers, whose jobs wait for their models at their end while other workers train.
     """
 
     LIMIT = 2
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, "finishing", initializer=_lowest_priority)
+    def __init__(self, low_priority: bool = True) -> None:
+        start = _lowest_priority if low_priority else None
+        self._pool = ThreadPoolExecutor(1, "finishing", initializer=start)
         self._models: list[Future] = []
 
     def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
@@ -70,10 +73,11 @@ def _finish(run_id: str, evaluate: Callable[[], Any]) -> None:
 _finishing: Finishing | None = None  # this process's, made by its first job
 
 
-def finishing() -> Finishing:
+def finishing(low_priority: bool = True) -> Finishing:
+    """This process's `Finishing`, made by its first job with `low_priority`."""
     global _finishing
     if _finishing is None:
-        _finishing = Finishing()
+        _finishing = Finishing(low_priority)
     return _finishing
 
 

@@ -100,7 +100,7 @@ class SweepCallback(Callback):
         command = [sys.executable, "-m", "dvc", "repro", "preprocess"]
         preprocess = subprocess.Popen(command, cwd=root)
         try:
-            if str(config.hydra.launcher._target_).endswith("BasicLauncher"):
+            if in_process(config.hydra.launcher):
                 load_keras()  # the jobs run in this process: import TensorFlow meanwhile
         finally:
             if preprocess.wait() != 0:
@@ -199,6 +199,11 @@ class SweepCallback(Callback):
             print(reasons, file=sys.stderr)
             sys.exit(1)
         self._close()
+
+
+def in_process(launcher: DictConfig) -> bool:
+    """Whether `launcher` (the `hydra.launcher` node) runs the jobs in the sweep's process."""
+    return str(launcher._target_).endswith("BasicLauncher")
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -330,7 +335,7 @@ def run_job(cfg: DictConfig) -> float | None:
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
     outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
-    background = finishing()
+    background = finishing(low_priority=in_process(hc.launcher))
     models: list[Future] = []
     objective, sweep_process = None, False
     try:
