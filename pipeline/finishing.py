@@ -62,6 +62,9 @@ def _lowest_priority() -> None:
 def _finish(run_id: str, evaluate: Callable[[], Any]) -> None:
     from pipeline import tracking
 
+    # A server that stopped answering fails the model here, in a moment: its run, which could
+    # not be closed either, is left for `pipeline.runs --cleanup`.
+    tracking.check_store()
     try:
         evaluate()
     except BaseException as exc:

@@ -140,6 +140,7 @@ class SweepCallback(Callback):
         if parent_id is None:
             return
         try:
+            tracking.check_store()
             tracking.close_run(parent_id, error)
         except Exception as exc:  # the store is gone: say how to close it later
             print(
@@ -160,6 +161,7 @@ class SweepCallback(Callback):
         )
 
         finished()  # the last jobs' models, evaluated in the background
+        tracking.check_store()
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / PARENT_FILE).read_text(encoding="utf-8"))
         parent_id = parent["run_id"]

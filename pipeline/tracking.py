@@ -112,6 +112,14 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
+def check_store() -> None:
+    """On a tracking server, fail at once if it does not answer its health check: work that
+    would log to it then fails in a moment, not after each request's retries."""
+    uri = mlflow.get_tracking_uri()
+    if is_server(uri):
+        check_server(uri)
+
+
 def connect(configured: str | None = None) -> str:
     """Point MLflow's tracking and model registry at the store; return its URI.
 
