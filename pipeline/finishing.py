@@ -3,8 +3,8 @@
 A sweep job trains a model and predicts the test set in its main thread, then hands the rest of
 the model's run to this process's `Finishing`: the logging and saving training held back
 (`experiment.Deferred`), figures, test metrics and artifacts (`experiment.evaluate`), then
-closing the run. One module holds it, so that the jobs and the
-sweep's end (`pipeline.sweep`, also run as `__main__`) share one.
+closing the run. One module holds it, so that the jobs and the sweep's end (`pipeline.sweep`,
+also run as `__main__`) share one.
 """
 
 from __future__ import annotations

@@ -126,7 +126,6 @@ class SweepCallback(Callback):
             "run_id": parent_id,
             "experiment_id": experiment_id,
             "tracking_uri": tracking.tracking_uri(config.tracking.uri),
-            "pid": os.getpid(),  # jobs run in this process leave their last model to `_end`
         }
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")
         self.parent_id: str | None = parent_id
@@ -337,12 +336,12 @@ def run_job(cfg: DictConfig) -> float | None:
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
     outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
-    background = finishing(low_priority=in_process(hc.launcher))
+    sweep_process = in_process(hc.launcher)  # then it leaves its last model to the sweep's end
+    background = finishing(low_priority=sweep_process)
     models: list[Future] = []
-    objective, sweep_process = None, False
+    objective = None
     try:
         parent = json.loads((Path(hc.sweep.dir) / PARENT_FILE).read_text(encoding="utf-8"))
-        sweep_process = parent.get("pid") == os.getpid()
         data = plain(cfg)
         config = validate(data)
         check_data_settings(config, Path(parent["workspace"]))
