@@ -1,0 +1,19 @@
+"""An image-classification pipeline: DVC stages, Hydra config, MLflow tracking, Keras models.
+
+The modules in this folder are the commands users type, each a one-line forward to the package
+that holds its code: `python -m pipeline.fetch|preprocess|train|evaluate` (the DVC stages),
+`pipeline.sweep`, `pipeline.compare`, `pipeline.runs`, `pipeline.predict`, `pipeline.reproduce`,
+`pipeline.app` and `pipeline.config`.
+
+The packages, lowest first; a package imports only from those listed before it:
+
+- `tracking.names`: the names of tags, metrics, artifacts and files (imports nothing).
+- `core`: errors, paths, the config schema, data, the model, metrics, plots, and the experiment
+  (one model's run: `model_run`, `train_model`, `evaluate_model`). Its experiment module is the
+  one part of `core` that uses `tracking`.
+- `tracking`: the MLflow store, runs, the registry, provenance (git, digests, versions).
+- `stages`: the DVC stages' drivers.
+- `sweeps`: the Hydra side of sweeps, the search, statistics, summaries, background evaluation.
+- `tools`: what users run beside the stages: compare, runs, predict, reproduce.
+- `app`: the web app, its templates and static files.
+"""

@@ -1,104 +1,37 @@
-"""Shared fixtures: small IDX files, a copy of the project under git, the MNIST mirror."""
+"""Fixtures: small IDX files, real MNIST, a trained model, a swept project, a browser, PostgreSQL.
+
+The `slow` marker (pyproject.toml) is set on the tests that need a real training run on MNIST,
+a server, a browser, a database or several processes; `uv run pytest -m "not slow"` runs the rest.
+"""
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.config import FileSpec, compose, validate
-from pipeline.data import sha256_file, write_idx
-
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "tests",
-    "GIT_AUTHOR_EMAIL": "tests@example.invalid",
-    "GIT_COMMITTER_NAME": "tests",
-    "GIT_COMMITTER_EMAIL": "tests@example.invalid",
-}
-
-
-NAMES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-]
-
-
-def spec_of(path: Path) -> FileSpec:
-    """The FileSpec (name, size, SHA-256) that `path` satisfies."""
-    return FileSpec(name=path.name, bytes=path.stat().st_size, sha256=sha256_file(path))
-
-
-def run_env(**extra: str) -> dict[str, str]:
-    """The environment for commands under test: this venv first on PATH, no MLflow URIs."""
-    drop = (
-        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT",
-        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",  # a test passes its user's
-    )  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(GIT_ENV)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
-    return env
-
-
-def use_store(uri: str) -> None:
-    """Point this process's MLflow client and registry at the store a test reads."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=run_env(**env), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
-            f"stderr:\n{proc.stderr}"
-        )
-    return proc
-
-
-def run_stage(module: str, work: Path, *args: str, check: bool = True, **env: str):
-    """`python -m pipeline.MODULE ARGS` in the project folder `work`, with this checkout's code."""
-    cmd = ["python", "-m", f"pipeline.{module}", *args]
-    return run(cmd, work, check=check, PYTHONPATH=str(ROOT), **env)
-
-
-def copy_project(dest: Path) -> Path:
-    """Copy the project's files as git sees them (tracked and untracked-not-ignored) and commit."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-q", "-m", "copy of the project"], dest)
-    return dest
+from helpers import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    CLUSTERS,
+    as_postgres_user,
+    chromium,
+    copy_project,
+    free_port,
+    mirror,
+    pg_ctl,
+    postgres_bin,
+    run,
+)
+from pipeline.core.config import compose, validate
+from pipeline.core.data import write_idx
 
 
 @pytest.fixture
@@ -121,143 +54,6 @@ def default_params() -> dict:
 @pytest.fixture
 def default_config():
     return validate(compose())
-
-
-def assert_complete_child(child, parent_id: str, epochs: int, examples: int = 1000) -> None:
-    """A sweep job's run: FINISHED under its parent, with history, scores, figures, model."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    assert child.info.status == "FINISHED"
-    assert child.data.tags["mlflow.parentRunId"] == parent_id
-    assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == epochs
-    for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds"):
-        assert key in child.data.metrics
-    assert child.data.params["train.max_examples"] == str(examples)
-    figures = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
-    assert "figures/confusion_matrix.png" in figures
-    models = mlflow.search_logged_models(
-        experiment_ids=[child.info.experiment_id],
-        filter_string=f"source_run_id = '{child.info.run_id}'",
-        output_format="list",
-    )
-    assert len(models) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    """Until `url` answers; fails with the end of `log` if `process` exits or time runs out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{url} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not answer in {seconds}s:\n{log.read_text()[-3000:]}")
-
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's packages
-
-
-def chromium(width: int = 1400, height: int = 1000):
-    """A headless Chromium driven through Debian's chromedriver (nothing is downloaded)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--window-size={width},{height}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
-@contextmanager
-def app_server(*args: str, cwd: Path, log: Path) -> Iterator[str]:
-    """`python -m pipeline.app ARGS --port P` in `cwd` until the block ends; yields its URL once
-    it answers. What it prints goes to `log`."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "pipeline.app", *args, "--port", str(port)]
-    with serving(cmd, port, "/api/model", log, cwd) as url:
-        yield url
-
-
-@contextmanager
-def serving(
-    cmd: list[str], port: int, ready: str, log: Path, cwd: Path | None, env: dict | None = None
-) -> Iterator[str]:
-    """Run the server `cmd` listening on 127.0.0.1:`port` until the block ends; yield its URL
-    once `ready` (a path) answers. What it prints goes to `log`."""
-    url = f"http://127.0.0.1:{port}"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            cmd, cwd=cwd, env=run_env(**(env or {})), stdout=out, stderr=out
-        )
-    try:
-        wait_for(f"{url}{ready}", process, log)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def line(a: tuple[int, int], b: tuple[int, int], n: int = 12) -> list[tuple[int, int]]:
-    """`n` + 1 points from `a` to `b`."""
-    (ax, ay), (bx, by) = a, b
-    return [(round(ax + (bx - ax) * t / n), round(ay + (by - ay) * t / n)) for t in range(n + 1)]
-
-
-def draw(driver, strokes: list[list[tuple[int, int]]]) -> None:
-    """Draw `strokes` (points in the app's 280 x 280 canvas) with the pointer, as a hand would."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    canvas = driver.find_element(By.ID, "canvas")
-    for stroke in strokes:
-        actions = ActionChains(driver, duration=10)
-        x, y = stroke[0]
-        actions.move_to_element_with_offset(canvas, x - 140, y - 140).click_and_hold()
-        for nx, ny in stroke[1:]:
-            actions.move_by_offset(nx - x, ny - y)
-            x, y = nx, ny
-        actions.release().perform()
-
-
-def read_answer(driver, seconds: float = 30) -> str:
-    """The digit the app's draw page shows, once it shows one."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def shown(d) -> str | bool:
-        idle = d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
-        answer = d.find_element(By.ID, "answer").is_displayed()
-        return idle and answer and d.find_element(By.ID, "digit").text
-
-    return WebDriverWait(driver, seconds).until(shown)
-
-
-@contextmanager
-def mlflow_server(
-    *args: str, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """`mlflow ARGS --host 127.0.0.1 --port P` (`server` or `ui`) until the block ends, with
-    `env` added to its environment; yields its URL once its health check answers. What it
-    prints goes to `log`."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)]
-    with serving(cmd, port, "/health", log, cwd, env) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -289,8 +85,8 @@ def swept_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mnist(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Real MNIST from MNIST_MIRROR (else the public mirrors), read into arrays."""
-    from pipeline.data import read_mnist_pair
-    from pipeline.download import fetch_file, sources
+    from pipeline.core.data import read_mnist_pair
+    from pipeline.core.download import fetch_file, sources
 
     cfg = validate(compose([]))
     raw = tmp_path_factory.mktemp("raw")
@@ -306,7 +102,7 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
     """The seed model trained for 2 epochs on 50,000 real digits, saved as a .keras file."""
-    from pipeline.model import build_mlp, compile_model, fit, save_model
+    from pipeline.core.model import build_mlp, compile_model, fit, save_model
 
     cfg = validate(compose(["train.epochs=2"]))
     model = compile_model(build_mlp(128), cfg.train)
@@ -319,58 +115,6 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.keras"
     save_model(model, path)
     return path
-
-
-def render(digit: np.ndarray, i: int):
-    """A test digit as a large dark-on-light picture, off-centre, every other one in colour."""
-    from PIL import Image
-
-    ink = Image.fromarray(np.round(255 - digit * 255).astype(np.uint8))
-    big = ink.resize((224, 224), Image.Resampling.BILINEAR)
-    page = Image.new("L", (400, 300), 255)
-    page.paste(big, (20 + (i * 37) % 150, 10 + (i * 53) % 70))
-    if i % 2:
-        return Image.merge(
-            "RGB",
-            [
-                page.point(lambda v: 40 + v * 0.85),
-                page.point(lambda v: 30 + v * 0.8),
-                page.point(lambda v: 90 + v * 0.6),
-            ],
-        )
-    return page
-
-
-def postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
-    )
-    if found is None:
-        pytest.fail(
-            f"PostgreSQL's {name} not found: install Debian's postgresql package "
-            "(`apt-get install postgresql`; .ci/run does this)."
-        )
-    return found
-
-
-def as_postgres_user(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def pg_ctl(data: Path, *args: str) -> None:
-    """`pg_ctl -D data ARGS` as the user PostgreSQL runs as."""
-    cmd = as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), *args])
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-_CLUSTERS: dict[str, Path] = {}  # a `postgres` fixture's URI -> its data directory
-
-
-def restart_postgres(uri: str) -> None:
-    """Restart the `postgres` fixture's server behind `uri`: every connection to it drops."""
-    data = _CLUSTERS[uri]
-    pg_ctl(data, "-l", str(data.parent / "log"), "-m", "fast", "-w", "restart")
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +136,7 @@ def postgres() -> Iterator[str]:
     )
     pg_ctl(data, "-l", str(home / "log"), "-w", "start")
     uri = f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
-    _CLUSTERS[uri] = data
+    CLUSTERS[uri] = data
     try:
         createdb = [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow"]
         subprocess.run([*createdb, "mlflow"], check=True, capture_output=True)
@@ -402,5 +146,15 @@ def postgres() -> Iterator[str]:
             as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
             capture_output=True,
         )
-        _CLUSTERS.pop(uri, None)
+        CLUSTERS.pop(uri, None)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., str]]:
+    """`serve(folder, mode="ok", prefix="")`: an HTTP mirror of `folder` on 127.0.0.1 for the
+    test (see `helpers.MirrorHandler` for the modes); returns its URL."""
+    with ExitStack() as stack:
+        yield lambda folder, mode="ok", prefix="": stack.enter_context(
+            mirror(folder, mode, prefix)
+        )

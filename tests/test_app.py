@@ -11,12 +11,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, app_server, draw, line, read_answer, render, run, use_store
+from helpers import ROOT, app_server, draw, line, read_answer, render, run, sweep_runs
 
 N = 40  # test digits sent as pictures
 
@@ -25,9 +24,7 @@ N = 40  # test digits sent as pictures
 def runs(swept_project: Path) -> dict[str, object]:
     """The swept project's store, its parent run and its two child runs."""
     store = f"sqlite:///{swept_project}/mlflow.db"
-    use_store(store)
-    found = mlflow.search_runs(experiment_names=["mnist"], output_format="list")
-    parent = next(r for r in found if r.data.tags.get("sweep") == "parent")
+    (parent,), found = sweep_runs(store, "mnist")
     children = sorted(
         (r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
         key=lambda r: int(r.data.params["model.hidden_units"]),
@@ -40,8 +37,8 @@ def runs(swept_project: Path) -> dict[str, object]:
 def client(model_file: Path, runs: dict) -> Iterator:
     from fastapi.testclient import TestClient
 
-    from pipeline.app import create_app
-    from pipeline.predict import choose_model
+    from pipeline.app.server import create_app
+    from pipeline.tools.predict import choose_model
 
     app = create_app(choose_model(model_file), runs["store"], "http://mlflow.example.invalid")
     with TestClient(app) as test_client:

@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from pipeline.compare import format_table, rank, row_of
+from pipeline.sweeps.summary import format_table, rank, row_of
 
 
 def fake_run(

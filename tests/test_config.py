@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, run, run_stage
-from pipeline.config import CNNConfig, Config, MLPConfig, compose, params_yaml_text, validate
-from pipeline.errors import ConfigError
+from helpers import ROOT, copy_project, run, run_stage
+from pipeline.core.config import CNNConfig, Config, MLPConfig, compose, params_yaml_text, validate
+from pipeline.core.errors import ConfigError
 
 
 def test_params_yaml_is_conf_composed() -> None:

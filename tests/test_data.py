@@ -4,8 +4,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import load_split, read_idx, read_mnist_pair, save_split, sha256_file, write_idx
-from pipeline.errors import DataError
+from pipeline.core.data import (
+    load_split,
+    read_idx,
+    read_mnist_pair,
+    save_split,
+    sha256_file,
+    write_idx,
+)
+from pipeline.core.errors import DataError
 
 
 def test_idx_round_trip(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ tests (test_pipeline_e2e.py, test_sweep.py)."""
 
 import pytest
 
-from pipeline.config import compose, validate
-from pipeline.experiment import run_name
+from pipeline.core.config import compose, validate
+from pipeline.core.experiment import run_name
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,14 @@
 docs/reliability.md lists each case with the behaviour these tests check.
 """
 
-import functools
-import gzip
-import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -23,79 +18,19 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import NAMES, ROOT, run_env, run_stage, spec_of, use_store
-from pipeline.config import compose, validate
-from pipeline.data import save_split, sha256_file
-from pipeline.download import NoDowngradeRedirects, fetch_file
-from pipeline.errors import ConfigError, DataError, PipelineError
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; `mode` decides what goes wrong."""
-
-    mode = "ok"
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.mode == "html":
-            body = b"<html><body>Service moved</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        elif self.mode == "slow":
-            path = Path(self.translate_path(self.path))
-            if not path.is_file():
-                self.send_error(404)
-                return
-            data = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            time.sleep(20)
-        else:
-            super().do_GET()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def serve() -> Iterator:
-    servers = []
-
-    def start(folder: Path, mode: str) -> str:
-        handler = type(f"{mode}Handler", (Handler,), {"mode": mode})
-        server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
-        )
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def gz_copy(src: Path, dest: Path, truncate: bool = False) -> Path:
-    dest.mkdir()
-    for path in src.iterdir():
-        data = gzip.compress(path.read_bytes())
-        (dest / f"{path.name}.gz").write_bytes(data[: len(data) // 3] if truncate else data)
-    return dest
+from helpers import NAMES, ROOT, gzip_folder, run_env, run_stage, runs_in, spec_of
+from pipeline.core.config import compose, validate
+from pipeline.core.data import save_split, sha256_file
+from pipeline.core.download import NoDowngradeRedirects, fetch_file
+from pipeline.core.errors import ConfigError, DataError, PipelineError
 
 
 def test_html_and_truncated_mirrors_are_reported_then_the_next_is_used(
     small_mnist: Path, tmp_path: Path, serve, capsys: pytest.CaptureFixture
 ) -> None:
     html = serve(small_mnist, "html")
-    truncated = serve(gz_copy(small_mnist, tmp_path / "t", truncate=True), "ok")
-    good = serve(gz_copy(small_mnist, tmp_path / "g"), "ok")
+    truncated = serve(gzip_folder(small_mnist, tmp_path / "t", truncate=True), "ok")
+    good = serve(gzip_folder(small_mnist, tmp_path / "g"), "ok")
     spec = spec_of(small_mnist / NAMES[0])
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -168,7 +103,7 @@ def workdir(tmp_path: Path, params: dict) -> Path:
 
 def test_fetch_killed_mid_download_then_rerun(small_mnist: Path, tmp_path: Path, serve) -> None:
     work = workdir(tmp_path, small_params(small_mnist))
-    slow = serve(gz_copy(small_mnist, tmp_path / "slow"), "slow")
+    slow = serve(gzip_folder(small_mnist, tmp_path / "slow"), "slow")
     env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(work), MNIST_MIRROR=slow)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.fetch"],
@@ -185,7 +120,7 @@ def test_fetch_killed_mid_download_then_rerun(small_mnist: Path, tmp_path: Path,
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert not [p for p in raw.iterdir() if not p.name.startswith(".")]
-    good = serve(gz_copy(small_mnist, tmp_path / "good"), "ok")
+    good = serve(gzip_folder(small_mnist, tmp_path / "good"), "ok")
     run_stage("fetch", work, MNIST_MIRROR=good)
     assert sorted(p.name for p in raw.iterdir()) == sorted(NAMES)
     for name in NAMES:
@@ -204,18 +139,13 @@ def processed_workdir(small_mnist: Path, tmp_path: Path, **train: object) -> Pat
     return work
 
 
-def runs_in(work: Path) -> list:
-    use_store(f"sqlite:///{work}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["mnist"], output_format="list")
-
-
 def test_divergence_fails_the_run_and_leaves_no_model(small_mnist: Path, tmp_path: Path) -> None:
     work = processed_workdir(small_mnist, tmp_path, learning_rate=1e6, epochs=2)
     proc = run_stage("train", work, check=False)
     assert proc.returncode == 1
     assert "error: training diverged in epoch 1" in proc.stderr
     assert "Lower train.learning_rate (received 1000000.0)" in proc.stderr
-    (failed,) = runs_in(work)
+    (failed,) = runs_in(f"sqlite:///{work}/mlflow.db", "mnist")
     assert failed.info.status == "FAILED"
     assert "TrainingDiverged: training diverged" in failed.data.tags["failure_reason"]
     assert not (work / "models/model.keras").exists()
@@ -231,7 +161,7 @@ def test_evaluate_refuses_a_model_changed_after_training(
     proc = run_stage("evaluate", work, check=False)
     assert proc.returncode == 1
     assert "was changed since. Retrain with `uv run dvc repro --force train`." in proc.stderr
-    (changed,) = runs_in(work)
+    (changed,) = runs_in(f"sqlite:///{work}/mlflow.db", "mnist")
     assert changed.info.status == "FAILED"
     assert changed.data.tags["failure_reason"].startswith("DataError: ")
     assert not (work / "reports/metrics.json").exists()
@@ -259,7 +189,7 @@ def test_interrupted_training_ends_killed(small_mnist: Path, tmp_path: Path, sig
     proc = train_until_second_epoch(work)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) != 0
-    (killed,) = runs_in(work)
+    (killed,) = runs_in(f"sqlite:///{work}/mlflow.db", "mnist")
     assert killed.info.status == "KILLED"
     reason = killed.data.tags["failure_reason"]
     assert reason == f"KeyboardInterrupt: received {signal.Signals(sig).name}"
@@ -271,7 +201,7 @@ def test_sigkilled_run_is_found_and_marked_killed(small_mnist: Path, tmp_path: P
     proc = train_until_second_epoch(work)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    (orphan,) = runs_in(work)
+    (orphan,) = runs_in(f"sqlite:///{work}/mlflow.db", "mnist")
     assert orphan.info.status == "RUNNING"
     listed = run_stage("runs", work)
     assert "1 running, 1 orphaned, 0 marked KILLED" in listed.stdout
@@ -304,15 +234,16 @@ def test_tracking_server_down_fails_fast_before_training(
 LOGGER = """
 import sys, time
 import numpy as np
-from pipeline import tracking
-experiment_id = tracking.setup("load")
-with tracking.tracked_run(experiment_id, f"job-{sys.argv[1]}") as run_id:
+from pipeline.tracking import names, runs, store
+from pipeline.tracking import names
+experiment_id = store.setup("load")
+with runs.tracked_run(experiment_id, f"job-{sys.argv[1]}") as run_id:
     wave = sys.argv[1].split("-")[0]  # a new dataset (by its digest) per wave
-    tracking.set_tags(run_id, {"data.processed.test.sha256": wave})
+    runs.set_tags(run_id, {"data.processed.test.sha256": wave})
     time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all log it at once
-    tracking.log_datasets(run_id, {"test": (np.zeros((3, 28, 28)), np.zeros(3))})
+    runs.log_datasets(run_id, {"test": (np.zeros((3, 28, 28)), np.zeros(3))})
     for step in range(25):
-        tracking.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
+        runs.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
 """
 
 
@@ -334,8 +265,7 @@ def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
         ]
         errors = [p.stderr.read() for p in procs if p.wait(timeout=300) != 0]
         assert not errors, errors[0]
-    use_store(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["load"], output_format="list")
+    runs = runs_in(f"sqlite:///{tmp_path}/mlflow.db", "load")
     assert len(runs) == 12
     client = mlflow.MlflowClient()
     for r in runs:
@@ -348,7 +278,7 @@ def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
 def test_unsafe_or_changed_model_files_are_refused(tmp_path: Path) -> None:
     import keras
 
-    from pipeline.model import build_mlp, load_model
+    from pipeline.core.model import build_mlp, load_model
 
     lambda_model = keras.Sequential([keras.Input((28, 28)), keras.layers.Lambda(lambda x: x * 2)])
     lambda_model.save(tmp_path / "lambda.keras")

@@ -1,24 +1,13 @@
-import functools
 import gzip
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import NAMES, ROOT, run, spec_of
-from pipeline.data import sha256_file
-from pipeline.download import fetch_file, sources
-from pipeline.errors import DataError
-
-
-def gzip_folder(src: Path, dest: Path) -> Path:
-    dest.mkdir()
-    for path in src.iterdir():
-        (dest / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
-    return dest
+from helpers import NAMES, ROOT, gzip_folder, run, spec_of
+from pipeline.core.data import sha256_file
+from pipeline.core.download import fetch_file, sources
+from pipeline.core.errors import DataError
 
 
 @pytest.fixture
@@ -27,20 +16,8 @@ def gz_mirror(small_mnist: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def http_mirror(gz_mirror: Path) -> Iterator[str]:
-    handler = functools.partial(QuietHandler, directory=str(gz_mirror))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        yield f"http://127.0.0.1:{server.server_address[1]}/mnist/"
-        server.shutdown()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def translate_path(self, path: str) -> str:
-        return super().translate_path(path.removeprefix("/mnist"))
-
-    def log_message(self, *args: object) -> None:
-        pass
+def http_mirror(gz_mirror: Path, serve) -> str:
+    return serve(gz_mirror, prefix="/mnist")
 
 
 def test_sources_put_the_environment_mirror_first() -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import classification_report, confusion_matrix, cross_entropy
+from pipeline.core.metrics import classification_report, confusion_matrix, cross_entropy
 
 
 def one_hot_probs(pred: list[int], confidence: float = 0.91) -> np.ndarray:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run
-from pipeline.config import CNNConfig, MLPConfig, validate
-from pipeline.model import (
+from helpers import ROOT, run
+from pipeline.core.config import CNNConfig, MLPConfig, validate
+from pipeline.core.model import (
     build_cnn,
     build_mlp,
     build_model,
@@ -86,8 +86,8 @@ def test_limit_takes_the_first_examples() -> None:
 DETERMINISM_SCRIPT = """
 import sys
 import numpy as np
-from pipeline.config import compose, validate
-from pipeline.model import build_mlp, compile_model, fit, set_determinism, weights_sha256
+from pipeline.core.config import compose, validate
+from pipeline.core.model import build_mlp, compile_model, fit, set_determinism, weights_sha256
 cfg = validate(compose(["train.epochs=1", "train.batch_size=16"]))
 set_determinism(cfg.seed, int(sys.argv[1]), 1)
 rng = np.random.default_rng(0)
@@ -108,9 +108,9 @@ def test_same_seed_and_threads_give_bit_identical_weights() -> None:
 REUSE_SCRIPT = """
 import sys
 import numpy as np
-from pipeline.config import compose, validate
-from pipeline import model as core
-from pipeline.model import compiled_model, fit, set_determinism, weights_sha256
+from pipeline.core.config import compose, validate
+from pipeline.core import model as core
+from pipeline.core.model import compiled_model, fit, set_determinism, weights_sha256
 model = sys.argv[1]
 overrides = ["train.batch_size=16", f"model={model}"]
 if model == "cnn":
@@ -161,7 +161,7 @@ def test_weights_sha256_tracks_every_weight() -> None:
 
 def test_keras_still_has_the_private_build_the_training_loop_uses() -> None:
     assert hasattr(keras.Model, "_symbolic_build"), (
-        f"keras {keras.__version__} removed Model._symbolic_build, which pipeline.model."
+        f"keras {keras.__version__} removed Model._symbolic_build, which pipeline.core.model."
         "build_state calls to create loss and metric state before the compiled loop runs; "
         "find its replacement in keras/src/trainers/trainer.py or bound keras below this version "
         "in pyproject.toml"

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import copy_project, run, use_store
+from helpers import copy_project, run, runs_in, use_store
 
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 FIGURES = ["confusion_matrix.png", "learning_curves.png", "misclassified.png", "predictions.png"]
@@ -23,8 +23,7 @@ def dvc(project: Path, *args: str, check: bool = True):
 
 
 def runs(project: Path) -> list:
-    use_store(f"sqlite:///{project}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["mnist"], output_format="list")
+    return runs_in(f"sqlite:///{project}/mlflow.db", "mnist")
 
 
 def find_exp(node: object, name: str) -> dict | None:

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline import plots
+from pipeline.core import plots
 
 
 def rendered(fig: Figure, path: Path) -> int:

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, render, run, run_env, use_store
-from pipeline.images import load_image, normalize
+from helpers import ROOT, free_port, render, run, run_env, use_store
+from pipeline.core.images import load_image, normalize
 
 N = 100  # test digits rendered as images
 
@@ -127,20 +126,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: 
     """A store where three runs registered versions of mnist-digits, the second one the best."""
     import keras
 
-    from pipeline import tracking
+    from pipeline.tracking import registry, runs, store
 
     root = tmp_path_factory.mktemp("registry")
     saved = dict(os.environ)
     os.environ.update(DVC_ROOT=str(root), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
     try:
-        experiment_id = tracking.setup("serve")
+        experiment_id = store.setup("serve")
         model = keras.models.load_model(model_file)
         outcomes = []
         for accuracy in (0.95, 0.97, 0.96):
-            with tracking.tracked_run(experiment_id) as run_id:
-                uri = tracking.log_keras_model(run_id, model, mnist["xt"][:5])
-                tracking.log_metrics(run_id, {"test_accuracy": accuracy})
-                outcomes.append(tracking.register(run_id, uri, "mnist-digits", accuracy))
+            with runs.tracked_run(experiment_id) as run_id:
+                uri = runs.log_keras_model(run_id, model, mnist["xt"][:5])
+                runs.log_metrics(run_id, {"test_accuracy": accuracy})
+                outcomes.append(registry.register(run_id, uri, "mnist-digits", accuracy))
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -155,12 +154,6 @@ def test_champion_follows_the_best_accuracy(registry) -> None:
     assert str(champion.version) == "2"
     tags = mlflow.get_run(champion.run_id).data.tags
     assert tags["champion"] == "true" and tags["registered_version"] == "mnist-digits/2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from conftest import ROOT, run_stage
-from pipeline.data import class_counts, load_split, scale, sha256_file, split_validation
+from helpers import ROOT, run_stage
+from pipeline.core.data import class_counts, load_split, scale, sha256_file, split_validation
 
 
 def test_scale_maps_bytes_to_unit_floats() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, run_env
-from pipeline import provenance
+from helpers import ROOT, run, run_env
+from pipeline.tracking import provenance
 
 
 def test_git_state(tmp_path: Path) -> None:
@@ -43,5 +43,5 @@ def test_provenance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_provenance_needs_no_mlflow() -> None:
-    probe = "import sys, pipeline.provenance; print('mlflow' in sys.modules)"
+    probe = "import sys, pipeline.tracking.provenance; print('mlflow' in sys.modules)"
     assert run([sys.executable, "-c", probe], ROOT).stdout.strip() == "False"

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import copy_project, run, use_store
+from helpers import copy_project, run, use_store
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_missing_commit(made: tuple[Path, str]) -> None:
 
 
 def test_verdict_uses_the_tolerance_only_when_the_environment_differs() -> None:
-    from pipeline.reproduce import TOLERANCE, verdict
+    from pipeline.tools.reproduce import TOLERANCE, verdict
 
     rows = [("weights_sha256", "aa", "bb"), ("test_accuracy", 0.9750, 0.9750 + TOLERANCE / 2)]
     lines, ok = verdict(rows, env_diff=[])

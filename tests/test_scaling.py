@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import (
+from helpers import (
     ROOT,
     assert_complete_child,
     copy_project,
@@ -29,10 +29,11 @@ from conftest import (
     restart_postgres,
     run,
     run_env,
+    runs_in,
     serving,
     use_store,
 )
-from pipeline.config import params_yaml_text
+from pipeline.core.config import params_yaml_text
 
 QUICK = ["train.max_examples=2000", "train.epochs=2"]
 
@@ -50,11 +51,6 @@ def server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield url, artifacts
 
 
-def runs_on(url: str, experiment: str) -> list:
-    use_store(url)
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
-
-
 def test_pipeline_and_parallel_sweep_on_team_server(
     server: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -65,7 +61,7 @@ def test_pipeline_and_parallel_sweep_on_team_server(
     run(["dvc", "repro"], project)
     assert not (project / "mlflow.db").exists(), "the run went to the local store"
 
-    (single,) = runs_on(url, "team")
+    (single,) = runs_in(url, "team")
     client = mlflow.MlflowClient()
     assert single.info.status == "FINISHED"
     assert len(client.get_metric_history(single.info.run_id, "val_accuracy")) == 2
@@ -87,7 +83,7 @@ def test_pipeline_and_parallel_sweep_on_team_server(
     ]  # fmt: skip
     proc = run(sweep, project)
     assert "4 runs, 4 configurations, best first" in proc.stdout
-    found = runs_on(url, "team-sweep")
+    found = runs_in(url, "team-sweep")
     (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
     children = [r for r in found if r is not parent]
     assert parent.info.status == "FINISHED" and len(children) == 4
@@ -113,7 +109,7 @@ def test_postgres_restarted_between_stages_and_evaluate_logs_to_trains_run(
     trained = json.loads((project / "models/run.json").read_text())["run_id"]
     restart_postgres(postgres)  # every connection the server holds is gone
     run(["dvc", "repro", "evaluate"], project)
-    (one,) = runs_on(url, "pg-restart")
+    (one,) = runs_in(url, "pg-restart")
     assert one.info.run_id == trained and one.info.status == "FINISHED"
     assert one.data.metrics["test_accuracy"] > 0.8
     figures = {a.path for a in mlflow.MlflowClient().list_artifacts(trained, "figures")}
@@ -164,18 +160,18 @@ def test_server_stopped_mid_sweep(postgres: str, tmp_path: Path) -> None:
         parent_id = done[0].data.tags["mlflow.parentRunId"]
         for child in done:
             assert_complete_child(child, parent_id, epochs=2)
-        left_open = [r for r in runs_on(url, "stopped") if r.info.status == "RUNNING"]
+        left_open = [r for r in runs_in(url, "stopped") if r.info.status == "RUNNING"]
         assert left_open  # at least the parent, which the sweep could not close
         cleanup = run(["python", "-m", "pipeline.runs", "--cleanup"], project)
         assert f"{len(left_open)} marked KILLED" in cleanup.stdout, cleanup.stdout
-        after = {r.info.run_id: r.info.status for r in runs_on(url, "stopped")}
+        after = {r.info.run_id: r.info.status for r in runs_in(url, "stopped")}
         assert all(after[r.info.run_id] == "KILLED" for r in left_open)
         assert "RUNNING" not in after.values()
 
 
 def finished_children(url: str, experiment: str) -> list:
     try:
-        runs = runs_on(url, experiment)
+        runs = runs_in(url, experiment)
     except mlflow.exceptions.MlflowException:
         return []  # not created yet
     return [
@@ -213,7 +209,7 @@ def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None
     # A job on another machine gets the prepared data from the remote, not from a download.
     shutil.rmtree(second / "data/processed")
     shutil.rmtree(second / ".dvc/cache")
-    pull = "from pathlib import Path; from pipeline.data import prepared; "
+    pull = "from pathlib import Path; from pipeline.core.data import prepared; "
     pull += "print(len(prepared(Path.cwd(), 'train')[1]))"
     proc = run(["python", "-c", pull], second, MNIST_MIRROR=str(tmp_path / "no-mirror"))
     assert proc.stdout.strip().splitlines()[-1] == "54000"

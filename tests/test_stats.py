@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from pipeline.stats import aggregate, mean_sd_ci95, welch_p
+from pipeline.sweeps.stats import aggregate, mean_sd_ci95, welch_p
 
 
 def test_mean_sd_and_95_percent_interval_of_the_mean() -> None:

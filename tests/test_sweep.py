@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import assert_complete_child, copy_project, run, run_env, use_store
+from helpers import assert_complete_child, copy_project, run, run_env, sweep_runs
 
 QUICK = ["train.max_examples=1000"]
 
@@ -32,10 +32,7 @@ def sweep(project: Path, experiment: str, *overrides: str, check: bool = True):
 
 def runs_of(project: Path, experiment: str) -> tuple[list, list]:
     """(parent runs, child runs) of `experiment` in the project's store."""
-    use_store(f"sqlite:///{project}/mlflow.db")
-    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-    parents = [r for r in found if r.data.tags.get("sweep") == "parent"]
-    return parents, [r for r in found if r not in parents]
+    return sweep_runs(f"sqlite:///{project}/mlflow.db", experiment)
 
 
 def parent_artifacts(parent) -> set[str]:
@@ -256,7 +253,7 @@ def test_optuna_search_keeps_its_study_in_the_parent_and_resumes(project: Path) 
 def test_standard_grid_preset() -> None:
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR
+    from pipeline.core.config import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["+sweep=hidden_epochs"], return_hydra_config=True)

@@ -18,15 +18,16 @@ import mlflow.server
 import pytest
 import requests
 
-from conftest import (
+from helpers import (
     assert_complete_child,
     copy_project,
     mlflow_server,
     postgres_bin,
     run,
+    sweep_runs,
     use_store,
 )
-from pipeline.config import params_yaml_text
+from pipeline.core.config import params_yaml_text
 
 EXPERIMENT, MODEL = "team", "team-digits"
 ADMIN = ("admin", secrets.token_urlsafe(18))
@@ -183,9 +184,7 @@ def test_eight_jobs_log_to_the_team_server_at_once(project: Path, team: str) -> 
     ]  # fmt: skip
     proc = run(sweep, project, **as_user(EDITOR))
     assert "8 runs, 8 configurations" in proc.stdout and not (project / "mlflow.db").exists()
-    found = mlflow.search_runs(experiment_names=["team-sweep"], output_format="list")
-    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
-    children = [r for r in found if r is not parent]
+    (parent,), children = sweep_runs(mlflow.get_tracking_uri(), "team-sweep")
     assert parent.info.status == "FINISHED" and len(children) == 8
     for child in children:
         assert_complete_child(child, parent.info.run_id, epochs=2, examples=500)

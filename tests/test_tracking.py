@@ -7,12 +7,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import ROOT, run_env, use_store
-from pipeline import tracking
+from helpers import ROOT, run_env, use_store
+from pipeline.core.config import flatten
+from pipeline.tracking import names, runs, store
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project root with its own sqlite store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -20,49 +21,49 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def experiment_id(store: Path) -> str:
-    return tracking.setup("tests")
+def experiment_id(local_store: Path) -> str:
+    return store.setup("tests")
 
 
-def test_store_is_sqlite_and_mlruns_at_the_root(store: Path, experiment_id: str) -> None:
-    assert mlflow.get_tracking_uri() == f"sqlite:///{store}/mlflow.db"
+def test_store_is_sqlite_and_mlruns_at_the_root(local_store: Path, experiment_id: str) -> None:
+    assert mlflow.get_tracking_uri() == f"sqlite:///{local_store}/mlflow.db"
     experiment = mlflow.get_experiment_by_name("tests")
-    assert experiment.artifact_location == (store / "mlruns").as_uri()
+    assert experiment.artifact_location == (local_store / "mlruns").as_uri()
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert (store / "mlflow.db").is_file()
-    assert tracking.setup("tests") == experiment.experiment_id == experiment_id
+    assert (local_store / "mlflow.db").is_file()
+    assert store.setup("tests") == experiment.experiment_id == experiment_id
 
 
 def test_user_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert store.tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://10.0.0.1:5000"
-    assert tracking.tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store.tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://10.0.0.1:5000"
+    assert store.tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def test_finished_failed_and_killed(experiment_id: str) -> None:
-    with tracking.tracked_run(experiment_id, "ok") as ok:
-        tracking.log_metrics(ok, {"m": 1.0})
-    with pytest.raises(ValueError), tracking.tracked_run(experiment_id, "boom") as failed:
+    with runs.tracked_run(experiment_id, "ok") as ok:
+        runs.log_metrics(ok, {"m": 1.0})
+    with pytest.raises(ValueError), runs.tracked_run(experiment_id, "boom") as failed:
         raise ValueError("bad things")
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(experiment_id, "ctrl-c") as killed:
+    with pytest.raises(KeyboardInterrupt), runs.tracked_run(experiment_id, "ctrl-c") as killed:
         raise KeyboardInterrupt
     status = {r: mlflow.get_run(r) for r in (ok, failed, killed)}
     assert status[ok].info.status == "FINISHED"
     assert status[failed].info.status == "FAILED"
-    assert status[failed].data.tags[tracking.FAILURE_TAG] == "ValueError: bad things"
+    assert status[failed].data.tags[names.FAILURE_TAG] == "ValueError: bad things"
     assert status[killed].info.status == "KILLED"
     assert status[ok].data.metrics == {"m": 1.0} and mlflow.active_run() is None
 
 
 def test_logging_goes_to_the_named_run_not_the_active_one(experiment_id: str) -> None:
     with (
-        tracking.tracked_run(experiment_id, "explicit") as explicit,
+        runs.tracked_run(experiment_id, "explicit") as explicit,
         mlflow.start_run(experiment_id=experiment_id, run_name="active") as active,
     ):
-        tracking.log_params(explicit, {f"p{i}": i for i in range(150)})
-        tracking.log_metrics(explicit, {"loss": 0.5}, step=3)
+        runs.log_params(explicit, {f"p{i}": i for i in range(150)})
+        runs.log_metrics(explicit, {"loss": 0.5}, step=3)
     assert mlflow.get_run(active.info.run_id).data.params == {}
     logged = mlflow.get_run(explicit)
     assert len(logged.data.params) == 150 and logged.data.params["p149"] == "149"
@@ -73,9 +74,9 @@ def test_logging_goes_to_the_named_run_not_the_active_one(experiment_id: str) ->
 def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     script = (
         "import time, mlflow\n"
-        "from pipeline import tracking\n"
-        "experiment_id = tracking.setup('tests')\n"
-        "with tracking.tracked_run(experiment_id, 'long') as run_id:\n"
+        "from pipeline.tracking import runs, store\n"
+        "experiment_id = store.setup('tests')\n"
+        "with runs.tracked_run(experiment_id, 'long') as run_id:\n"
         "    print(run_id, flush=True)\n"
         "    time.sleep(60)\n"
     )
@@ -96,28 +97,28 @@ def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     use_store(f"sqlite:///{tmp_path}/mlflow.db")
     run = mlflow.get_run(run_id)
     assert run.info.status == "KILLED"
-    assert "SIGTERM" in run.data.tags[tracking.FAILURE_TAG]
+    assert "SIGTERM" in run.data.tags[names.FAILURE_TAG]
 
 
 def test_flatten(default_config) -> None:
-    flat = tracking.flatten(default_config.to_dict())
+    flat = flatten(default_config.to_dict())
     assert flat["model.hidden_units"] == 128 and flat["train.epochs"] == 5
     assert flat["data.files.train_images.sha256"].startswith("ba891046")
 
 
 def test_model_run_logs_config_and_the_diff_of_a_dirty_tree(
-    store: Path, experiment_id: str
+    local_store: Path, experiment_id: str
 ) -> None:
     env = run_env()
-    git = ["git", "-C", str(store)]
+    git = ["git", "-C", str(local_store)]
     subprocess.run([*git, "init", "-q"], check=True, env=env)
-    (store / "code.py").write_text("x = 1\n")
+    (local_store / "code.py").write_text("x = 1\n")
     subprocess.run([*git, "add", "code.py"], check=True, env=env)
     subprocess.run([*git, "commit", "-qm", "x"], check=True, env=env)
-    with tracking.model_run(store, "seed: 1\n", {}, experiment_id, "clean") as clean:
+    with runs.model_run(local_store, "seed: 1\n", {}, experiment_id, "clean") as clean:
         pass
-    (store / "code.py").write_text("x = 2\n")
-    with tracking.model_run(store, "seed: 2\n", {}, experiment_id, "dirty") as dirty:
+    (local_store / "code.py").write_text("x = 2\n")
+    with runs.model_run(local_store, "seed: 2\n", {}, experiment_id, "dirty") as dirty:
         pass
     client = mlflow.MlflowClient()
     assert [a.path for a in client.list_artifacts(clean)] == ["config.yaml"]
@@ -130,12 +131,12 @@ def test_model_run_logs_config_and_the_diff_of_a_dirty_tree(
 
 def test_read_run_id_errors(experiment_id: str, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="run.json not found"):
-        tracking.read_run(tmp_path / "run.json")
+        runs.read_run(tmp_path / "run.json")
     (tmp_path / "run.json").write_text('{"run_id": "0123456789abcdef", "experiment_id": "1"}')
     with pytest.raises(
         Exception, match="no run '0123456789abcdef' in the MLflow store .*run.json names it"
     ):
-        tracking.read_run(tmp_path / "run.json")
+        runs.read_run(tmp_path / "run.json")
 
 
 def test_splits_are_logged_as_datasets_and_figures_as_keyed_images(
@@ -146,11 +147,11 @@ def test_splits_are_logged_as_datasets_and_figures_as_keyed_images(
 
     digest = "ab" * 32
     tags = {"data.processed.train.sha256": digest}
-    with tracking.tracked_run(experiment_id, "data", tags) as run_id:
+    with runs.tracked_run(experiment_id, "data", tags) as run_id:
         x, y = np.zeros((7, 28, 28), np.float32), np.zeros(7, np.uint8)
-        tracking.log_datasets(run_id, {"train": (x, y), "test": (x[:3], y[:3])})
+        runs.log_datasets(run_id, {"train": (x, y), "test": (x[:3], y[:3])})
         Image.new("RGB", (40, 30), "red").save(tmp_path / "confusion_matrix.png")
-        tracking.log_images(run_id, tmp_path)
+        runs.log_images(run_id, tmp_path)
     inputs = {d.dataset.name: d for d in mlflow.get_run(run_id).inputs.dataset_inputs}
     assert set(inputs) == {"mnist-train", "mnist-test"}
     train = inputs["mnist-train"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import (
+from helpers import (
     mlflow_server,
     use_store,
 )

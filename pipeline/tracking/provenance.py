@@ -1,7 +1,7 @@
 """What a result was made from: git state, digests, library versions, processor. No MLflow here.
 
-Plain functions returning plain strings; tracking.py records them as run tags, reproduce.py
-compares them. The tag names they produce are the `PROVENANCE_*` constants below.
+Plain functions returning plain strings; tracking/runs.py records them as run tags,
+tools/reproduce.py compares them. The tag names they produce live in tracking/names.py.
 """
 
 from __future__ import annotations
@@ -14,21 +14,13 @@ from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
-from pipeline.data import sha256_file
+from pipeline.core.data import sha256_file
+from pipeline.tracking import names
 
 ENV_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy")
 REPRODUCES_ENV = "PIPELINE_REPRODUCES"  # set by reproduce.py for the run it makes
 DVC_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")  # set by `dvc exp run`
 
-GIT_COMMIT = "git_commit"
-GIT_BRANCH = "git_branch"
-GIT_DIRTY = "git_dirty"
-PARAMS_SHA256 = "params_sha256"
-UV_LOCK_SHA256 = "uv_lock_sha256"
-REPRODUCES = "reproduces"
-DATA_PREFIX = "data."  # data.<file>.sha256
-ENV_PREFIX = "env."  # env.python, env.cpu, env.<package>
-NOT_IN_GIT = "none"
 # Not code: DVC rewrites dvc.lock while the pipeline runs, and `dvc exp run -S` rewrites
 # params.yaml, which every run records whole (config.yaml, params_sha256).
 NOT_CODE = (":!dvc.lock", ":!params.yaml")
@@ -54,12 +46,12 @@ def git_state(root: Path) -> dict[str, str]:
     """Commit, branch and dirty flag of the code at `root` (dvc.lock and params.yaml aside)."""
     commit = git(root, "rev-parse", "HEAD")
     if commit is None:
-        return {GIT_COMMIT: NOT_IN_GIT}
+        return {names.GIT_COMMIT: names.NOT_IN_GIT}
     status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE)
     return {
-        GIT_COMMIT: commit,
-        GIT_BRANCH: git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
-        GIT_DIRTY: str(bool(status)).lower(),
+        names.GIT_COMMIT: commit,
+        names.GIT_BRANCH: git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
+        names.GIT_DIRTY: str(bool(status)).lower(),
     }
 
 
@@ -81,8 +73,11 @@ def cpu_model() -> str:
 
 def environment() -> dict[str, str]:
     """What else the numbers depend on: interpreter, library versions, processor."""
-    env = {f"{ENV_PREFIX}python": platform.python_version(), f"{ENV_PREFIX}cpu": cpu_model()}
-    env.update({f"{ENV_PREFIX}{pkg}": version(pkg) for pkg in ENV_PACKAGES})
+    env = {
+        f"{names.ENV_PREFIX}python": platform.python_version(),
+        f"{names.ENV_PREFIX}cpu": cpu_model(),
+    }
+    env.update({f"{names.ENV_PREFIX}{pkg}": version(pkg) for pkg in ENV_PACKAGES})
     return env
 
 
@@ -99,13 +94,13 @@ def provenance(
     resolved config, of uv.lock and of each data file, and the environment.
     """
     tags = git_state(code_dir)
-    tags[PARAMS_SHA256] = sha256_text(config_text)
+    tags[names.PARAMS_SHA256] = sha256_text(config_text)
     lock = code_dir / "uv.lock"
     if lock.is_file():
-        tags[UV_LOCK_SHA256] = sha256_file(lock)
-    tags.update({f"{DATA_PREFIX}{name}.sha256": d for name, d in data_digests.items()})
+        tags[names.UV_LOCK_SHA256] = sha256_file(lock)
+    tags.update({f"{names.DATA_PREFIX}{name}.sha256": d for name, d in data_digests.items()})
     tags.update({var.lower(): os.environ[var] for var in DVC_ENV if os.environ.get(var)})
     if os.environ.get(REPRODUCES_ENV):
-        tags[REPRODUCES] = os.environ[REPRODUCES_ENV]
+        tags[names.REPRODUCES] = os.environ[REPRODUCES_ENV]
     tags.update(environment())
     return tags

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import FileSpec, load_params
-from pipeline.errors import DataError
-from pipeline.paths import PARAMS_FILE, PROCESSED_DIR, RAW_DIR
+from pipeline.core.config import FileSpec, load_params
+from pipeline.core.errors import DataError
+from pipeline.core.paths import PARAMS_FILE, PROCESSED_DIR, RAW_DIR
 
 UBYTE = 0x08
 IMAGE_SHAPE = (28, 28)

@@ -13,8 +13,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.data import IMAGE_SHAPE
-from pipeline.errors import DataError
+from pipeline.core.data import IMAGE_SHAPE
+from pipeline.core.errors import DataError
 
 BOX = 20  # MNIST fits each digit into 20x20 ...
 SIZE = IMAGE_SHAPE[0]  # ... centred by mass in 28x28

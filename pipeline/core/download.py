@@ -21,9 +21,9 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from pipeline.config import FileSpec
-from pipeline.data import sha256_file
-from pipeline.errors import DataError
+from pipeline.core.config import FileSpec
+from pipeline.core.data import sha256_file
+from pipeline.core.errors import DataError
 
 MIRROR_ENV = "MNIST_MIRROR"
 

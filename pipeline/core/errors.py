@@ -6,6 +6,7 @@ prints it as one line on stderr and exits non-zero instead of showing a tracebac
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -35,7 +36,7 @@ def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -
     With `skip_teardown`, a `main` that succeeded ends with `exit_now`: the next stage starts
     sooner.
     """
-    from pipeline.console import quiet
+    from pipeline.core.console import quiet
 
     quiet()
     try:
@@ -54,3 +55,16 @@ def exit_now() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def command_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser for `uv run python -m pipeline.<command>`: its usage line names the
+    command as users type it, its help is the module's docstring."""
+    text = (doc or "").strip()
+    summary, _, details = text.partition("\n\n")
+    return argparse.ArgumentParser(
+        prog=f"uv run python -m pipeline.{command}",
+        description=summary,
+        epilog=details or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

@@ -5,13 +5,12 @@ Pages: `/` (draw, or drop a photo or scan) and `/compare?runs=ID1,ID2,...` or
 the figures row by row). JSON: `POST /api/predict` (multipart field `image`, PNG or JPEG),
 `GET /api/model`. The model is the registry's champion unless `--model PATH`, `--run RUN_ID` or
 `--model-uri URI` names another (as for `pipeline.predict`); runs are read from the MLflow store
-the pipeline uses. Pages, scripts and styles ship in `pipeline/web/`: no CDN, works offline.
+the pipeline uses. Pages, scripts and styles ship in `pipeline/app/web/`: no CDN, works offline.
 Command: `uv run python -m pipeline.app [--port 8000] [--host 127.0.0.1]`.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import io
@@ -30,9 +29,9 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
 
-from pipeline.errors import DataError, PipelineError, run_cli
-from pipeline.images import ImageTooLarge
-from pipeline.predict import Chosen, choose_model, read_digit, top3
+from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
+from pipeline.core.images import ImageTooLarge
+from pipeline.tools.predict import Chosen, choose_model, read_digit, top3
 
 WEB = Path(__file__).parent / "web"
 MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused unread
@@ -236,7 +235,7 @@ def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> 
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser("app", __doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to serve on (8000)")
     source = parser.add_mutually_exclusive_group()
@@ -251,11 +250,11 @@ def main(argv: list[str]) -> None:
 
     import uvicorn
 
-    from pipeline import tracking
+    from pipeline.tracking import store
 
     chosen = choose_model(args.model, args.run, args.model_uri, champion=True)
-    store = tracking.connect(tracking.configured_uri())
-    ui = args.mlflow_ui or (store if store.startswith(("http://", "https://")) else None)
+    store_uri = store.connect(store.configured_uri())
+    ui = args.mlflow_ui or (store_uri if store_uri.startswith(("http://", "https://")) else None)
     if args.host not in LOOPBACK:
         print(
             f"warning: serving on {args.host}: anyone who can reach this machine can use the "
@@ -270,5 +269,9 @@ def main(argv: list[str]) -> None:
         raise PipelineError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
 
 
-if __name__ == "__main__":
+def cli() -> None:
     run_cli(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

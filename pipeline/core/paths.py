@@ -3,12 +3,12 @@
 The root is the current directory: DVC runs every stage there (a queued experiment in its
 temporary copy), and commands are run from the project folder. A sweep's jobs take the root their
 sweep was launched from, wherever a launcher runs them. Everything below is relative to the root,
-as in dvc.yaml. (The MLflow store has a location of its own: see tracking.py.)
+as in dvc.yaml. (The MLflow store has a location of its own: see tracking/store.py.)
 """
 
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # pipeline/
 CONF_DIR = PACKAGE_DIR.parent / "conf"  # code, so it sits beside the package it configures
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file, prepared
-from pipeline.errors import PipelineError
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file, prepared
+from pipeline.core.errors import PipelineError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, validation included
@@ -293,8 +293,9 @@ def build_state(model: keras.Model, batch: tuple[Any, Any]) -> None:
     """
     if not hasattr(model, "_symbolic_build"):
         raise PipelineError(
-            f"keras {keras.__version__} has no Model._symbolic_build, which pipeline.model.fit "
-            "uses to build loss and metric state; install the keras version uv.lock pins."
+            f"keras {keras.__version__} has no Model._symbolic_build, which "
+            "pipeline.core.model.fit uses to build loss and metric state; install the keras "
+            "version uv.lock pins."
         )
     model._symbolic_build(data_batch=batch)
 

@@ -2,19 +2,38 @@
 
 A sweep job trains a model and predicts the test set in its main thread, then hands the rest of
 the model's run to this process's `Finishing`: the logging and saving training held back
-(`experiment.Deferred`), figures, test metrics and artifacts (`experiment.evaluate`), then
-closing the run. One module holds it, so that the jobs and the sweep's end (`pipeline.sweep`,
-also run as `__main__`) share one.
+(`Deferred`), figures, test metrics and artifacts (`experiment.evaluate_model`), then closing
+the run. One module holds it, so that the jobs and the sweep's end share one per process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
+
+
+class Deferred:
+    """Calls on a model's run held back, to be made in order by `replay`: passed to
+    `experiment.train_model` as its `record`, so the next model starts training at once."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[Future, Callable[[], Any]]] = []
+
+    def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        self._calls.append((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def replay(self) -> None:
+        """Make the held calls in order. The first that fails raises; the rest are dropped."""
+        calls, self._calls = self._calls, []
+        for future, call in calls:
+            future.set_result(call())
 
 
 class Finishing:
@@ -60,17 +79,17 @@ def _lowest_priority() -> None:
 
 
 def _finish(run_id: str, evaluate: Callable[[], Any]) -> None:
-    from pipeline import tracking
+    from pipeline.tracking import runs, store
 
     # A server that stopped answering fails the model here, in a moment: its run, which could
     # not be closed either, is left for `pipeline.runs --cleanup`.
-    tracking.check_store()
+    store.check_store()
     try:
         evaluate()
     except BaseException as exc:
-        tracking.close_run(run_id, exc)
+        runs.close_run(run_id, exc)
         raise
-    tracking.close_run(run_id)
+    runs.close_run(run_id)
 
 
 _finishing: Finishing | None = None  # this process's, made by its first job

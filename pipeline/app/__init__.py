@@ -1,0 +1,4 @@
+"""The web app (`server`): draw or upload an image, see the champion's answer; compare runs.
+
+Templates and static files are in web/. Imports `core`, `tracking` and `tools.predict`.
+"""

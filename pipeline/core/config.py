@@ -1,0 +1,320 @@
+"""The configuration schema: every key a user can set, its type and the values it allows.
+
+Inputs: `params.yaml` (what `dvc repro` runs with) or `conf/` composed by Hydra with overrides.
+Outputs: a validated, frozen `Config` (pydantic), or a `ConfigError` naming the key, the value
+and what is allowed, raised before any stage does work.
+
+Command: `uv run python -m pipeline.config` regenerates `params.yaml` from `conf/`;
+`--check` only reports whether it has drifted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.core.errors import ConfigError, command_parser, run_cli
+from pipeline.core.paths import CONF_DIR, PARAMS_FILE, project_root
+
+
+@dataclass(frozen=True)
+class Says:
+    """How a key is described in errors: its type, and the values it allows."""
+
+    kind: str
+    allowed: str = ""
+
+
+def _check(ok: Any) -> AfterValidator:
+    def validate(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError("not allowed")
+        return value
+
+    return AfterValidator(validate)
+
+
+PositiveInt = Annotated[int, Field(gt=0), Says("an integer", "an integer > 0")]
+PositiveFloat = Annotated[float, Field(gt=0), Says("a number", "a number > 0")]
+NonEmpty = Annotated[str, Field(min_length=1), Says("a string", "a non-empty value")]
+
+MNIST_FILES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class FileSpec(Section):
+    name: NonEmpty
+    bytes: PositiveInt
+    sha256: Annotated[
+        str, Field(pattern="^[0-9a-f]{64}$"), Says("a string", "64 lowercase hex digits")
+    ]
+
+
+class DataConfig(Section):
+    name: Annotated[str, Says("a string")]
+    mirrors: Annotated[
+        list[str],
+        Field(min_length=1),
+        _check(lambda v: all(m.startswith("https://") for m in v)),
+        Says("a list of a string", "a non-empty list of an https:// URL"),
+    ]
+    files: Annotated[
+        dict[str, FileSpec],
+        _check(lambda v: sorted(v) == sorted(MNIST_FILES)),
+        Says("a mapping", "a mapping with exactly the keys " + ", ".join(MNIST_FILES)),
+    ]
+    timeout_s: PositiveFloat
+    val_fraction: Annotated[
+        float, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
+    ]
+
+
+class MLPConfig(Section):
+    name: Literal["mlp"]
+    hidden_units: PositiveInt
+
+
+class CNNConfig(Section):
+    name: Literal["cnn"]
+    filters: Annotated[
+        list[PositiveInt],
+        Field(min_length=1),
+        Says("a list of an integer", "a non-empty list of an integer > 0"),
+    ]
+    kernel_size: Annotated[Literal[1, 3, 5, 7], Says("an integer", "an odd integer from 1 to 7")]
+    hidden_units: PositiveInt
+    dropout: Annotated[float, Field(ge=0, lt=1), Says("a number", "a number in [0, 1)")]
+
+
+MODELS: dict[str, type[Section]] = {"mlp": MLPConfig, "cnn": CNNConfig}
+ModelConfig = Annotated[
+    MLPConfig | CNNConfig,
+    Field(discriminator="name"),
+    Says("a mapping", "one of " + ", ".join(map(repr, MODELS)) + " (model=NAME)"),
+]
+
+
+def _choice(*options: str) -> Any:
+    return Annotated[Literal[options], Says("a string", "one of " + ", ".join(map(repr, options)))]
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: _choice("adam", "sgd", "rmsprop")
+    learning_rate: PositiveFloat
+    loss: _choice("sparse_categorical_crossentropy")
+    metrics: Annotated[
+        list[Literal["accuracy"]],
+        Field(min_length=1),
+        Says("a list of a string", "a non-empty list of one of 'accuracy'"),
+    ]
+    max_examples: Annotated[
+        Annotated[int, Field(gt=0)] | None, Says("an integer or null", "an integer > 0")
+    ]
+    intra_op_threads: PositiveInt
+    inter_op_threads: PositiveInt
+    jit_compile: Annotated[bool, Says("true or false")]
+
+
+def _server_url(value: str | None) -> bool:
+    if value is None:
+        return True
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+
+
+class TrackingConfig(Section):
+    experiment_name: NonEmpty
+    registered_model: NonEmpty
+    uri: Annotated[
+        str | None,
+        _check(_server_url),
+        Says(
+            "a string or null",
+            "null (the local store) or an http(s):// server URL without credentials (set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead)",
+        ),
+    ]
+
+
+class SweepConfig(Section):
+    seeds: PositiveInt
+
+
+class Config(Section):
+    seed: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+    sweep: SweepConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: the resolved config as MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# ---- errors: one pydantic error -> the message a user can act on --------------------------
+
+TYPE_ERRORS = ("_type", "_parsing", "is_instance_of", "union_tag_not_found")
+
+
+def _says(annotation: Any, info: Any = None) -> Says | None:
+    for meta in [*getattr(info, "metadata", []), *getattr(annotation, "__metadata__", ())]:
+        if isinstance(meta, Says):
+            return meta
+    return None
+
+
+def _explain(error: dict[str, Any], data: Any) -> str:
+    """Walk the error's location through the schema and the input alongside it."""
+    cls: Any = Config
+    value, keys, says = data, [], None
+    loc = list(error["loc"])
+    while loc:
+        part = loc.pop(0)
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+            info = cls.model_fields[part]
+            keys.append(str(part))
+            value = value.get(part) if isinstance(value, dict) else None
+            says, cls = _says(info.annotation, info), info.annotation
+            if isinstance(says, Says) and loc and isinstance(loc[0], int):
+                break  # a list is judged whole: "received [8, -2]"
+            if cls in (MLPConfig | CNNConfig,) and loc:  # the union's tag: "cnn"
+                cls = MODELS[loc.pop(0)]
+        elif isinstance(cls, type) and issubclass(cls, BaseModel):  # unknown key
+            where = ".".join(keys) or "the config"
+            return (
+                f"unknown config key {'.'.join([*keys, str(part)])} (value {error['input']!r}); "
+                f"{where} allows only: {', '.join(cls.model_fields)}."
+            )
+        elif isinstance(part, str) and isinstance(value, dict):  # a dict's own key
+            keys[-1] = f"{keys[-1]}.{part}"
+            value, cls, says = value.get(part), FileSpec, None
+        else:
+            break
+    key = ".".join(keys) or "the config"
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing config key {key}; add it to conf/ or params.yaml."
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        key, value = f"{key}.name", value.get("name") if isinstance(value, dict) else None
+        allowed = _says(ModelConfig).allowed
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        allowed = "a mapping"
+    elif kind.endswith(TYPE_ERRORS):
+        allowed = says.kind if says else "a mapping"
+    else:
+        allowed = says.allowed if says else error["msg"]
+    return (
+        f"{key} must be {allowed}, received {value!r}. "
+        f"Fix it in conf/ (then `uv run python -m pipeline.config`) or in your override "
+        f"(e.g. `dvc exp run -S {key}=...`)."
+    )
+
+
+def validate(data: dict[str, Any]) -> Config:
+    """Turn a plain mapping (a composed config) into a `Config`, or raise `ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the config must be a mapping, received {data!r}.")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # Unknown and missing keys first: a value is only judged once its key is right.
+        first = min(errors, key=lambda e: e["type"] not in ("extra_forbidden", "missing"))
+        raise ConfigError(_explain(first, data)) from None
+
+
+def load_params(path: Path | None = None) -> Config:
+    """Read and validate `params.yaml`, the configuration every DVC stage runs with."""
+    path = Path(path) if path else project_root() / PARAMS_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} not found (cwd {Path.cwd()}); run stages from the project root, "
+            "or regenerate it with `uv run python -m pipeline.config`."
+        )
+    with path.open(encoding="utf-8") as fh:
+        return validate(yaml.safe_load(fh))
+
+
+def compose(overrides: list[str] | None = None) -> dict[str, Any]:
+    """Compose `conf/` with Hydra, the way DVC does for `dvc exp run -S`, into plain data."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app (a sweep job): conf/
+            cfg = hydra_compose(config_name="config", overrides=overrides or [])
+        else:
+            with initialize_config_dir(str(CONF_DIR), version_base=None):
+                cfg = hydra_compose(config_name="config", overrides=overrides or [])
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose conf/ with overrides {overrides}: {exc}") from exc
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def params_yaml_text(overrides: list[str] | None = None) -> str:
+    """`conf/` composed and dumped exactly as DVC's Hydra composition writes `params.yaml`."""
+    data = compose(overrides)
+    validate(data)
+    return to_yaml(data)
+
+
+def to_yaml(data: dict[str, Any]) -> str:
+    """A resolved config as YAML, in the layout of `params.yaml`."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(data))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = command_parser("config", __doc__)
+    parser.add_argument("--check", action="store_true", help="fail if params.yaml has drifted")
+    args = parser.parse_args(argv)
+    target = CONF_DIR.parent / PARAMS_FILE
+    text = params_yaml_text()
+    current = target.read_text(encoding="utf-8") if target.exists() else None
+    if args.check:
+        if current != text:
+            raise ConfigError(
+                f"{target} differs from conf/ composed; run `uv run python -m pipeline.config`."
+            )
+        print(f"{target} matches conf/")
+        return
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+
+
+def cli() -> None:
+    run_cli(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

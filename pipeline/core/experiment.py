@@ -1,0 +1,331 @@
+"""The experiment core: train and evaluate one configuration into one explicit MLflow run.
+
+Every model goes down one path, whoever asks for it (the train and evaluate stages, each seed of
+a sweep job): `model_run` opens its run with its provenance, `train_model` trains it into the
+run, `evaluate_model` scores it on the test split, logs its figures and (for a stage) registers
+it. Inputs are plain values: a validated `Config` and a `Where` (the project, the output folder,
+the experiment). Below the output folder it writes the layout of core/paths.py:
+models/model.keras, reports/history.csv, reports/train.json, reports/metrics.json,
+reports/predictions.csv and reports/figures/*.png; the run gets the same.
+
+`dvc repro` trains and evaluates in two processes (stages train and evaluate), with the project
+root as output folder; a sweep job does both in one process, each model with its own folder, and
+passes `train_model` a `record` that holds the run's logging back for its background evaluation
+(pipeline/sweeps/finishing.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from pipeline.core.config import Config, flatten, to_yaml
+from pipeline.core.data import data_digests, prepared, sha256_file
+from pipeline.core.paths import (
+    CONF_DIR,
+    FIGURES_DIR,
+    HISTORY_CSV,
+    METRICS_JSON,
+    MODEL_PATH,
+    PREDICTIONS_CSV,
+    TRAIN_JSON,
+)
+from pipeline.tracking import names, registry, runs
+
+if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, so the evaluate
+    import keras  # stage's own process, which only scores predictions, never loads it.
+
+Split = tuple[np.ndarray, np.ndarray]
+Record = Callable[..., Future]  # makes a call on the run: now, or held back (a sweep's)
+GRID = 32  # test images in the predictions grid: half of them mistakes, where there are as many
+EXAMPLE_INPUTS = 5  # validation images the logged model's signature is read from
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where one model's run goes: the project it is made from (code, prepared data, store),
+    its output folder, its experiment, and what a sweep adds (its parent run, its tags)."""
+
+    root: Path
+    out: Path
+    experiment_id: str
+    parent_run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def in_sweep(self) -> bool:
+        return self.parent_run_id is not None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    report: dict[str, Any]  # metrics.classification_report
+    registered_version: str | None  # None: not registered (a sweep registers only its best)
+    champion: bool
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: keras.Model
+    history: dict[str, list[float]]
+    summary: dict[str, Any]
+    logged: Future[str]  # the logged model's URI, once `train`'s calls on the run are made
+
+    @property
+    def model_uri(self) -> str:
+        """The logged model's URI, once the calls `train_model` recorded are made."""
+        return self.logged.result(timeout=0)
+
+
+def now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """The default `Record`: make the call at once; its result as a done future."""
+    future: Future = Future()
+    future.set_result(fn(*args, **kwargs))
+    return future
+
+
+# Short labels in run names; other keys go by their last part (`momentum0.9`).
+LABELS = {
+    "model.hidden_units": "h",
+    "train.epochs": "e",
+    "train.learning_rate": "lr",
+    "train.batch_size": "bs",
+    "train.max_examples": "n",
+    "train.optimizer": "",
+    "model.filters": "f",
+    "model.kernel_size": "k",
+    "model.dropout": "do",
+}
+UNNAMED = ("data.", "tracking.", "sweep.", "seed", "model.name")  # not part of what a model is
+
+
+@functools.cache
+def _defaults(model_name: str) -> dict[str, Any]:
+    """conf/'s defaults for a model of `model_name`, as flat keys: the seed, conf/model/<name>.yaml
+    and the default train group. Read from the YAML files once per process, without Hydra
+    (params.yaml would not do: `dvc exp run -S` rewrites it)."""
+    top = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))
+    chosen = {
+        k: v for entry in top["defaults"] if isinstance(entry, dict) for k, v in entry.items()
+    }
+    chosen["model"] = model_name
+    data = {"seed": top["seed"]}
+    for group in ("model", "train"):
+        path = CONF_DIR / group / f"{chosen[group]}.yaml"
+        data[group] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return flatten(data)
+
+
+def _label(key: str, value: Any) -> str:
+    label = LABELS.get(key, key.rsplit(".", 1)[-1])
+    if isinstance(value, bool):
+        return label if value else f"no{label}"
+    if isinstance(value, list):
+        return label + "x".join(map(str, value))
+    if isinstance(value, float):
+        return f"{label}{value:.3g}"  # a searched learning rate: lr0.00123, not 17 digits
+    return f"{label}{value}"
+
+
+def run_name(cfg: Config, with_seed: bool = False) -> str:
+    """A name saying what sets this run apart: `mlp-h128-e5`, then every other key that differs
+    from conf/'s defaults (`mlp-h128-e5-lr0.003`), then the seed (`-s43`) when it differs or
+    `with_seed` (a sweep's replicates)."""
+    defaults = _defaults(cfg.model.name)
+    flat = flatten(cfg.to_dict())
+    parts = [cfg.model.name, _label("model.hidden_units", cfg.model.hidden_units)]
+    parts.append(_label("train.epochs", cfg.train.epochs))
+    for key, value in flat.items():
+        if key in ("model.hidden_units", "train.epochs") or key.startswith(UNNAMED):
+            continue
+        if defaults.get(key) != value:
+            parts.append(_label(key, value))
+    if with_seed or cfg.seed != defaults.get("seed"):
+        parts.append(f"s{cfg.seed}")
+    return "-".join(parts)
+
+
+@contextmanager
+def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
+    """Open the run of one model of `cfg`, its provenance logged before any work; yield its id.
+
+    It records the config as `config.yaml` and its digest, the data's digests and the code's
+    git state; a sweep's seeds are named with their seed. An error or an interrupt in the block
+    closes it FAILED or KILLED; with `close=False` a block that succeeds leaves it open for the
+    caller (a sweep closes it after its background evaluation).
+    """
+    with runs.model_run(
+        where.root,
+        to_yaml(cfg.to_dict()),
+        data_digests(cfg.data.files, where.root),
+        where.experiment_id,
+        run_name(cfg, with_seed=where.in_sweep),
+        tags=where.tags,
+        parent_run_id=where.parent_run_id,
+        close=close,
+    ) as run_id:
+        yield run_id
+
+
+def start(cfg: Config) -> None:
+    """Fix threads, seeds and determinism. Call before the first tensor: TensorFlow fixes its
+    thread counts once it has started."""
+    from pipeline.core import model
+
+    model.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+
+
+def epoch_logger(run_id: str, record: Record = now) -> keras.callbacks.Callback:
+    """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1), through
+    `record`, timed when the epoch ended."""
+    import keras
+
+    def log(epoch: int, logs: dict[str, float] | None) -> None:
+        record(runs.log_metrics, run_id, dict(logs or {}), step=epoch + 1, at=time.time())
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=log)
+
+
+def train_model(cfg: Config, where: Where, run_id: str, record: Record = now) -> Trained:
+    """Train `cfg`'s model on the project's prepared train and validation splits into the open
+    run `run_id`, writing its files under `where.out` (see `train`)."""
+    from pipeline.core import model
+
+    start(cfg)  # before the splits become tensors
+    train_split = model.limit(model.prepared_tensors(where.root, "train"), cfg.train.max_examples)
+    val_split = model.prepared_tensors(where.root, "val")
+    return train(cfg, train_split, val_split, run_id, where.out, record)
+
+
+def train(
+    cfg: Config,
+    train_split: Split,
+    val_split: Split,
+    run_id: str,
+    out: Path,
+    record: Record = now,
+) -> Trained:
+    """Build and fit the configured model; save it, its history and summary under `out`; log
+    the config, each epoch, the summary, the weights' digest and the model to `run_id`.
+
+    Every call on the run and the model's saving go through `record`. One that holds them back
+    (a sweep's) gets them made on a copy of the model: the returned one is free to train the
+    next model.
+    """
+    from pipeline.core import model
+
+    net = model.compiled_model(cfg.model, cfg.train)  # the last one's compiled steps, if it can
+    record(runs.log_params, run_id, flatten(cfg.to_dict()))
+    record(runs.log_datasets, run_id, {"train": train_split, "val": val_split})
+    logger = epoch_logger(run_id, record)
+    history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
+    summary = {
+        names.TRAIN_SECONDS: round(seconds, 3),
+        "train_examples": len(train_split[1]),
+        **model.describe(net),
+    }
+    record(runs.log_metrics, run_id, dict(summary))  # a copy: `summary` grows below
+    summary[names.VAL_ACCURACY] = history[names.VAL_ACCURACY][-1]  # for `dvc exp show`
+    write_history(history, out / HISTORY_CSV)
+    (out / TRAIN_JSON).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    kept = net if record is now else model.detached_copy(net, cfg.model, cfg.train)
+    example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
+    logged = record(_keep_model, kept, out / MODEL_PATH, run_id, example)
+    return Trained(net, history, summary, logged)
+
+
+def _keep_model(net: keras.Model, model_file: Path, run_id: str, example: np.ndarray) -> str:
+    """Save `net` to `model_file`, tag the run with its digests, log it; return its URI."""
+    from pipeline.core import model
+
+    model.save_model(net, model_file)
+    runs.set_tags(
+        run_id,
+        {
+            names.WEIGHTS_SHA256_TAG: model.weights_sha256(net),
+            names.MODEL_SHA256_TAG: sha256_file(model_file),
+        },
+    )
+    return runs.log_keras_model(run_id, net, example)
+
+
+def evaluate_model(
+    cfg: Config,
+    where: Where,
+    run_id: str,
+    probs: np.ndarray,
+    model_uri: str,
+    history: dict[str, list[float]],
+) -> Evaluated:
+    """Score the model's class probabilities `probs` for the project's test split; write
+    metrics, predictions and figures under `where.out` and log them to `run_id`. A stage's model
+    is registered (`registry.register`, judged on its validation accuracy); a sweep registers
+    only its best configuration's, at its end."""
+    from pipeline.core import metrics, plots  # matplotlib: only where figures are drawn
+
+    out = where.out
+    test = prepared(where.root, "test")
+    x, y = test
+    runs.log_datasets(run_id, {"test": test})
+    y_pred = probs.argmax(axis=1)
+    report = metrics.classification_report(y, probs)
+    shown = plots.showcase(y, y_pred, GRID)
+    figures = {
+        "predictions.png": plots.prediction_grid(x[shown], y[shown], y_pred[shown]),
+        "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
+        "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
+        "learning_curves.png": plots.learning_curves(history),
+    }
+    figures_dir = out / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(figures_dir / name, dpi=100)
+    (out / METRICS_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_predictions(y, y_pred, out / PREDICTIONS_CSV)
+    scores = {k: report[k] for k in (names.TEST_ACCURACY, names.TEST_LOSS, names.MACRO_F1)}
+    scores |= {names.F1_CLASS.format(c): v["f1"] for c, v in report["per_class"].items()}
+    runs.log_metrics(run_id, scores, model_uri=model_uri)
+    runs.log_artifacts(run_id, figures_dir, names.FIGURES_ARTIFACT)
+    runs.log_images(run_id, figures_dir)
+    runs.log_artifact(run_id, out / METRICS_JSON)
+    if where.in_sweep:
+        return Evaluated(report, None, False)
+    val_accuracy = history[names.VAL_ACCURACY][-1]
+    version, promoted = registry.register(
+        run_id, model_uri, cfg.tracking.registered_model, val_accuracy
+    )
+    return Evaluated(report, version, promoted)
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", *history])
+        for epoch, row in enumerate(zip(*history.values(), strict=True), start=1):
+            writer.writerow([epoch, *(f"{v:.6f}" for v in row)])
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {key: [float(r[key]) for r in rows] for key in rows[0] if key != "epoch"}
+
+
+def write_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(y_true.tolist(), y_pred.tolist(), strict=True))

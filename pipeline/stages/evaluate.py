@@ -1,0 +1,74 @@
+"""Stage evaluate: score the trained model on the test set and draw what it got wrong.
+
+Inputs: models/model.keras and models/run.json (from train), reports/history.csv,
+data/processed/test.npz; `tracking` from params.yaml.
+Outputs: reports/metrics.json (test_accuracy, test_loss, macro_f1, per-class precision, recall
+and F1), reports/predictions.csv (true and predicted label per image: the DVC confusion plot)
+and reports/figures/*.png, all logged to the MLflow run that train started. The model becomes a
+new version of `tracking.registered_model`; the `champion` alias moves to it if it is the best
+by validation accuracy.
+Command: `uv run dvc repro evaluate` (or `uv run python -m pipeline.evaluate`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.config import load_params
+from pipeline.core.console import load_keras
+from pipeline.core.data import prepared
+from pipeline.core.errors import command_parser, run_cli
+from pipeline.core.paths import HISTORY_CSV, MODEL_PATH, RUN_FILE, project_root
+
+
+def predict_in_worker(path: Path, sha256: str | None, x: np.ndarray) -> np.ndarray:
+    """`model.predict_file`, imported here so that only the worker loads TensorFlow."""
+    from pipeline.core.model import predict_file
+
+    return predict_file(path, sha256, x)
+
+
+def main(argv: list[str]) -> None:
+    command_parser("evaluate", __doc__).parse_args(argv)
+    cfg = load_params()  # before the heavy imports: a bad value fails in a second
+    root = project_root()
+    test_x = prepared(root, "test")[0]
+    # TensorFlow and MLflow take seconds each to import: a worker imports TensorFlow while this
+    # process imports MLflow and opens the run, then predicts. Leaving the block stops it.
+    with multiprocessing.get_context("spawn").Pool(1, load_keras) as worker:
+        from pipeline.core import experiment
+        from pipeline.tracking import names, runs, store
+
+        t = cfg.tracking
+        where = experiment.Where(
+            root, root, store.setup(t.experiment_name, t.uri, t.registered_model)
+        )
+        run = runs.read_run(root / RUN_FILE)
+        tags = run.data.tags
+        with runs.tracked_run(run_id=run.info.run_id) as run_id:
+            digest = tags.get(names.MODEL_SHA256_TAG)
+            probs = worker.apply(predict_in_worker, (root / MODEL_PATH, digest, test_x))
+            history = experiment.read_history(root / HISTORY_CSV)
+            done = experiment.evaluate_model(
+                cfg, where, run_id, probs, tags[names.MODEL_URI_TAG], history
+            )
+    scores = done.report
+    print(
+        f"evaluate: test_accuracy {scores[names.TEST_ACCURACY]:.4f}, "
+        f"test_loss {scores[names.TEST_LOSS]:.4f}, macro_f1 {scores[names.MACRO_F1]:.4f} "
+        f"-> reports/metrics.json, MLflow run {run_id}, registered "
+        f"{cfg.tracking.registered_model} version {done.registered_version}"
+        + (" (new champion)" if done.champion else "")
+    )
+
+
+def cli() -> None:
+    run_cli(main, sys.argv[1:], skip_teardown=True)
+
+
+if __name__ == "__main__":
+    cli()

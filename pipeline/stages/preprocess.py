@@ -1,0 +1,43 @@
+"""Stage preprocess: parse the IDX files, scale pixels to 0-1, split validation from train.
+
+Inputs: data/raw/ (from fetch); `data.files`, `data.val_fraction` and `seed` from params.yaml.
+Outputs: data/processed/{train,val,test}.npz (x: float32 28x28 images in 0-1, y: uint8 labels)
+and reports/data.json (examples per class per split).
+Command: `uv run dvc repro preprocess` (or `uv run python -m pipeline.preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pipeline.core.config import load_params
+from pipeline.core.data import class_counts, read_mnist_pair, save_split, scale, split_validation
+from pipeline.core.errors import command_parser, run_cli
+from pipeline.core.paths import DATA_REPORT, PROCESSED_DIR, RAW_DIR, project_root
+
+
+def main(argv: list[str]) -> None:
+    command_parser("preprocess", __doc__).parse_args(argv)
+    cfg = load_params()
+    root = project_root()
+    files = {key: root / RAW_DIR / spec.name for key, spec in cfg.data.files.items()}
+    x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"])
+    x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"])
+    train, val = split_validation(scale(x_train), y_train, cfg.data.val_fraction, cfg.seed)
+    splits = {"train": train, "val": val, "test": (scale(x_test), y_test)}
+    report = {}
+    for split, (x, y) in splits.items():
+        save_split(root / PROCESSED_DIR, split, x, y)
+        report[split] = {"examples": len(y), "per_class": class_counts(y)}
+        print(f"preprocess: {split}: {len(y)} examples -> {PROCESSED_DIR / split}.npz")
+    (root / DATA_REPORT).parent.mkdir(parents=True, exist_ok=True)
+    (root / DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def cli() -> None:
+    run_cli(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,248 @@
+"""The sweep's own side, in the process that launches the jobs: before them, the prepared data
+and the parent run; after them, the summary, its figures, the registered best, and the exit code.
+
+Hydra calls `SweepCallback` (named in conf/config.yaml) at the start and the end of a multirun.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pipeline.core.config import ConfigError
+from pipeline.core.console import load_keras
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import project_root
+from pipeline.sweeps import search
+from pipeline.sweeps.finishing import finished
+from pipeline.sweeps.job import failures, in_process, job_outcomes, reason
+from pipeline.tracking import names
+
+
+class SweepCallback(Callback):
+    """Runs in the launching process: prepares data and the parent run, then the summary."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._or_stop(self._start, config, "the sweep could not start")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._or_stop(self._end, config, "the sweep's summary failed")
+
+    def _or_stop(self, step: Any, config: DictConfig, failed: str) -> None:
+        """Hydra turns a callback's exception into a warning and goes on: end the sweep."""
+        try:
+            step(config)
+        except Exception as exc:
+            finished()
+            self._close(exc)
+            jobs = job_outcomes(Path(config.hydra.sweep.dir))
+            stop(f"{failed}: {reason(exc)}{failures(jobs)[1]}")
+
+    def _start(self, config: DictConfig) -> None:
+        from pipeline.tracking import provenance, runs, store
+
+        root = project_root()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        earlier = sweep_dir / names.PARENT_FILE
+        if earlier.exists() and not search.is_search(config.hydra.sweeper):
+            raise ConfigError(
+                f"hydra.sweep.dir {sweep_dir} already holds a sweep ({earlier}); only a search "
+                "(+search=optuna) continues in its folder. Leave hydra.sweep.dir out to start a "
+                "new one."
+            )
+        command = [sys.executable, "-m", "dvc", "repro", "preprocess"]
+        preprocess = subprocess.Popen(command, cwd=root)
+        try:
+            if in_process(config.hydra.launcher):
+                load_keras()  # the jobs run in this process: import TensorFlow meanwhile
+        finally:
+            if preprocess.wait() != 0:
+                raise subprocess.CalledProcessError(preprocess.returncode, preprocess.args)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        t = config.tracking
+        experiment_id = store.setup(t.experiment_name, t.uri, t.registered_model)
+        # A resumed search goes on under its parent run.
+        resumed = json.loads(earlier.read_text(encoding="utf-8")) if earlier.exists() else {}
+        parent_id = runs.open_run(
+            experiment_id,
+            f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+            {
+                names.SWEEP_TAG: names.SWEEP_PARENT,
+                names.OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
+                **provenance.git_state(root),
+            },
+            run_id=resumed.get("run_id"),
+        )
+        # Jobs log where the parent does, wherever a launcher runs them.
+        info = {
+            "workspace": str(root),
+            "run_id": parent_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": store.tracking_uri(config.tracking.uri),
+        }
+        (sweep_dir / names.PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")
+        self.parent_id: str | None = parent_id
+        # If the sweep itself dies, the parent must not stay RUNNING.
+        atexit.register(self._close, RuntimeError("the sweep ended before its summary"))
+
+    def _close(self, error: BaseException | None = None) -> None:
+        from pipeline.tracking import runs, store
+
+        parent_id, self.parent_id = getattr(self, "parent_id", None), None
+        if parent_id is None:
+            return
+        try:
+            store.check_store()
+            runs.close_run(parent_id, error)
+        except Exception as exc:  # the store is gone: say how to close it later
+            print(
+                f"sweep: could not close the parent run {parent_id} ({reason(exc)}); "
+                "`uv run python -m pipeline.runs --cleanup` closes it once the store answers.",
+                file=sys.stderr,
+            )
+
+    def _end(self, config: DictConfig) -> None:
+        from pipeline.sweeps.summary import (
+            METHOD,
+            SUMMARY_COLUMNS,
+            format_summary,
+            leaderboard,
+            summarise,
+            write_csv,
+        )
+        from pipeline.tracking import runs, store
+
+        finished()  # the last jobs' models, evaluated in the background
+        store.check_store()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        parent = json.loads((sweep_dir / names.PARENT_FILE).read_text(encoding="utf-8"))
+        parent_id = parent["run_id"]
+        rows = leaderboard(parent["experiment_id"], parent_id)
+        table = summarise(rows)
+        write_csv(rows, sweep_dir / names.RUNS_CSV)
+        write_csv(table, sweep_dir / names.SUMMARY_ARTIFACT, SUMMARY_COLUMNS)
+        for name in (names.RUNS_CSV, names.SUMMARY_ARTIFACT):
+            runs.log_artifact(parent_id, sweep_dir / name)
+        if table:
+            columns = {c: [_plain(r[c]) for r in table] for c in SUMMARY_COLUMNS}
+            runs.log_table(parent_id, columns, names.SUMMARY_TABLE)
+            best = table[0]
+            means = {f"best_{k}": v for k, v in best.items() if k.endswith("_mean")}
+            runs.log_metrics(parent_id, means)
+            runs.set_tags(parent_id, {names.BEST_TAG: best["config"]})
+        figures = sweep_figures(table, heatmap=not search.is_search(config.hydra.sweeper))
+        if search.is_search(config.hydra.sweeper):
+            figures |= log_search(config, parent_id, sweep_dir)
+        for name, fig in figures.items():
+            fig.savefig(sweep_dir / name, dpi=100)
+            runs.log_artifact(parent_id, sweep_dir / name, names.FIGURES_ARTIFACT)
+        jobs = job_outcomes(sweep_dir)
+        failed, reasons = failures(jobs)
+        counts = {"jobs": len(jobs), "failed_jobs": len(failed), "models": len(rows)}
+        runs.log_metrics(parent_id, counts)
+        print(f"\nSweep {parent_id}: {len(rows)} runs, {len(table)} configurations, best first\n")
+        print(format_summary(table))
+        print(f"\n{METHOD}")
+        if table:
+            print(register_best(config, table[0], parent_id))
+        print(
+            f"\nsummary: {sweep_dir / names.SUMMARY_ARTIFACT} "
+            f"(one row per model: {names.RUNS_CSV})"
+        )
+        if failed:
+            self._close(PipelineError(f"{len(failed)} of {len(jobs)} jobs failed"))
+            print(reasons, file=sys.stderr)
+            sys.exit(1)
+        self._close()
+
+
+def stop(message: str) -> None:
+    """End the sweep with `message` and exit status 1."""
+    print(f"sweep: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _plain(value: Any) -> Any:
+    """A table cell MLflow can store as JSON: NaN becomes None."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> str:
+    """Register the best configuration's model, once per sweep: of its seeds, the one with the
+    median validation accuracy. It becomes champion only if it beats the current one."""
+    from pipeline.tracking import registry, runs
+
+    members = sorted(best["members"], key=lambda r: r["val_accuracy"])
+    chosen = members[(len(members) - 1) // 2]
+    run = runs.get_run(chosen["run_id"], "it was a run of this sweep.")
+    name = config.tracking.registered_model
+    version, promoted = registry.register(
+        chosen["run_id"], run.data.tags[names.MODEL_URI_TAG], name, chosen["val_accuracy"]
+    )
+    outcome = {names.REGISTERED_TAG: f"{name}/{version}", names.CHAMPION_TAG: promoted}
+    runs.set_tags(parent_id, {k: str(v).lower() for k, v in outcome.items()})
+    return (
+        f"\nregistered {chosen['run_name']} (the best configuration's median seed by "
+        f"val_accuracy, {chosen['val_accuracy']:.4f}, of {len(members)}) as {name} version "
+        f"{version}" + (" (new champion)" if promoted else " (the champion stays)")
+    )
+
+
+def log_search(config: DictConfig, parent_id: str, sweep_dir: Path) -> dict[str, Any]:
+    """Keep a search's study in its parent run: the study database, a row per trial, the best
+    trial's parameters as tags and its objective as `best_value`; return its history figure."""
+    from pipeline.core import plots
+    from pipeline.sweeps.summary import write_csv
+    from pipeline.tracking import runs
+
+    trials, best = search.study_summary(config)
+    columns = list(dict.fromkeys(k for t in trials for k in t))
+    write_csv(trials, sweep_dir / search.TRIALS_CSV, columns)
+    for name in (search.TRIALS_CSV, search.RESULTS_FILE, search.STUDY_FILE):
+        if (sweep_dir / name).exists():
+            runs.log_artifact(parent_id, sweep_dir / name, search.STUDY_ARTIFACT)
+    if best:
+        tags = {f"{search.BEST_PREFIX}{k}": v for k, v in best["params"].items()}
+        runs.set_tags(parent_id, tags | {f"{search.BEST_PREFIX}trial": best["trial"]})
+        runs.log_metrics(parent_id, {"best_value": best["value"], "trials": len(trials)})
+        print(
+            f"\nbest trial {best['trial']} of {len(trials)}: {best['params']}, "
+            f"validation accuracy {best['value']:.4f} (the mean over its seeds)"
+        )
+    values = [t["val_accuracy_mean"] for t in trials]
+    return {"search_history.png": plots.search_history(values)}
+
+
+def sweep_figures(table: list[dict[str, Any]], heatmap: bool = True) -> dict[str, Any]:
+    """The sweep's figures from its summary: validation accuracy, the mean over seeds with its
+    95% interval (no bars with one seed); the hidden units x epochs heatmap for a grid."""
+    from pipeline.core import plots
+
+    if not table:
+        return {}
+    hidden = [int(r["hidden_units"]) for r in table]
+    epochs = [int(r["epochs"]) for r in table]
+    mean = [r["val_accuracy_mean"] for r in table]
+    ci = [r["val_accuracy_ci95"] for r in table]
+    several_models = len({r["model"] for r in table}) > 1
+    groups = [
+        f"{r['model']} e{r['epochs']}" if several_models else f"e{r['epochs']}" for r in table
+    ]
+    labels = [f"h{h}-e{e}" for h, e in zip(hidden, epochs, strict=True)]
+    figures = {
+        "accuracy_by_hidden_units.png": plots.sweep_lines(hidden, mean, groups, ci),
+        "accuracy_vs_seconds.png": plots.accuracy_vs_seconds(
+            [r["train_seconds_mean"] for r in table], mean, labels, ci
+        ),
+    }
+    if heatmap:
+        figures["accuracy_heatmap.png"] = plots.sweep_heatmap(hidden, epochs, mean, ci)
+    return figures

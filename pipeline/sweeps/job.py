@@ -1,0 +1,195 @@
+"""A sweep job: one configuration's overrides in, its models' runs and its outcome out.
+
+Hydra calls `run_job` once per combination (a grid's or a search's trial). It validates the
+config once, then trains `sweep.seeds` models of it through the same core as `dvc repro`
+(`experiment.model_run`, `train_model`, `evaluate_model`), each a child run of the sweep's parent,
+and hands each model's evaluation to the background (`finishing`). How the job ended goes to
+its folder's job.json, which the sweep's summary reads (`job_outcomes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.config import Config, ConfigError, load_params, validate
+from pipeline.core.console import load_keras
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import PARAMS_FILE
+from pipeline.sweeps import search
+from pipeline.sweeps.finishing import Deferred, Finishing, finishing
+from pipeline.tracking import names
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config without Hydra's own node, as plain data."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def check_data_settings(config: Config, root: Path) -> None:
+    """The sweep trains on the data `dvc repro` prepared; its data settings cannot vary."""
+    if config.data != _project_params(root).data:
+        raise ConfigError(
+            "data.* cannot be overridden in a sweep: the jobs share the data prepared from "
+            "params.yaml. Change conf/data/ and run `uv run python -m pipeline.config` instead."
+        )
+
+
+@functools.cache
+def _project_params(root: Path) -> Config:
+    return load_params(root / PARAMS_FILE)
+
+
+def in_process(launcher: DictConfig) -> bool:
+    """Whether `launcher` (the `hydra.launcher` node) runs the jobs in the sweep's process."""
+    return str(launcher._target_).endswith("BasicLauncher")
+
+
+def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
+    """How each job of the sweep in `sweep_dir` ended so far: its job.json."""
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{names.JOB_FILE}"))]
+
+
+def failures(jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The failed ones of `jobs` (`job_outcomes`), and a text naming each ('' if none)."""
+    failed = [j for j in jobs if j["status"] != "FINISHED"]
+    if not failed:
+        return [], ""
+    lines = [f"  job {j['job']} ({j['overrides']}): {j['error']}" for j in failed]
+    return failed, f"\n{len(failed)} of {len(jobs)} jobs failed:\n" + "\n".join(lines)
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in a line: a server that stopped answering is named as such."""
+    if isinstance(exc, PipelineError):
+        return str(exc)
+    text = str(exc)
+    if "Max retries exceeded" in text:
+        request = re.search(r"API request to (\S+) failed", text)
+        cause = "connection refused" if "Connection refused" in text else "no answer"
+        return (
+            f"the MLflow tracking server stopped answering ({cause} at "
+            f"{request.group(1) if request else 'the server'}, after "
+            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries); a run it left "
+            "RUNNING is closed by `uv run python -m pipeline.runs --cleanup` once it answers"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """One configuration, `sweep.seeds` times, through the same core as `dvc repro`: a child run
+    of the sweep per seed. Returns the mean validation accuracy over the seeds (an optimiser's
+    objective), never a test score.
+
+    A bad value is rejected before any run is made, as in a stage; a failure during training
+    leaves that run FAILED with its reason and ends the job. Either way the job records it in
+    its folder's job.json for the summary, and the sweep goes on. Each model is evaluated in the
+    background (`Finishing`); a job run by the sweep's own process leaves its last one to the
+    sweep's end, other jobs (another launcher's, a search's trials) wait for theirs.
+    """
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    overrides = " ".join(hc.overrides.task)
+    outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
+    sweep_process = in_process(hc.launcher)  # then it leaves its last model to the sweep's end
+    background = finishing(low_priority=sweep_process)
+    models: list[Future] = []
+    objective = None
+    try:
+        parent = json.loads((Path(hc.sweep.dir) / names.PARENT_FILE).read_text(encoding="utf-8"))
+        config = validate(plain(cfg))  # once: each seed is a copy with its own seed
+        root = Path(parent["workspace"])
+        check_data_settings(config, root)
+        load_keras()  # quietly: jobs a launcher runs elsewhere start here
+        from pipeline.core import experiment
+        from pipeline.tracking import store
+
+        experiment_id = store.setup(config.tracking.experiment_name, parent["tracking_uri"])
+        scores = []
+        for seed in range(config.seed, config.seed + config.sweep.seeds):
+            where = experiment.Where(
+                root,
+                out / f"s{seed}",
+                experiment_id,
+                parent_run_id=parent["run_id"],
+                tags={names.OVERRIDES_TAG: overrides},
+            )
+            score, model = _train_model(
+                config.model_copy(update={"seed": seed}), where, background
+            )
+            scores.append(score)
+            models.append(model)
+        outcome |= {"status": "FINISHED", "val_accuracy": scores}
+        objective = sum(scores) / len(scores)
+    except Exception as exc:  # the summary reports it; the other jobs go on
+        outcome["error"] = reason(exc)
+    finally:
+        ended = background.then(functools.partial(_record, outcome, models, out))
+    if sweep_process and not search.is_search(hc.sweeper):
+        return objective
+    return objective if ended.result()["status"] == "FINISHED" else None
+
+
+def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[str, Any]:
+    """Write the job's job.json once its models are done: one that failed fails the job."""
+    failed = next((f.exception() for f in models if f.exception() is not None), None)
+    if failed is not None and outcome["status"] == "FINISHED":
+        outcome = {**outcome, "status": "FAILED", "error": reason(failed)}
+    if outcome["status"] != "FINISHED":
+        outcome.setdefault("error", "interrupted")
+        print(
+            f"job {outcome['job']} ({outcome['overrides']}) failed: {outcome['error']}",
+            file=sys.stderr,
+        )
+    (out / names.JOB_FILE).write_text(json.dumps(outcome), encoding="utf-8")
+    return outcome
+
+
+def _train_model(config: Config, where: Any, background: Finishing) -> tuple[float, Future]:
+    """One model of the job, in its own run: trains it and predicts the test set here; the rest
+    of its run (the held-back logging and saving, its evaluation, closing it) is queued for
+    `background`. Returns its validation accuracy and the queued work."""
+    from pipeline.core import experiment, model
+    from pipeline.core.data import prepared
+
+    deferred = Deferred()
+    # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
+    # process share them (`model.compiled_model`).
+    with experiment.model_run(config, where, close=False) as run_id:  # `background` closes it
+        try:
+            trained = experiment.train_model(config, where, run_id, deferred)
+            probs = model.predict(trained.model, prepared(where.root, "test")[0])
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
+                deferred.replay()
+            raise
+
+        def finish() -> None:
+            deferred.replay()
+            experiment.evaluate_model(
+                config, where, run_id, probs, trained.model_uri, trained.history
+            )
+
+        future = background.model(run_id, finish)
+    return trained.history[names.VAL_ACCURACY][-1], future
+
+
+def sampler_seed(seed: int, sweep_dir: str) -> int:
+    """A search's sampler seed (conf/search/optuna.yaml): `seed`, plus the jobs the sweep folder
+    already holds. A resumed study's sampler then draws new trials, not its first ones again."""
+    return seed + len(job_outcomes(Path(sweep_dir)))
+
+
+OmegaConf.register_new_resolver("sampler_seed", sampler_seed, replace=True)

@@ -1,0 +1,73 @@
+"""Hydra multirun sweeps: train and evaluate every combination, compare them in MLflow.
+
+Each combination of the overrides is a job: `sweep.seeds` models (seeds seed, seed+1, ...)
+trained and evaluated by the same core as `dvc repro`, each a child MLflow run under one parent
+run per sweep, which holds summary.csv (mean, spread and 95% interval per configuration) and the
+comparison figures. The sweep folder is multirun/<date>/<time>/. It exits non-zero if a job
+failed. Without -m, the overrides run as a sweep all the same.
+
+Config groups (conf/): data=mnist; model=mlp|cnn; train=default; tracking=local|server;
+hydra/launcher=basic|joblib|ray_cluster|slurm.
+Presets: +sweep=hidden_epochs (the standard 5 x 4 grid); +search=optuna (an Optuna TPE search,
+hydra.sweeper.n_trials=N).
+Keys most often swept: model.hidden_units, train.epochs, train.learning_rate,
+train.batch_size, train.optimizer, seed; sweep.seeds=N (models per configuration).
+
+Examples:
+  uv run python -m pipeline.sweep -m model.hidden_units=32,64,128 train.epochs=1,3
+  uv run python -m pipeline.sweep +sweep=hidden_epochs sweep.seeds=3
+  uv run python -m pipeline.sweep +search=optuna hydra.sweeper.n_trials=20
+
+Hydra's own options: --cfg job (print the composed config), --hydra-help, --info.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+USAGE = "uv run python -m pipeline.sweep [-m] [OVERRIDE ...]"
+# Hydra's options that only print: they run no sweep, so they need no -m.
+PRINT_ONLY = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.sweep`: this help for --help, else Hydra in multirun mode."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(f"usage: {USAGE}\n\n{__doc__.strip()}")
+        return
+    if not {"-m", "--multirun"} & set(argv) and not set(PRINT_ONLY) & set(argv):
+        argv = ["-m", *argv]  # a sweep of one job, never Hydra's "run" mode
+    sys.argv = [sys.argv[0], *argv]
+    _run()
+
+
+def task(cfg: Any) -> float | None:
+    """Hydra's task function: one job (module-level, so launchers can ship it to workers)."""
+    from pipeline.sweeps.job import run_job
+
+    return run_job(cfg)
+
+
+def _run() -> None:
+    import warnings
+
+    import hydra
+
+    from pipeline.core.console import quiet
+    from pipeline.core.errors import exit_now
+    from pipeline.core.paths import CONF_DIR
+    from pipeline.sweeps.finishing import ran_jobs
+
+    main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
+    quiet()
+    # The Optuna sweeper builds its search space from distributions Optuna 3 deprecated.
+    warnings.filterwarnings("ignore", ".*Distribution has been deprecated", FutureWarning)
+    main()  # a sweep that failed has exited by now, through Hydra or `stop`
+    if ran_jobs():  # no launcher's workers to shut down, every run closed
+        exit_now()
+
+
+if __name__ == "__main__":
+    cli()

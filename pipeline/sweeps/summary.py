@@ -1,0 +1,159 @@
+"""Summaries of runs: one row per model, and the aggregate over the seeds of each configuration.
+
+`leaderboard` reads a sweep's or an experiment's runs from MLflow into rows; `summarise` turns
+rows into the per-configuration table (mean, spread, 95% interval, the comparison with the best:
+see stats.py); `format_*` and `write_csv` show and keep them. The sweep's end and
+`pipeline.compare` both use them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.tracking.names import (
+    FAILURE_TAG,
+    OVERRIDES_TAG,
+    PARENT_TAG,
+    SWEEP_PARENT,
+    SWEEP_TAG,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    TRAIN_SECONDS,
+    VAL_ACCURACY,
+)
+
+COLUMNS = (
+    "run_name", "model", "hidden_units", "epochs", "seed", "val_accuracy", "test_accuracy",
+    "test_loss", "train_seconds", "status", "overrides", "run_id", "failure_reason",
+)  # fmt: skip
+SHOWN = (*COLUMNS[:10], "run_id")
+SUMMARY_COLUMNS = (
+    "config", "n", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_ci95",
+    "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci95", "train_seconds_mean",
+    "indistinguishable_from_best", "model", "hidden_units", "epochs",
+)  # fmt: skip
+AGGREGATED = (VAL_ACCURACY, TEST_ACCURACY, TRAIN_SECONDS)
+
+
+def row_of(run: Any) -> dict[str, Any]:
+    """One leaderboard row from an MLflow run."""
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    return {
+        "run_name": run.info.run_name,
+        "model": params.get("model.name", ""),
+        "hidden_units": params.get("model.hidden_units", ""),
+        "epochs": params.get("train.epochs", ""),
+        "seed": params.get("seed", ""),
+        "val_accuracy": metrics.get(VAL_ACCURACY),
+        "test_accuracy": metrics.get(TEST_ACCURACY),
+        "test_loss": metrics.get(TEST_LOSS),
+        "train_seconds": metrics.get(TRAIN_SECONDS),
+        "status": run.info.status,
+        "overrides": tags.get(OVERRIDES_TAG, ""),
+        "run_id": run.info.run_id,
+        "failure_reason": tags.get(FAILURE_TAG, ""),
+        "params": params,
+    }
+
+
+def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best validation accuracy first; runs without one (failed, unfinished) last."""
+    return sorted(rows, key=lambda r: (r["val_accuracy"] is None, -(r["val_accuracy"] or 0)))
+
+
+def leaderboard(experiment_id: str, parent_run_id: str | None = None) -> list[dict[str, Any]]:
+    """Rows for the runs of an experiment, or for the children of `parent_run_id`, ranked.
+
+    Sweep parents themselves are left out: they hold a summary, not a model.
+    """
+    import mlflow
+
+    filters = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
+    runs = mlflow.search_runs([experiment_id], filter_string=filters, output_format="list")
+    return rank([row_of(r) for r in runs if r.data.tags.get(SWEEP_TAG) != SWEEP_PARENT])
+
+
+def summarise(rows: list[dict[str, Any]], keys: Sequence[str] | None = None) -> list[dict]:
+    """Aggregate rows per configuration, best mean validation accuracy first (stats.aggregate).
+
+    A configuration is the values of the params `keys`; without keys, the overrides of a sweep
+    job (every seed of a job shares them) that not all jobs share, or else the run's name.
+    """
+    from pipeline.sweeps.stats import aggregate
+
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    shared = (
+        set.intersection(*(set(r["overrides"].split()) for r in finished)) if finished else set()
+    )
+
+    def config(row: dict[str, Any]) -> str:
+        if keys:
+            return " ".join(f"{k}={row['params'].get(k, '')}" for k in keys)
+        varying = [o for o in row["overrides"].split() if o not in shared]
+        return " ".join(varying) or row["overrides"] or row["run_name"]
+
+    table = aggregate(finished, config, AGGREGATED, rank_by=VAL_ACCURACY)
+    first = {config(r): r for r in finished}
+    for row in table:
+        row["config"] = row.pop("group")
+        row.update({k: first[row["config"]][k] for k in ("model", "hidden_units", "epochs")})
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str] = SHOWN) -> str:
+    cells = [list(columns)] + [[_cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _interval(row: dict[str, Any], metric: str) -> str:
+    mean, ci = row[f"{metric}_mean"], row[f"{metric}_ci95"]
+    return _cell(mean) if math.isnan(ci) else f"{mean:.4f} ± {ci:.4f}"
+
+
+SAME = {True: "yes", False: "no", None: "-"}
+
+
+def format_summary(table: list[dict[str, Any]]) -> str:
+    """The aggregate as a terminal table: means ± 95% CI half-widths, best first."""
+    shown = [
+        {
+            "config": r["config"],
+            "n": r["n"],
+            "val_accuracy": _interval(r, VAL_ACCURACY),
+            "test_accuracy": _interval(r, TEST_ACCURACY),
+            "train_s": _cell(r["train_seconds_mean"]),
+            "same_as_best": SAME[r["indistinguishable_from_best"]],
+        }
+        for r in table
+    ]
+    columns = ("config", "n", "val_accuracy", "test_accuracy", "train_s", "same_as_best")
+    return format_table(shown, columns)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] = COLUMNS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+METHOD = (
+    "Ranked by mean validation accuracy over seeds; ± is the half-width of a 95% t-interval. "
+    "same_as_best: Welch's t-test against the best configuration cannot reject equal means "
+    "at alpha = 0.05 (- where a configuration has one seed). Test accuracy is reported, never "
+    "used to choose."
+)

@@ -1,0 +1,186 @@
+"""Read digits from real images: photos, scans, drawings, any size, either polarity.
+
+Inputs: image files (PNG, JPEG, ...); a model: `--model PATH` (default models/model.keras),
+`--run RUN_ID` (the model that run logged) or `--model-uri URI` (models:/NAME@ALIAS).
+Outputs: per image the digit and the top-3 probabilities; `--json` prints one JSON object per
+line; `--save-normalized DIR` writes the 28x28 images the model was fed. A file that is not an
+image, unreadable or blank gets an error, the others are still predicted, and the exit status is 1.
+Command: `uv run python -m pipeline.predict IMAGE [IMAGE ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from pipeline.core.console import load_keras
+from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
+from pipeline.core.images import load_image, normalize, save_png
+from pipeline.core.paths import MODEL_PATH, project_root
+from pipeline.tracking import names
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A model to read digits with, and what it is: `source` (file, run, uri or registry), and
+    where known its `uri`, registered `name`, `version`, `alias`, `run_id`, `experiment_id`,
+    `val_accuracy` and `test_accuracy`."""
+
+    model: Any
+    about: dict[str, Any]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, 28, 28) float32 images -> (n, 10) probabilities."""
+        return self.model.predict(x, verbose=0)
+
+
+def choose_model(
+    path: Path | None = None,
+    run: str | None = None,
+    model_uri: str | None = None,
+    champion: bool = False,
+) -> Chosen:
+    """The model a command names: a `.keras` file, the model `run` logged, a model URI, or
+    (with `champion`, when none is named) the registry's champion of the configured
+    `tracking.registered_model`; else the project's models/model.keras."""
+    load_keras()
+    if path is not None or not (run or model_uri or champion):
+        from pipeline.core.model import load_model
+
+        file = Path(path) if path else project_root() / MODEL_PATH
+        return Chosen(load_model(file), {"source": "file", "path": str(file)})
+
+    import mlflow
+
+    from pipeline.core.config import load_params
+    from pipeline.tracking import store
+
+    store.connect(store.configured_uri())
+    about: dict[str, Any] = {"source": "uri"}
+    if run:
+        about = {"source": "run", "run_id": run}
+        uri = _run_model_uri(run)
+    elif model_uri:
+        uri = model_uri
+    else:
+        name = load_params().tracking.registered_model
+        uri = f"models:/{name}@{names.CHAMPION}"
+        about = {"source": "registry", "name": name, "alias": names.CHAMPION}
+    try:
+        model = mlflow.tensorflow.load_model(uri)  # the Keras model, loaded in safe mode
+    except mlflow.exceptions.MlflowException as exc:
+        hint = (
+            " Train one with `uv run dvc repro`, or name a model with --model, --run or "
+            "--model-uri."
+            if about["source"] == "registry"
+            else ""
+        )
+        raise PipelineError(f"cannot load model {uri}: {exc.message}.{hint}") from exc
+    return Chosen(model, {**about, "uri": uri, **_describe(uri, about)})
+
+
+def _describe(uri: str, about: dict[str, Any]) -> dict[str, Any]:
+    """Registry version, run and accuracies of the model at `uri`, where the store knows them."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found: dict[str, Any] = {}
+    try:
+        if about["source"] == "registry":
+            version = client.get_model_version_by_alias(about["name"], about["alias"])
+            found = {"version": version.version, "run_id": version.run_id}
+        elif uri.startswith("models:/m-"):
+            found = {"run_id": client.get_logged_model(uri.split("/")[1]).source_run_id}
+        run = client.get_run(found.get("run_id") or about["run_id"])
+    except (mlflow.exceptions.MlflowException, KeyError):
+        return found
+    metrics = run.data.metrics
+    return {
+        **found,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "val_accuracy": metrics.get(names.VAL_ACCURACY),
+        "test_accuracy": metrics.get(names.TEST_ACCURACY),
+    }
+
+
+def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from (n, 28, 28) float32 images to (n, 10) probabilities."""
+    return choose_model(args.model, args.run, args.model_uri).predict
+
+
+def _run_model_uri(run_id: str) -> str:
+    import mlflow
+
+    models = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'",
+        experiment_ids=[e.experiment_id for e in mlflow.search_experiments()],
+        output_format="list",
+    )
+    if not models:
+        raise PipelineError(
+            f"run {run_id!r} logged no model in {mlflow.get_tracking_uri()}; "
+            "pick a run with `uv run python -m pipeline.compare`."
+        )
+    return f"models:/{models[0].model_id}"
+
+
+def read_digit(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """An image file -> the 28x28 0-1 input the model reads: the one path from picture to
+    model input, for this command and the web app."""
+    return normalize(load_image(source, name, max_pixels), name)
+
+
+def top3(probs: np.ndarray) -> list[dict[str, float]]:
+    best = np.argsort(-probs, kind="stable")[:3]
+    return [{"digit": int(d), "probability": round(float(probs[d]), 6)} for d in best]
+
+
+def main(argv: list[str]) -> None:
+    parser = command_parser("predict", __doc__)
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help=f"a .keras file (default {MODEL_PATH})")
+    source.add_argument("--run", metavar="RUN_ID", help="the model an MLflow run logged")
+    source.add_argument("--model-uri", metavar="URI", help="e.g. models:/mnist-digits@champion")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--save-normalized", type=Path, metavar="DIR")
+    args = parser.parse_args(argv)
+
+    inputs, failed = {}, 0
+    for path in args.images:
+        try:
+            inputs[path] = read_digit(path, str(path))
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    if inputs:
+        predict = load_predictor(args)
+        probs = predict(np.stack(list(inputs.values())).astype(np.float32))
+        for (path, image), p in zip(inputs.items(), probs, strict=True):
+            best = top3(p)
+            if args.save_normalized:
+                save_png(image, args.save_normalized / f"{path.stem}.png")
+            if args.json:
+                print(json.dumps({"path": str(path), "digit": best[0]["digit"], "top3": best}))
+            else:
+                ranked = ", ".join(f"{b['digit']} {b['probability']:.3f}" for b in best)
+                print(f"{path}: {best[0]['digit']}  ({ranked})")
+    if failed:
+        raise PipelineError(f"{failed} of {len(args.images)} images could not be read.")
+
+
+def cli() -> None:
+    run_cli(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,53 @@
+"""The names one module writes into a run and another reads: tags, metrics, artifacts, files.
+
+Import-free on purpose: statistics, metrics, summaries and the tools import it without loading
+MLflow. Every name a run, a sweep folder or the registry carries is spelled here once.
+"""
+
+# ---- tags ------------------------------------------------------------------------------------
+FAILURE_TAG = "failure_reason"
+HOST_TAG, PID_TAG = "host", "pid"  # the process that has the run open
+MODEL_URI_TAG = "model_uri"
+MODEL_SHA256_TAG = "model_sha256"  # of models/model.keras: evaluate checks it before loading
+WEIGHTS_SHA256_TAG = "weights_sha256"  # of every weight array: reproduce compares it
+REGISTERED_TAG = "registered_version"
+CHAMPION_TAG = "champion"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
+SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=parent
+OVERRIDES_TAG = "sweep_overrides"
+BEST_TAG = "best_config"  # on a sweep's parent: its best configuration
+
+# Provenance (tracking/provenance.py writes them, reproduce reads them).
+GIT_COMMIT = "git_commit"
+GIT_BRANCH = "git_branch"
+GIT_DIRTY = "git_dirty"
+PARAMS_SHA256 = "params_sha256"
+UV_LOCK_SHA256 = "uv_lock_sha256"
+REPRODUCES = "reproduces"
+DATA_PREFIX = "data."  # data.<file>.sha256
+ENV_PREFIX = "env."  # env.python, env.cpu, env.<package>
+NOT_IN_GIT = "none"
+
+# ---- metrics ---------------------------------------------------------------------------------
+TEST_ACCURACY, TEST_LOSS, MACRO_F1 = "test_accuracy", "test_loss", "macro_f1"
+VAL_ACCURACY = "val_accuracy"
+TRAIN_SECONDS = "train_seconds"
+F1_CLASS = "f1_class_{}"
+
+# ---- artifacts -------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"
+DIFF_ARTIFACT = "uncommitted.diff"
+FIGURES_ARTIFACT = "figures"
+MODEL_ARTIFACT = "model"
+SUMMARY_ARTIFACT = "summary.csv"
+
+# ---- the registry ----------------------------------------------------------------------------
+CHAMPION = "champion"  # the registry alias of the best model
+# MLflow's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+# ---- a sweep's folder ------------------------------------------------------------------------
+PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
+JOB_FILE = "job.json"  # in each job's folder: how it ended, also when it made no run
+RUNS_CSV = "runs.csv"  # in the sweep folder and the parent run: one row per model
+SUMMARY_TABLE = "summary.json"  # the summary as an MLflow table on the parent run

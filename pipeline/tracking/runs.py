@@ -1,0 +1,275 @@
+"""MLflow runs: how one starts and ends, and logging to it by its id.
+
+Runs are explicit: functions take a run id and log through `MlflowClient`, never to whatever
+run happens to be active. SIGINT and SIGTERM end a run KILLED; an error ends it FAILED with the
+reason in its `failure_reason` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from pipeline.core.errors import PipelineError
+from pipeline.tracking import names, provenance
+
+
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives, so that `pipeline.runs --cleanup` can tell it died."""
+    return {names.HOST_TAG: platform.node(), names.PID_TAG: str(os.getpid())}
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+def open_run(
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a run (or mark `run_id` RUNNING again), tagged with its process; return its id."""
+    client = mlflow.MlflowClient()
+    tags = {**(tags or {}), **process_tags()}
+    if parent_run_id:
+        tags[names.PARENT_TAG] = parent_run_id
+    if run_id is None:
+        experiment_id = experiment_id or mlflow.get_experiment_by_name("Default").experiment_id
+        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    set_tags(run_id, tags)
+    return run_id
+
+
+def close_run(run_id: str, error: BaseException | None = None) -> None:
+    """End the run FINISHED, or KILLED for an interrupt, else FAILED with the reason in its
+    `failure_reason` tag."""
+    client = mlflow.MlflowClient()
+    if error is None:
+        client.set_terminated(run_id, "FINISHED")
+        return
+    client.set_tag(run_id, names.FAILURE_TAG, f"{type(error).__name__}: {error}"[:5000])
+    client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+
+@contextmanager
+def tracked_run(
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    close: bool = True,
+) -> Iterator[str]:
+    """`open_run` ... `close_run` around a block; SIGINT and SIGTERM end it KILLED, the signal
+    named in its `failure_reason`. Yields the run id. With `close=False`, a block that ends
+    without error leaves the run open, for the caller to close (`close_run`).
+    """
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in INTERRUPTS}
+    try:
+        run_id = open_run(experiment_id, run_name, tags, run_id, parent_run_id)
+        try:
+            yield run_id
+        except BaseException as exc:
+            close_run(run_id, exc)
+            raise
+        if close:
+            close_run(run_id)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def model_run(
+    code_dir: Path,
+    config_text: str,
+    data_digests: Mapping[str, str],
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    close: bool = True,
+) -> Iterator[str]:
+    """A `tracked_run` for one trained model, with its provenance logged before any work.
+
+    Tags from `provenance.provenance`; artifacts: the resolved config (`config.yaml`) and, when
+    the tree is dirty, the uncommitted diff (`uncommitted.diff`, dvc.lock aside).
+    """
+    tags = {**provenance.provenance(code_dir, data_digests, config_text), **(tags or {})}
+    with tracked_run(experiment_id, run_name, tags, None, parent_run_id, close) as run_id:
+        client = mlflow.MlflowClient()
+        client.log_text(run_id, config_text, names.CONFIG_ARTIFACT)
+        if tags.get(names.GIT_DIRTY) == "true":
+            client.log_text(run_id, provenance.uncommitted_diff(code_dir), names.DIFF_ARTIFACT)
+        yield run_id
+
+
+# ---- logging to an explicit run ------------------------------------------------------------
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+        mlflow.MlflowClient().log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    model_uri: str | None = None,
+    at: float | None = None,
+) -> None:
+    """Log to the run, timed `at` (seconds since the epoch; default now); with `model_uri` (a
+    `models:/ID`), the logged model's page shows them."""
+    stamp = int((time.time() if at is None else at) * 1000)
+    model_id = model_uri.removeprefix("models:/") if model_uri else None
+    items = [Metric(k, float(v), stamp, step, model_id=model_id) for k, v in metrics.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=items)
+
+
+DIGEST_CHARS = 32  # MLflow keeps at most 36 characters of a dataset's digest
+
+
+CONTEXTS = {"train": "train", "val": "validation", "test": "test"}  # split -> MLflow's word
+
+
+def log_datasets(run_id: str, splits: Mapping[str, tuple[Any, Any]]) -> None:
+    """Record splits (`train`, `val`, `test`) as MLflow datasets of the run: name, the first
+    `DIGEST_CHARS` hex digits of the split file's SHA-256 (the run's provenance tag
+    `data.processed.<split>.sha256` holds all 64), its DVC path and shape, so the runs table's
+    Dataset column and the run page show them."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    inputs = []
+    for split, (x, y) in splits.items():
+        digest = tags.get(f"{names.DATA_PREFIX}processed.{split}.sha256", "unknown")
+        dataset = Dataset(
+            name=f"mnist-{split}",
+            digest=digest[:DIGEST_CHARS],
+            source_type="local",
+            source=json.dumps({"uri": f"data/processed/{split}.npz"}),
+            profile=json.dumps({"features_shape": list(x.shape), "targets_shape": list(y.shape)}),
+        )
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", CONTEXTS[split])]))
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException:
+        # The store gets or creates each dataset: when two jobs create the same new one at once,
+        # its unique key refuses one of them. Tried again, it finds it made; any other error
+        # comes back the same.
+        client.log_inputs(run_id, datasets=inputs)
+
+
+def log_images(run_id: str, folder: Path) -> None:
+    """Each PNG in `folder` as an MLflow image under a stable key (its file name), so the UI
+    can show one figure across runs."""
+    from PIL import Image
+
+    client = mlflow.MlflowClient()
+    for path in sorted(folder.glob("*.png")):
+        with Image.open(path) as image:
+            client.log_image(run_id, image.convert("RGB"), key=path.stem, step=0)
+
+
+def log_table(run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+    """A table (column -> values) the MLflow UI shows in the run's artifacts and can compare."""
+    mlflow.MlflowClient().log_table(run_id, dict(columns), artifact_file)
+
+
+def log_artifacts(run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+    mlflow.MlflowClient().log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_artifact(run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+    mlflow.MlflowClient().log_artifact(run_id, str(local_file), artifact_path)
+
+
+def log_keras_model(run_id: str, model: Any, example: Any) -> str:
+    """Log `model` to the run with a signature; return its URI.
+
+    The tensorflow flavour is used: it stores the same `.keras` file. The signature is read off
+    `example` (a few inputs) and the model's output shape, without a prediction. No input
+    example is stored: MLflow would load the model back and predict with it to check it, a
+    fifth of a second per model of a sweep.
+    """
+    from importlib.metadata import version
+
+    import mlflow.tensorflow
+    import numpy as np
+    from mlflow.models import Model, infer_signature
+
+    outputs = np.zeros((len(example), *model.output_shape[1:]), dtype=np.float32)
+    # Named here, MLflow need not reload the model in a subprocess to infer them.
+    requirements = [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy")]
+    run = mlflow.MlflowClient().get_run(run_id)
+    # Created here, the logged model lands in the run's experiment (MLflow would otherwise
+    # pick the active run's or the default one) and carries the run's params.
+    logged = mlflow.initialize_logged_model(
+        name=names.MODEL_ARTIFACT,
+        source_run_id=run_id,
+        params=run.data.params,
+        experiment_id=run.info.experiment_id,
+    )
+    info = Model.log(
+        artifact_path=None,
+        name=names.MODEL_ARTIFACT,
+        flavor=mlflow.tensorflow,
+        run_id=run_id,
+        model_id=logged.model_id,
+        model=model,
+        signature=infer_signature(example, outputs),
+        pip_requirements=requirements,
+    )
+    set_tags(run_id, {names.MODEL_URI_TAG: info.model_uri})
+    return info.model_uri
+
+
+# ---- finding runs ------------------------------------------------------------------------
+
+
+def get_run(run_id: str, hint: str) -> Any:
+    """The run `run_id` from the store, or a `PipelineError` that ends with `hint`."""
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise PipelineError(
+            f"no run {run_id!r} in the MLflow store {mlflow.get_tracking_uri()}; {hint}"
+        ) from exc
+
+
+def write_run_file(run_id: str, experiment_id: str, path: Path) -> None:
+    """Record which MLflow run holds the model at `models/`, for the evaluate stage."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"run_id": run_id, "experiment_id": experiment_id}
+    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run(path: Path) -> Any:
+    """The MLflow run train logged (named in models/run.json), checked to be in the store."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run `uv run dvc repro train` first.")
+    run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    return get_run(run_id, f"{path} names it; train again with `uv run dvc repro --force train`.")

@@ -1,0 +1,192 @@
+"""The MLflow store: where it is, connecting to it, and a team server's health and rights.
+
+The store is MLFLOW_TRACKING_URI when set (a team server), else `tracking.uri` from the config,
+else MLflow's default layout at the repository root (`sqlite:///mlflow.db`, artifacts in
+`mlruns/`), so `uv run mlflow ui` there shows every run. The repository root is DVC_ROOT when DVC
+sets it: a queued experiment runs in a temporary copy, and still logs to its repository's store.
+Every command that reads or writes runs resolves it here, the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from filelock import FileLock
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import PARAMS_FILE, project_root
+from pipeline.tracking import names
+
+
+def store_root() -> Path:
+    """Where the local store lives: DVC's repository root, else the project root."""
+    return Path(os.environ.get("DVC_ROOT") or project_root()).resolve()
+
+
+def tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else `configured` (`tracking.uri`), else the local store."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or configured
+        or f"sqlite:///{(root or store_root()) / 'mlflow.db'}"
+    )
+
+
+def configured_uri() -> str | None:
+    """`tracking.uri` of the project's params.yaml, for commands that read the store."""
+    from pipeline.core.config import load_params
+
+    if not (project_root() / PARAMS_FILE).is_file():
+        return None
+    return load_params().tracking.uri
+
+
+# A server that stops answering fails a request within seconds, not the minutes of MLflow's
+# defaults (7 retries, backoff factor 2, 120 s timeout): the job fails and says so, the others
+# go on. Each is set only where the environment does not set it already.
+SERVER_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer its health check."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):  # noqa: S310
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI or tracking.uri) does "
+            f"not answer: {reason}. Start it, or use the local store (unset "
+            "MLFLOW_TRACKING_URI, tracking=local)."
+        ) from exc
+
+
+def check_store() -> None:
+    """On a tracking server, fail at once if it does not answer its health check: work that
+    would log to it then fails in a moment, not after each request's retries."""
+    uri = mlflow.get_tracking_uri()
+    if is_server(uri):
+        check_server(uri)
+
+
+def connect(configured: str | None = None) -> str:
+    """Point MLflow's tracking and model registry at the store; return its URI.
+
+    `configured` is `tracking.uri`; a command without a config passes `configured_uri()`.
+    """
+    uri = tracking_uri(configured)
+    if is_server(uri):
+        check_server(uri)
+        for key, value in SERVER_RETRIES.items():  # unless the user chose otherwise
+            os.environ.setdefault(key, value)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation: parallel jobs migrating a new sqlite store at once crash."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with FileLock(f"{uri.removeprefix('sqlite:///')}.lock"):
+        yield
+
+
+def setup(
+    experiment_name: str, configured: str | None = None, registered_model: str | None = None
+) -> str:
+    """Connect to the store and return the id of `experiment_name`, creating it if new.
+
+    On a tracking server it also checks, before any work, what a run will need: that the
+    server takes the user's credentials, that the user may write to the experiment and, with
+    `registered_model`, add versions to that model. It stops with the server, the user and
+    what is missing otherwise.
+    """
+    uri = connect(configured)
+    if is_server(uri):
+        with _server_access(uri, experiment_name, registered_model):
+            return _server_setup(experiment_name, registered_model)
+    with _store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            if not names.EXPERIMENT_KIND.items() <= experiment.tags.items():
+                for key, value in names.EXPERIMENT_KIND.items():
+                    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+            return experiment.experiment_id
+        # A sqlite store keeps artifacts in mlruns/ beside its mlflow.db; a server decides.
+        local = uri.startswith("sqlite:///")
+        location = (
+            (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri() if local else None
+        )
+        return mlflow.create_experiment(
+            experiment_name, artifact_location=location, tags=names.EXPERIMENT_KIND
+        )
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _server_setup(experiment_name: str, registered_model: str | None) -> str:
+    """`setup` on a tracking server: every step a write the run will make, so a user without
+    the right is stopped here, not after training."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        experiment_id = client.create_experiment(experiment_name, tags=names.EXPERIMENT_KIND)
+    else:
+        experiment_id = experiment.experiment_id
+        for key, value in names.EXPERIMENT_KIND.items():  # a write: needs EDIT on the experiment
+            client.set_experiment_tag(experiment_id, key, value)
+    if registered_model:
+        try:
+            model = client.get_registered_model(registered_model)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        else:  # a write: needs EDIT on the model, as adding a version does
+            client.update_registered_model(registered_model, model.description or "")
+    return experiment_id
+
+
+@contextmanager
+def _server_access(uri: str, experiment: str, registered_model: str | None) -> Iterator[None]:
+    """Turn the server's 401 and 403 into an error naming the server, the user and the need."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "a request without credentials"
+        status = exc.get_http_status_code()  # from the response's status or its error code
+        if status == 401:
+            need = (
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                if user
+                else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            )
+            raise PipelineError(
+                f"the MLflow server {uri} did not accept {who} (401 unauthorized): {need}."
+            ) from None
+        if status == 403:
+            what = f"experiment {experiment!r}"
+            if registered_model:
+                what += f" and registered model {registered_model!r}"
+            raise PipelineError(
+                f"the MLflow server {uri} refused {who} a write the run needs (403 permission "
+                f"denied): a run needs EDIT on {what}. Ask an admin for it (docs/scaling.md, "
+                f"'Users and permissions'). The server said: {str(exc)[:300]}"
+            ) from None
+        raise

@@ -1,0 +1,177 @@
+"""The tree shows the architecture: packages import downwards only, names import nothing, light
+modules stay light, dvc.yaml's deps follow the code each stage runs, and every command answers
+--help without doing any work."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ROOT, run_env
+
+PIPELINE = ROOT / "pipeline"
+# Lowest first: a module may import from a lower rank, or from its own package at its own rank.
+RANKS = {
+    "pipeline.tracking.names": 0,
+    "pipeline.core": 1,
+    "pipeline.tracking": 2,
+    "pipeline.core.experiment": 3,
+    "pipeline.stages": 4,
+    "pipeline.sweeps": 4,
+    "pipeline.tools": 5,
+    "pipeline.app": 6,
+    "pipeline": 7,  # the one-line commands
+}
+COMMANDS = (
+    "fetch", "preprocess", "train", "evaluate", "sweep", "compare", "runs", "predict",
+    "reproduce", "app", "config",
+)  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PIPELINE.rglob("*.py")}
+
+
+def imports(path: Path) -> set[str]:
+    """The pipeline modules `path` imports, at the top or inside functions."""
+    found = set()
+    known = modules()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("pipeline"))
+    return found
+
+
+def rank(module: str) -> tuple[int, str]:
+    """The rank of the most specific entry of RANKS `module` falls under, and that entry."""
+    owner = max((k for k in RANKS if module == k or module.startswith(f"{k}.")), key=len)
+    return RANKS[owner], owner
+
+
+def test_no_import_climbs_to_a_higher_package() -> None:
+    climbs = []
+    for name, path in modules().items():
+        mine, my_owner = rank(name)
+        for target in imports(path):
+            theirs, owner = rank(target)
+            if theirs > mine or (theirs == mine and owner != my_owner):
+                climbs.append(f"{name} imports {target}")
+    assert not climbs
+
+
+def test_names_import_nothing() -> None:
+    tree = ast.parse((PIPELINE / "tracking" / "names.py").read_text(encoding="utf-8"))
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def test_every_package_says_what_it_holds() -> None:
+    for init in PIPELINE.rglob("__init__.py"):
+        assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), init
+
+
+def loaded_after(code: str) -> set[str]:
+    """Which of TensorFlow, MLflow, matplotlib and Hydra a fresh interpreter has loaded after
+    running `code`."""
+    probe = (
+        f"{code}\nimport sys\n"
+        "print(' '.join(m for m in ('tensorflow', 'mlflow', 'matplotlib', 'hydra') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=run_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split())
+
+
+def test_statistics_metrics_and_names_load_neither_mlflow_nor_tensorflow() -> None:
+    code = (
+        "import pipeline.tracking.names, pipeline.sweeps.stats, pipeline.sweeps.summary, "
+        "pipeline.core.metrics, pipeline.core.config, pipeline.core.data"
+    )
+    assert loaded_after(code) == set()
+
+
+def test_fetch_and_preprocess_do_not_load_tensorflow() -> None:
+    assert "tensorflow" not in loaded_after(
+        "import pipeline.stages.fetch, pipeline.stages.preprocess"
+    )
+
+
+def closure(module: str) -> set[str]:
+    """`module` and every pipeline module it imports, directly or not."""
+    known, seen, todo = modules(), set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in known:
+            continue
+        seen.add(name)
+        todo.extend(imports(known[name]))
+    return seen
+
+
+def test_dvc_yaml_deps_cover_the_code_each_stage_runs() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    known = modules()
+    for stage, spec in stages.items():
+        deps = [d for d in spec["deps"] if d.startswith("pipeline")]
+        for module in closure(f"pipeline.stages.{stage}") | {f"pipeline.{stage}"}:
+            path = known[module].relative_to(ROOT).as_posix()
+            if path.endswith("__init__.py"):
+                continue
+            assert any(path == d or path.startswith(f"{d}/") for d in deps), (stage, path)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help_without_doing_work(command: str, tmp_path: Path) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['pipeline/{command}.py', '--help']\n"
+        "try:\n"
+        f"    runpy.run_module('pipeline.{command}', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "import sys\nprint('loaded:', 'tensorflow' in sys.modules, "
+            "'mlflow' in sys.modules)",
+        ],
+        cwd=tmp_path,
+        env=run_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"uv run python -m pipeline.{command}" in proc.stdout.splitlines()[0]
+    assert "loaded: False False" in proc.stdout  # no training, no store
+    assert list(tmp_path.iterdir()) == []  # no file touched
+
+
+def test_a_sweep_without_m_says_how_or_runs_as_a_sweep(tmp_path: Path) -> None:
+    """`pipeline.sweep` without -m runs the overrides as a sweep; `--cfg job` only prints."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.sweep", "model.hidden_units=64", "--cfg", "job"],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "hidden_units: 64" in proc.stdout and "Traceback" not in proc.stderr
