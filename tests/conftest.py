@@ -33,6 +33,16 @@ from helpers import (
 from pipeline.core.config import compose, validate
 from pipeline.core.data import write_idx
 
+# Fixtures that train on real MNIST or start a server, a browser or a database: a test that uses
+# one, directly or through another fixture, is in the slow tier.
+SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "postgres", "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def small_mnist(tmp_path: Path) -> Path:

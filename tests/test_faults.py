@@ -139,6 +139,7 @@ def processed_workdir(small_mnist: Path, tmp_path: Path, **train: object) -> Pat
     return work
 
 
+@pytest.mark.slow
 def test_divergence_fails_the_run_and_leaves_no_model(small_mnist: Path, tmp_path: Path) -> None:
     work = processed_workdir(small_mnist, tmp_path, learning_rate=1e6, epochs=2)
     proc = run_stage("train", work, check=False)
@@ -151,6 +152,7 @@ def test_divergence_fails_the_run_and_leaves_no_model(small_mnist: Path, tmp_pat
     assert not (work / "models/model.keras").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_model_changed_after_training(
     small_mnist: Path, tmp_path: Path
 ) -> None:
@@ -183,6 +185,7 @@ def train_until_second_epoch(work: Path) -> subprocess.Popen:
     raise AssertionError(f"training ended early, exit {proc.wait()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_ends_killed(small_mnist: Path, tmp_path: Path, sig) -> None:
     work = processed_workdir(small_mnist, tmp_path, epochs=500, batch_size=8)
@@ -196,6 +199,7 @@ def test_interrupted_training_ends_killed(small_mnist: Path, tmp_path: Path, sig
     assert not (work / "models/model.keras").exists()
 
 
+@pytest.mark.slow
 def test_sigkilled_run_is_found_and_marked_killed(small_mnist: Path, tmp_path: Path) -> None:
     work = processed_workdir(small_mnist, tmp_path, epochs=500, batch_size=8)
     proc = train_until_second_epoch(work)
@@ -212,6 +216,7 @@ def test_sigkilled_run_is_found_and_marked_killed(small_mnist: Path, tmp_path: P
     assert f"process {proc.pid}" in run_.data.tags["failure_reason"]
 
 
+@pytest.mark.slow
 def test_tracking_server_down_fails_fast_before_training(
     small_mnist: Path, tmp_path: Path
 ) -> None:
@@ -247,6 +252,7 @@ with runs.tracked_run(experiment_id, f"job-{sys.argv[1]}") as run_id:
 """
 
 
+@pytest.mark.slow
 def test_parallel_jobs_on_a_new_then_an_existing_store(tmp_path: Path) -> None:
     """4 jobs create the store at once, then 8 log to it; each wave logs a new dataset at the
     same moment: every run complete."""

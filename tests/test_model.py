@@ -98,6 +98,7 @@ print(weights_sha256(model))
 """
 
 
+@pytest.mark.slow
 def test_same_seed_and_threads_give_bit_identical_weights() -> None:
     hashes = [
         run(["python", "-c", DETERMINISM_SCRIPT, "2"], ROOT).stdout.split()[-1] for _ in range(2)
@@ -132,6 +133,7 @@ for arg in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_later_seeds_reuse_the_compiled_model_bit_identically(model: str) -> None:
     """A model trained after another of the same settings (other seed, other epoch count)

@@ -13,6 +13,8 @@ import pytest
 
 from helpers import copy_project, run, runs_in, use_store
 
+pytestmark = pytest.mark.slow  # real `dvc repro` and `dvc exp run` on MNIST
+
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 FIGURES = ["confusion_matrix.png", "learning_curves.png", "misclassified.png", "predictions.png"]
 

@@ -234,6 +234,7 @@ def test_predict_from_the_registry(registry, tmp_path: Path, mnist: dict) -> Non
     assert json.loads(proc.stdout)["digit"] == 7
 
 
+@pytest.mark.slow
 def test_quiet_by_default_and_verbose_on_request(
     mnist: dict, model_file: Path, tmp_path: Path
 ) -> None:

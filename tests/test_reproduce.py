@@ -12,6 +12,8 @@ import yaml
 
 from helpers import copy_project, run, use_store
 
+pytestmark = pytest.mark.slow  # real reproductions: git worktrees, locked environments, training
+
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:

@@ -35,6 +35,8 @@ from helpers import (
 )
 from pipeline.core.config import params_yaml_text
 
+pytestmark = pytest.mark.slow  # PostgreSQL, an MLflow server, Ray, DVC remotes
+
 QUICK = ["train.max_examples=2000", "train.epochs=2"]
 
 

@@ -13,6 +13,9 @@ import mlflow
 import pytest
 
 from helpers import assert_complete_child, copy_project, run, run_env, sweep_runs
+from pipeline.sweeps.stats import holm
+
+pytestmark = pytest.mark.slow  # real sweeps: several processes, training on MNIST
 
 QUICK = ["train.max_examples=1000"]
 
@@ -119,8 +122,14 @@ def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
         assert float(row["val_accuracy_mean"]) == pytest.approx(sum(val) / 2)
         assert float(row["test_accuracy_mean"]) == pytest.approx(sum(test) / 2)
         assert 0 <= float(row["val_accuracy_ci95"]) < 1 and float(row["test_accuracy_std"]) >= 0
-        assert row["indistinguishable_from_best"] in ("True", "False")
-    assert rows[0]["indistinguishable_from_best"] == "True"
+        assert row["vs_best_welch_holm"] in (
+            "cannot be told apart from the best",
+            "worse than the best",
+        ) or (row is rows[0] and row["vs_best_welch_holm"] == "best")
+        assert row["fewer_seeds"] == "False"
+    assert rows[0]["vs_best_welch_holm"] == "best" and rows[0]["p_vs_best"] == "nan"
+    raw = [float(r["p_vs_best"]) for r in rows[1:]]
+    assert [float(r["p_vs_best_holm"]) for r in rows[1:]] == pytest.approx(holm(raw))
     assert parent.data.metrics["best_val_accuracy_mean"] == pytest.approx(means[0])
     assert parent.data.tags["best_config"] == rows[0]["config"]
     per_model = list(csv.DictReader(download(parent.info.run_id, "runs.csv", project).open()))
@@ -147,6 +156,17 @@ def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
     assert first.startswith(" ".join(sorted(top))) or first.startswith(" ".join(top))
     grouped = list(csv.DictReader((project / "board.csv").open()))
     assert [float(r["val_accuracy_mean"]) for r in grouped] == pytest.approx(means)
+
+    # The sweep's own runs.csv, summarised again with no store, gives its summary.csv exactly.
+    kept = download(parent.info.run_id, "runs.csv", project)
+    again = run(
+        ["python", "-m", "pipeline.compare", "--runs-csv", str(kept), "--csv", "again.csv"],
+        project,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # nothing listens there: no store is read
+    )
+    assert "best" in again.stdout
+    summary = download(parent.info.run_id, "summary.csv", project).read_text()
+    assert (project / "again.csv").read_text() == summary
 
 
 def test_a_bad_value_fails_its_job_before_any_run_and_keeps_the_others(project: Path) -> None:
@@ -262,7 +282,7 @@ def test_standard_grid_preset() -> None:
         "model.hidden_units": "32,64,128,256,512",
         "train.epochs": "1,3,5,10",
     }
-    assert cfg.hydra.callbacks.sweep._target_ == "pipeline.sweep.SweepCallback"
+    assert cfg.hydra.callbacks.sweep._target_ == "pipeline.sweeps.callback.SweepCallback"
 
 
 def artifact_paths(run_id: str, path: str | None = None) -> set[str]:

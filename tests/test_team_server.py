@@ -29,6 +29,8 @@ from helpers import (
 )
 from pipeline.core.config import params_yaml_text
 
+pytestmark = pytest.mark.slow  # an authenticated MLflow server on PostgreSQL
+
 EXPERIMENT, MODEL = "team", "team-digits"
 ADMIN = ("admin", secrets.token_urlsafe(18))
 EDITOR = ("editor", secrets.token_urlsafe(18))

@@ -71,6 +71,7 @@ def test_logging_goes_to_the_named_run_not_the_active_one(experiment_id: str) ->
     assert (point.value, point.step) == (0.5, 3)
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     script = (
         "import time, mlflow\n"

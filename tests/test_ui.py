@@ -18,6 +18,8 @@ from helpers import (
     use_store,
 )
 
+pytestmark = pytest.mark.slow  # the MLflow UI in Chromium
+
 
 @pytest.fixture(scope="module")
 def ui(swept_project: Path) -> Iterator[tuple[str, Path]]:

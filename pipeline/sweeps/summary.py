@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import PipelineError
+from pipeline.sweeps.stats import METHOD as TEST_METHOD
+from pipeline.sweeps.stats import VERDICT, aggregate
 from pipeline.tracking.names import (
     FAILURE_TAG,
     OVERRIDES_TAG,
@@ -32,9 +35,9 @@ COLUMNS = (
 )  # fmt: skip
 SHOWN = (*COLUMNS[:10], "run_id")
 SUMMARY_COLUMNS = (
-    "config", "n", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_ci95",
+    "config", "n", "fewer_seeds", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_ci95",
     "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci95", "train_seconds_mean",
-    "indistinguishable_from_best", "model", "hidden_units", "epochs",
+    "p_vs_best", "p_vs_best_holm", VERDICT, "model", "hidden_units", "epochs",
 )  # fmt: skip
 AGGREGATED = (VAL_ACCURACY, TEST_ACCURACY, TRAIN_SECONDS)
 
@@ -83,8 +86,6 @@ def summarise(rows: list[dict[str, Any]], keys: Sequence[str] | None = None) -> 
     A configuration is the values of the params `keys`; without keys, the overrides of a sweep
     job (every seed of a job shares them) that not all jobs share, or else the run's name.
     """
-    from pipeline.sweeps.stats import aggregate
-
     finished = [r for r in rows if r["status"] == "FINISHED"]
     shared = (
         set.intersection(*(set(r["overrides"].split()) for r in finished)) if finished else set()
@@ -123,24 +124,26 @@ def _interval(row: dict[str, Any], metric: str) -> str:
     return _cell(mean) if math.isnan(ci) else f"{mean:.4f} ± {ci:.4f}"
 
 
-SAME = {True: "yes", False: "no", None: "-"}
-
-
 def format_summary(table: list[dict[str, Any]]) -> str:
-    """The aggregate as a terminal table: means ± 95% CI half-widths, best first."""
+    """The aggregate as a terminal table: means ± 95% CI half-widths, the best first, the
+    verdict against it; `n*` marks a configuration with fewer finished seeds than the others."""
     shown = [
         {
             "config": r["config"],
-            "n": r["n"],
+            "n": f"{r['n']}*" if r["fewer_seeds"] else str(r["n"]),
             "val_accuracy": _interval(r, VAL_ACCURACY),
             "test_accuracy": _interval(r, TEST_ACCURACY),
             "train_s": _cell(r["train_seconds_mean"]),
-            "same_as_best": SAME[r["indistinguishable_from_best"]],
+            "p_holm": _cell(r["p_vs_best_holm"]),
+            "vs_best": r[VERDICT],
         }
         for r in table
     ]
-    columns = ("config", "n", "val_accuracy", "test_accuracy", "train_s", "same_as_best")
-    return format_table(shown, columns)
+    columns = ("config", "n", "val_accuracy", "test_accuracy", "train_s", "p_holm", "vs_best")
+    text = format_table(shown, columns)
+    if any(r["fewer_seeds"] for r in table):
+        text += "\n* fewer finished seeds than the other configurations"
+    return text
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] = COLUMNS) -> None:
@@ -153,7 +156,62 @@ def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] = C
 
 METHOD = (
     "Ranked by mean validation accuracy over seeds; ± is the half-width of a 95% t-interval. "
-    "same_as_best: Welch's t-test against the best configuration cannot reject equal means "
-    "at alpha = 0.05 (- where a configuration has one seed). Test accuracy is reported, never "
-    "used to choose."
+    f"{TEST_METHOD} 'Cannot be told apart' means the seeds show no difference, not that there "
+    "is none. Test accuracy is reported, never used to choose."
 )
+
+
+def read_runs_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows, as `leaderboard` makes them, from a runs table saved as CSV: a sweep's runs.csv,
+    or `mlflow.search_runs(...)` written with `to_csv` (columns `metrics.*`, `params.*`,
+    `tags.*`). Params are the `params.*` columns, and the short columns model, hidden_units,
+    epochs and seed under their config keys."""
+    if not path.is_file():
+        raise PipelineError(f"--runs-csv {path}: no such file.")
+    with path.open(newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    if not table or not ({VAL_ACCURACY, f"metrics.{VAL_ACCURACY}"} & set(table[0])):
+        raise PipelineError(
+            f"--runs-csv {path}: no {VAL_ACCURACY} (or metrics.{VAL_ACCURACY}) column"
+            + (f"; its columns are {', '.join(list(table[0])[:12])}" if table else ", no rows")
+            + ". Give a sweep's runs.csv or an export of mlflow.search_runs."
+        )
+    return rank([_csv_row(r) for r in table])
+
+
+SHORT_PARAMS = {"model": "model.name", "hidden_units": "model.hidden_units",
+                "epochs": "train.epochs", "seed": "seed"}  # fmt: skip
+
+
+def _csv_row(raw: dict[str, str]) -> dict[str, Any]:
+    def cell(*names: str) -> str:
+        return next((raw[n] for n in names if raw.get(n) not in (None, "")), "")
+
+    def number(name: str) -> float | None:
+        text = cell(name, f"metrics.{name}")
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return None if math.isnan(value) else value
+
+    params = {k.removeprefix("params."): v for k, v in raw.items() if k.startswith("params.")}
+    for short, key in SHORT_PARAMS.items():
+        if raw.get(short):
+            params.setdefault(key, raw[short])
+    return {
+        "run_name": cell("run_name", "tags.mlflow.runName"),
+        "model": params.get("model.name", ""),
+        "hidden_units": params.get("model.hidden_units", ""),
+        "epochs": params.get("train.epochs", ""),
+        "seed": params.get("seed", ""),
+        "val_accuracy": number(VAL_ACCURACY),
+        "test_accuracy": number(TEST_ACCURACY),
+        "test_loss": number(TEST_LOSS),
+        "train_seconds": number(TRAIN_SECONDS),
+        "status": cell("status") or "FINISHED",
+        "overrides": cell("overrides", f"tags.{OVERRIDES_TAG}"),
+        "run_id": cell("run_id"),
+        "failure_reason": cell("failure_reason", f"tags.{FAILURE_TAG}"),
+        "params": params,
+    }
