@@ -60,7 +60,7 @@ TARGETS: dict[str, tuple[str, float, bool]] = {
     "loop_vs_tuned_fit": ("(f) tuned `fit` s/epoch / pipeline s/epoch", 1.0, True),
     "sweep_efficiency": ("(g) 60-model grid: steady training s / wall s", 0.75, True),
 }
-GRID = ["+sweep=hidden_epochs", "sweep.seeds=3"]
+GRID = ["+grid=hidden_epochs", "sweep.seeds=3"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
