@@ -42,7 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from conftest import copy_project, run_env  # noqa: E402  (the tests' copy of the project)
+from helpers import copy_project, run_env  # noqa: E402  (the tests' copy of the project)
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
