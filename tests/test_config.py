@@ -4,7 +4,16 @@ import pytest
 import yaml
 
 from helpers import ROOT, copy_project, run, run_stage
-from pipeline.core.config import CNNConfig, Config, MLPConfig, compose, params_yaml_text, validate
+from pipeline.core.config import (
+    CNNConfig,
+    Config,
+    MLPConfig,
+    compose,
+    load_params,
+    params_yaml_text,
+    to_yaml,
+    validate,
+)
 from pipeline.core.errors import ConfigError
 
 
@@ -153,3 +162,10 @@ def test_cluster_presets_reserve_the_cpus_their_jobs_compute_with(threads: int) 
                 node.ray.remote.num_cpus if launcher == "ray_cluster" else node.cpus_per_task
             )
     assert reserved == {"ray_cluster": threads, "slurm": threads}
+
+
+def test_a_run_records_params_yaml_to_the_letter() -> None:
+    """What a run logs as config.yaml (and digests as params_sha256) is params.yaml itself."""
+    assert (
+        to_yaml(load_params(ROOT / "params.yaml").to_dict()) == (ROOT / "params.yaml").read_text()
+    )

@@ -267,7 +267,7 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
     print(f"model: {chosen.about.get('uri') or chosen.about.get('path')}", flush=True)
-    app = create_app(chosen, store, ui)
+    app = create_app(chosen, store_uri, ui)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except OSError as exc:
