@@ -16,12 +16,17 @@ side by side on the same machine:
   (g) `sweep_efficiency` of the standard grid with `sweep.seeds=3` (60 models) and the default
       launcher: the sum over its models of epochs x steady seconds per epoch, over the sweep's
       wall time; and the same grid's wall time with `hydra/launcher=joblib`, 2 workers, at 1 and
-      at 2 TensorFlow threads each.
+      at 2 TensorFlow threads each;
+  (h) the web app under load against `mlflow models serve` on the same champion model
+      (benchmarks/serve.py): requests per second at 8 clients and their ratio, p50 and p95
+      latency, a single client's p50, zero errors, answers as `pipeline.predict --json`'s;
+  (i) the wall time of `python -m pipeline.predict digit.png`, after a first command.
 
 Prints a table, writes `benchmarks/results.json` and the table into `docs/benchmarks.md`.
 Command: `uv run python benchmarks/run.py` (`MNIST_MIRROR` or `--mirror` names the local copy of
 the four MNIST files; the default is `../shared/data/mnist` beside the project); with `--only
-sweeps`, only (d) and (g), about 15 minutes, keeping the other results.
+sweeps`, only (d) and (g), about 15 minutes; with `--only serve`, only (h) and (i), about two
+minutes; either keeps the other results.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from conftest import copy_project, run_env  # noqa: E402  (the tests' copy of the project)
+from serve import check, measure_serving  # noqa: E402
+
+from helpers import copy_project, run_env  # noqa: E402  (the tests' copy of the project)
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -59,13 +66,21 @@ TARGETS: dict[str, tuple[str, float, bool]] = {
     "train_peak_rss_mb": ("(e) train stage peak RSS, MB", 1500.0, False),
     "loop_vs_tuned_fit": ("(f) tuned `fit` s/epoch / pipeline s/epoch", 1.0, True),
     "sweep_efficiency": ("(g) 60-model grid: steady training s / wall s", 0.75, True),
+    "app_vs_mlflow_serve": ("(h) app req/s / `mlflow models serve` req/s, 8 clients", 2.0, True),
+    "app_p95_ms": ("(h) app p95 latency at 8 clients, ms", 150.0, False),
+    "app_single_client_p50_ms": ("(h) app p50 latency, 1 client, ms", 15.0, False),
+    "predict_cli_s": ("(i) `pipeline.predict digit.png`, s", 5.0, False),
 }
-GRID = ["+sweep=hidden_epochs", "sweep.seeds=3"]
+GRID = ["+grid=hidden_epochs", "sweep.seeds=3"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
 class BenchmarkError(Exception):
     pass
+
+
+def fail(message: str) -> None:
+    raise BenchmarkError(message)
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
@@ -235,6 +250,8 @@ def measure(mirror: Path, work: Path) -> dict[str, Any]:
     _, _, out = timed([py, str(ROOT / "benchmarks/fit.py"), str(project)], work, env)
     tuned = json.loads(out.strip().splitlines()[-1])
     sweeps = measure_sweeps(project, env)
+    print("the web app and mlflow models serve under load ...", flush=True)
+    serving = measure_serving(project, env, work)
 
     plain_epoch = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
     pipeline_epoch = train["train_seconds"] / epochs
@@ -252,6 +269,7 @@ def measure(mirror: Path, work: Path) -> dict[str, Any]:
         "pipeline_vs_plain": round(repro_wall / plain_wall, 3),
         "noop_repro_s": round(noop_wall, 2),
         **sweeps,
+        **serving,
         "train_peak_rss_mb": train_rss,
         "tuned_fit_epoch_s": round(tuned["fit_seconds"] / len(tuned["epoch_seconds"]), 3),
         "tuned_fit_steady_epoch_s": round(steady(tuned["epoch_seconds"]), 3),
@@ -284,7 +302,13 @@ def table(results: dict[str, Any]) -> str:
         f"`steps_per_execution` = one epoch): {results['tuned_fit_epoch_s']} s/epoch "
         f"({results['tuned_fit_steady_epoch_s']} s after the first, against the loop's "
         f"{results['pipeline_steady_epoch_s']} s), test accuracy "
-        f"{results['tuned_fit_test_accuracy']}."
+        f"{results['tuned_fit_test_accuracy']}. Serving (8 clients x 50 requests, then 1): the "
+        f"app {results['app_rps']} req/s, p50 {results['app_p50_ms']} ms, p95 "
+        f"{results['app_p95_ms']} ms, one client's p50 {results['app_single_client_p50_ms']} "
+        f"ms, answers as `pipeline.predict --json`: {results['app_answers_as_predict']}; "
+        f"`mlflow models serve` {results['mlflow_serve_rps']} req/s, p50 "
+        f"{results['mlflow_serve_p50_ms']} ms, p95 {results['mlflow_serve_p95_ms']} ms; errors "
+        f"{results['app_errors']} and {results['mlflow_serve_errors']}."
     )
     grids = results["grid_3_seeds"]
     rows.append("")
@@ -320,8 +344,12 @@ def write_doc(results: dict[str, Any]) -> None:
     _, tail = rest.split(END, 1)
     when = results["taken"]
     lines = f"Taken {when['all']}."
-    if when["sweeps"] != when["all"]:
-        lines = f"(a)-(c), (e), (f) taken {when['all']}.\n\n(d), (g) taken {when['sweeps']}."
+    parts = {"sweeps": "(d), (g)", "serve": "(h), (i)"}
+    later = {k: v for k, v in when.items() if k in parts and v != when["all"]}
+    if later:
+        lines = f"(a)-(c), (e), (f) and the rest taken {when['all']}." + "".join(
+            f"\n\n{parts[k]} taken {v}." for k, v in later.items()
+        )
     DOC.write_text(f"{head}{BEGIN}\n{lines}\n\n{table(results)}\n{END}{tail}", encoding="utf-8")
 
 
@@ -330,7 +358,9 @@ def main() -> int:
     default = os.environ.get("MNIST_MIRROR") or str(ROOT.parent / "shared/data/mnist")
     parser.add_argument("--mirror", default=default, help="folder with the 4 MNIST .gz files")
     parser.add_argument(
-        "--only", choices=["sweeps"], help="measure only (d) and (g), keep the other results"
+        "--only",
+        choices=["sweeps", "serve"],
+        help="measure only (d) and (g), or only (h) and (i); keep the other results",
     )
     args = parser.parse_args()
     mirror = Path(args.mirror).resolve()
@@ -346,17 +376,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as work:
         try:
             now = taken(machine())
-            if args.only == "sweeps":
+            if args.only:
                 env = run_env(MNIST_MIRROR=str(mirror))
                 project = copy_project(Path(work) / "project")
-                subprocess.run([sys.executable, "-m", "dvc", "repro", "preprocess"],
+                stage = "preprocess" if args.only == "sweeps" else "evaluate"
+                subprocess.run([sys.executable, "-m", "dvc", "repro", stage],
                                cwd=project, env=env, check=True, capture_output=True)  # fmt: skip
                 earlier = json.loads(RESULTS.read_text())
-                results = earlier | measure_sweeps(project, env)
-                results["taken"] = {"all": earlier["taken"]["all"], "sweeps": now}
+                if args.only == "sweeps":
+                    part = measure_sweeps(project, env)
+                else:
+                    part = measure_serving(project, env, Path(work))
+                results = earlier | part
+                results["taken"] = {**earlier["taken"], args.only: now}
             else:
                 results = measure(mirror, Path(work))
-                results["taken"] = {"all": now, "sweeps": now}
+                results["taken"] = {"all": now, "sweeps": now, "serve": now}
+            check(results, fail)
         except BenchmarkError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

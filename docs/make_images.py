@@ -6,7 +6,7 @@ serves to a headless Chromium (Debian's chromium and chromium-driver) for a scre
 runs table with the newest sweep expanded; and the web app (`pipeline.app`) on the champion, for
 its draw page with a 7 drawn and its compare page for the sweep's best and worst models.
 Outputs: docs/images/*.png, scaled down to at most 900 pixels wide.
-Command: `uv run python docs/make_images.py [--sweep multirun/DATE/TIME] [--only app]`.
+Command: `uv run python docs/make_images.py [--sweep multirun/DATE/TIME] [--only app|ui]`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from conftest import app_server, chromium, draw, line, mlflow_server, read_answer  # noqa: E402
+from helpers import app_server, chromium, draw, line, mlflow_server, read_answer  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 FIGURES = {
@@ -41,8 +41,12 @@ def save_small(source: Path, name: str) -> None:
 
 
 def ui_screenshot(target: Path) -> None:
+    """The MLflow UI's runs table with the newest sweep expanded under its parent, its name in
+    full, the validation and test accuracy columns shown and the assistant panel closed."""
     import mlflow
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     store = f"sqlite:///{ROOT / 'mlflow.db'}"
@@ -52,13 +56,29 @@ def ui_screenshot(target: Path) -> None:
         [experiment.experiment_id], "tags.sweep = 'parent'", max_results=1
     )
     log = OUT / ".ui.log"
-    driver = chromium(1400, 900)
+    driver = chromium(1500, 900)
     try:
         with mlflow_server("ui", "--backend-store-uri", store, log=log) as url:
             page = f"{url}/#/experiments/{experiment.experiment_id}"
             driver.get(f"{page}?workflowType=machine_learning")
             name = parent.info.run_name
             WebDriverWait(driver, 60).until(lambda d: name in d.page_source)
+            time.sleep(1)
+            for button in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+                button.click()  # the assistant panel
+            driver.find_element(By.XPATH, "//button[normalize-space()='Columns']").click()
+            time.sleep(1)
+            for label in ("Dataset", "val_accuracy", "test_accuracy"):  # Dataset off, two on
+                path = f"//span[contains(@class, 'tree-title')][normalize-space(text())='{label}']"
+                driver.find_element(By.XPATH, path).click()
+                time.sleep(0.3)
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+            time.sleep(1)
+            header = driver.find_element(
+                By.XPATH, "//div[contains(@class, 'ag-header-cell')][.//*[text()='Run Name']]"
+            )
+            handle = header.find_element(By.CLASS_NAME, "ag-header-cell-resize")
+            ActionChains(driver).drag_and_drop_by_offset(handle, 160, 0).perform()  # full names
             link = driver.find_element(By.LINK_TEXT, name)
             cell = link.find_element(By.XPATH, "./ancestor::div[contains(@class, 'ag-cell')][1]")
             cell.find_element(By.TAG_NAME, "button").click()  # expand the sweep
@@ -108,7 +128,9 @@ def app_screenshots(sweep: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, help="a sweep folder (default: the newest)")
-    parser.add_argument("--only", choices=["app"], help="only the web app's screenshots")
+    parser.add_argument(
+        "--only", choices=["app", "ui"], help="only the web app's or the MLflow UI's screenshots"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     sweeps = sorted((ROOT / "multirun").glob("*/*/accuracy_by_hidden_units.png"))
@@ -116,10 +138,15 @@ def main() -> None:
     if args.only == "app":
         app_screenshots(sweep)
         return
+    shot = OUT / ".mlflow-ui.png"
+    if args.only == "ui":
+        ui_screenshot(shot)
+        save_small(shot, "mlflow-ui-sweep.png")
+        shot.unlink()
+        return
     for source, name in FIGURES.items():
         save_small(ROOT / "reports" / "figures" / source, name)
     save_small(sweep / "accuracy_by_hidden_units.png", "sweep-accuracy-by-hidden-units.png")
-    shot = OUT / ".mlflow-ui.png"
     ui_screenshot(shot)
     save_small(shot, "mlflow-ui-sweep.png")
     shot.unlink()

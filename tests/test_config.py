@@ -4,7 +4,16 @@ import pytest
 import yaml
 
 from helpers import ROOT, copy_project, run, run_stage
-from pipeline.core.config import CNNConfig, Config, MLPConfig, compose, params_yaml_text, validate
+from pipeline.core.config import (
+    CNNConfig,
+    Config,
+    MLPConfig,
+    compose,
+    load_params,
+    params_yaml_text,
+    to_yaml,
+    validate,
+)
 from pipeline.core.errors import ConfigError
 
 
@@ -131,3 +140,32 @@ def test_config_command_check_detects_drift(tmp_path: Path) -> None:
     run(["python", "-m", "pipeline.config"], project)
     assert "epochs: 7" in (project / "params.yaml").read_text()
     assert "matches conf/" in run(["python", "-m", "pipeline.config", "--check"], project).stdout
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cluster_presets_reserve_the_cpus_their_jobs_compute_with(threads: int) -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from pipeline.core.paths import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        reserved = {}
+        for launcher in ("ray_cluster", "slurm"):
+            cfg = hydra_compose(
+                "config",
+                overrides=[f"hydra/launcher={launcher}", f"train.intra_op_threads={threads}"],
+                return_hydra_config=True,
+            )
+            node = cfg.hydra.launcher
+            reserved[launcher] = (
+                node.ray.remote.num_cpus if launcher == "ray_cluster" else node.cpus_per_task
+            )
+    assert reserved == {"ray_cluster": threads, "slurm": threads}
+
+
+def test_a_run_records_params_yaml_to_the_letter() -> None:
+    """What a run logs as config.yaml (and digests as params_sha256) is params.yaml itself."""
+    assert (
+        to_yaml(load_params(ROOT / "params.yaml").to_dict()) == (ROOT / "params.yaml").read_text()
+    )

@@ -5,6 +5,8 @@ modules stay light, dvc.yaml's deps follow the code each stage runs, and every c
 from __future__ import annotations
 
 import ast
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, run_env
+from helpers import ROOT, copy_project, run, run_env
 
 PIPELINE = ROOT / "pipeline"
 # Lowest first: a module may import from a lower rank, or from its own package at its own rank.
@@ -175,3 +177,61 @@ def test_a_sweep_without_m_says_how_or_runs_as_a_sweep(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "hidden_units: 64" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_dvc_lock_matches_the_code_and_the_committed_metrics(tmp_path: Path) -> None:
+    """What dvc.lock records of each stage's code, params and uv.lock, and of the metrics and
+    plot data committed beside it, is what the tree holds: a fresh clone's `dvc status` finds
+    nothing to rerun but the data it has not pulled yet."""
+    project = copy_project(tmp_path / "project")
+    proc = run([sys.executable, "-m", "dvc", "status", "--json"], project)
+    stale = []
+    for stage, changes in json.loads(proc.stdout or "{}").items():
+        for change in changes:
+            if not isinstance(change, dict):  # "changed command" and the like
+                stale.append(f"{stage}: {change}")
+                continue
+            for kind, entries in change.items():
+                for path, state in entries.items():
+                    fetched = path.startswith(("data/", "models/", "reports/figures"))
+                    if not (fetched and state in ("deleted", "not in cache")):
+                        stale.append(f"{stage}: {kind} {path} {state}")
+    assert not stale, (
+        "dvc.lock does not match the tree; run `uv run dvc repro` (or `uv run dvc commit` when "
+        "only code that cannot change the results moved) and commit dvc.lock and reports/: "
+        + "; ".join(stale)
+    )
+
+
+def test_every_imported_package_is_a_declared_dependency() -> None:
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    declared = {
+        re.split(r"[<>=!\[;]", dep, maxsplit=1)[0].strip().lower().replace("_", "-")
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    stdlib = set(sys.stdlib_module_names)
+    owners = packages_distributions()
+    missing = set()
+    for path in PIPELINE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in stdlib or top in ("pipeline", "__future__"):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & declared:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("script", ["benchmarks/run.py", "docs/make_images.py"])
+def test_the_benchmark_and_the_image_maker_start(script: str) -> None:
+    proc = run([sys.executable, script, "--help"], ROOT)
+    assert proc.stdout.startswith("usage:")

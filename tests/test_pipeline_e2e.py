@@ -115,6 +115,10 @@ def test_one_mlflow_run_holds_everything(project: Path, default_run) -> None:
     assert params["train.batch_size"] == "32" and params["model.name"] == "mlp"
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert run_.data.tags["git_commit"] == head and run_.data.tags["git_dirty"] == "false"
+    # MLflow's own source tags: the UI's Source, Version and User columns.
+    assert run_.data.tags["mlflow.source.git.commit"] == head
+    assert run_.data.tags["mlflow.source.name"] == "pipeline/train.py"
+    assert run_.data.tags["mlflow.source.type"] == "LOCAL" and run_.data.tags["mlflow.user"]
     assert len(run_.data.tags["data.processed.train.sha256"]) == 64
     assert run_.data.tags["weights_sha256"] and run_.data.tags["model_sha256"]
     figures = [a.path for a in client.list_artifacts(run_.info.run_id, "figures")]

@@ -1,3 +1,4 @@
+import getpass
 import hashlib
 import platform
 import subprocess
@@ -25,6 +26,14 @@ def test_git_state(tmp_path: Path) -> None:
     assert tags == {"git_commit": head.strip(), "git_branch": "main", "git_dirty": "false"}
     (tmp_path / "a.txt").write_text("two")
     assert provenance.git_state(tmp_path)["git_dirty"] == "true"
+    source = provenance.source(tmp_path, "pipeline/sweep.py")
+    assert source == {
+        "mlflow.source.git.commit": head.strip(),
+        "mlflow.source.git.branch": "main",
+        "mlflow.source.name": "pipeline/sweep.py",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
 
 
 def test_provenance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -34,6 +43,8 @@ def test_provenance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     tags = provenance.provenance(tmp_path, {"raw.x": "abc"}, "seed: 1\n")
     assert tags["dvc_exp_name"] == "lucky-lark" and tags["reproduces"] == "abc123"
     assert tags["data.raw.x.sha256"] == "abc" and tags["git_commit"] == "none"
+    assert tags["mlflow.source.name"] == "pipeline/train.py"  # not in git: no commit to name
+    assert "mlflow.source.git.commit" not in tags and tags["mlflow.user"]
     assert tags["params_sha256"] == hashlib.sha256(b"seed: 1\n").hexdigest()
     assert tags["uv_lock_sha256"] == hashlib.sha256(b"lock").hexdigest()
     assert tags["env.python"] == platform.python_version()

@@ -204,7 +204,7 @@ def test_unknown_run_id(made: tuple[Path, str]) -> None:
 
 def test_missing_commit(made: tuple[Path, str]) -> None:
     root, run_id = made
-    with tampered(run_id, "git_commit", "deadbeef" * 5):
+    with tampered(run_id, "mlflow.source.git.commit", "deadbeef" * 5):
         proc = reproduce(root, run_id)
     assert proc.returncode == 1
     assert f"commit {'deadbeef' * 5} of run {run_id} is not in the repository" in proc.stderr

@@ -276,7 +276,7 @@ def test_standard_grid_preset() -> None:
     from pipeline.core.config import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["+sweep=hidden_epochs"], return_hydra_config=True)
+        cfg = compose("config", overrides=["+grid=hidden_epochs"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert dict(cfg.hydra.sweeper.params) == {
         "model.hidden_units": "32,64,128,256,512",
@@ -318,8 +318,11 @@ def test_a_sweep_job_and_dvc_exp_run_make_the_same_run(project: Path) -> None:
     # Both registered: the stage its model, the sweep its best (here its only) configuration's.
     assert job.data.tags["registered_version"] != stage.data.tags["registered_version"]
     # Same seed, data, threads and code: the same model, bit for bit.
-    for key in ("weights_sha256", "params_sha256", "git_commit", "git_dirty"):
+    for key in ("weights_sha256", "params_sha256", "git_commit", "git_dirty", "mlflow.user"):
         assert job.data.tags[key] == stage.data.tags[key], key
+    assert job.data.tags["mlflow.source.git.commit"] == stage.data.tags["git_commit"]
+    assert job.data.tags["mlflow.source.name"] == "pipeline/sweep.py"
+    assert stage.data.tags["mlflow.source.name"] == "pipeline/train.py"
     assert job.data.metrics["test_accuracy"] == stage.data.metrics["test_accuracy"]
 
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -190,12 +191,17 @@ def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> 
         if len(data) > MAX_BYTES:
             raise HTTPException(413, f"{image.filename}: over {MAX_BYTES} bytes.")
         name = image.filename or "image"
+        # Decoding and predicting run in worker threads: the event loop keeps answering.
         try:
-            x = read_digit(io.BytesIO(data), name, MAX_PIXELS)
+            answer = await run_in_threadpool(read_and_predict, data, name)
         except ImageTooLarge as exc:
             raise HTTPException(413, str(exc)) from None
         except DataError as exc:
             raise HTTPException(422, str(exc)) from None
+        return {**answer, "model": about}
+
+    def read_and_predict(data: bytes, name: str) -> dict[str, Any]:
+        x = read_digit(io.BytesIO(data), name, MAX_PIXELS)
         with lock:
             probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
         best = top3(probs)
@@ -204,7 +210,6 @@ def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> 
             "probabilities": [round(float(p), 6) for p in probs],
             "top3": best,
             "input": png_data_url(x),
-            "model": about,
         }
 
     @app.get("/compare", response_class=HTMLResponse)
@@ -262,7 +267,7 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
     print(f"model: {chosen.about.get('uri') or chosen.about.get('path')}", flush=True)
-    app = create_app(chosen, store, ui)
+    app = create_app(chosen, store_uri, ui)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except OSError as exc:

@@ -42,7 +42,9 @@ def _check(ok: Any) -> AfterValidator:
 
 
 PositiveInt = Annotated[int, Field(gt=0), Says("an integer", "an integer > 0")]
-PositiveFloat = Annotated[float, Field(gt=0), Says("a number", "a number > 0")]
+# A number stays as written (30, not 30.0): a run's config.yaml is then params.yaml to the letter.
+Number = int | float
+PositiveFloat = Annotated[Number, Field(gt=0), Says("a number", "a number > 0")]
 NonEmpty = Annotated[str, Field(min_length=1), Says("a string", "a non-empty value")]
 
 MNIST_FILES = ("train_images", "train_labels", "test_images", "test_labels")
@@ -75,7 +77,7 @@ class DataConfig(Section):
     ]
     timeout_s: PositiveFloat
     val_fraction: Annotated[
-        float, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
+        Number, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
     ]
 
 
@@ -93,7 +95,7 @@ class CNNConfig(Section):
     ]
     kernel_size: Annotated[Literal[1, 3, 5, 7], Says("an integer", "an odd integer from 1 to 7")]
     hidden_units: PositiveInt
-    dropout: Annotated[float, Field(ge=0, lt=1), Says("a number", "a number in [0, 1)")]
+    dropout: Annotated[Number, Field(ge=0, lt=1), Says("a number", "a number in [0, 1)")]
 
 
 MODELS: dict[str, type[Section]] = {"mlp": MLPConfig, "cnn": CNNConfig}
@@ -153,11 +155,13 @@ class SweepConfig(Section):
 
 
 class Config(Section):
-    seed: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
+    # In params.yaml's order (conf/config.yaml's defaults, then its own keys): a run records
+    # `to_yaml(config.to_dict())`, which is then params.yaml to the letter.
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     tracking: TrackingConfig
+    seed: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
     sweep: SweepConfig
 
     def to_dict(self) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Where:
     experiment_id: str
     parent_run_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    entry_point: str = "pipeline/train.py"  # the command that makes the run: MLflow's Source
 
     @property
     def in_sweep(self) -> bool:
@@ -174,6 +175,7 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
         tags=where.tags,
         parent_run_id=where.parent_run_id,
         close=close,
+        entry_point=where.entry_point,
     ) as run_id:
         yield run_id
 

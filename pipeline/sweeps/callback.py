@@ -78,6 +78,7 @@ class SweepCallback(Callback):
                 names.SWEEP_TAG: names.SWEEP_PARENT,
                 names.OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
                 **provenance.git_state(root),
+                **provenance.source(root, "pipeline/sweep.py"),
             },
             run_id=resumed.get("run_id"),
         )

@@ -125,6 +125,7 @@ def run_job(cfg: DictConfig) -> float | None:
                 experiment_id,
                 parent_run_id=parent["run_id"],
                 tags={names.OVERRIDES_TAG: overrides},
+                entry_point="pipeline/sweep.py",
             )
             score, model = _train_model(
                 config.model_copy(update={"seed": seed}), where, background

@@ -8,14 +8,14 @@ failed. Without -m, the overrides run as a sweep all the same.
 
 Config groups (conf/): data=mnist; model=mlp|cnn; train=default; tracking=local|server;
 hydra/launcher=basic|joblib|ray_cluster|slurm.
-Presets: +sweep=hidden_epochs (the standard 5 x 4 grid); +search=optuna (an Optuna TPE search,
+Presets: +grid=hidden_epochs (the standard 5 x 4 grid); +search=optuna (an Optuna TPE search,
 hydra.sweeper.n_trials=N).
 Keys most often swept: model.hidden_units, train.epochs, train.learning_rate,
 train.batch_size, train.optimizer, seed; sweep.seeds=N (models per configuration).
 
 Examples:
   uv run python -m pipeline.sweep -m model.hidden_units=32,64,128 train.epochs=1,3
-  uv run python -m pipeline.sweep +sweep=hidden_epochs sweep.seeds=3
+  uv run python -m pipeline.sweep +grid=hidden_epochs sweep.seeds=3
   uv run python -m pipeline.sweep +search=optuna hydra.sweeper.n_trials=20
 
 Hydra's own options: --cfg job (print the composed config), --hydra-help, --info.

@@ -53,7 +53,7 @@ def find_run(run_id: str) -> Any:
 def check_reproducible(run: Any, root: Path) -> str:
     """The run's commit, once it is known to be in this repository; warn about a dirty tree."""
     tags, run_id = run.data.tags, run.info.run_id
-    commit = tags.get(names.GIT_COMMIT, names.NOT_IN_GIT)
+    commit = tags.get(names.SOURCE_COMMIT) or tags.get(names.GIT_COMMIT, names.NOT_IN_GIT)
     if commit == names.NOT_IN_GIT:
         raise PipelineError(f"run {run_id} has no git_commit tag: it was not made in a git repo.")
     if names.WEIGHTS_SHA256_TAG not in tags:

@@ -17,7 +17,15 @@ SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=paren
 OVERRIDES_TAG = "sweep_overrides"
 BEST_TAG = "best_config"  # on a sweep's parent: its best configuration
 
-# Provenance (tracking/provenance.py writes them, reproduce reads them).
+# MLflow's own source tags: the UI's Source, Version and User columns, and MLflow's tooling.
+SOURCE_COMMIT = "mlflow.source.git.commit"
+SOURCE_BRANCH = "mlflow.source.git.branch"
+SOURCE_NAME = "mlflow.source.name"  # the entry point: pipeline/train.py, pipeline/sweep.py
+SOURCE_TYPE = "mlflow.source.type"
+USER = "mlflow.user"
+
+# Provenance (tracking/provenance.py writes them, reproduce reads them). GIT_COMMIT repeats
+# SOURCE_COMMIT for readers of runs made before the standard tag; it goes in the next release.
 GIT_COMMIT = "git_commit"
 GIT_BRANCH = "git_branch"
 GIT_DIRTY = "git_dirty"

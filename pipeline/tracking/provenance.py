@@ -6,6 +6,7 @@ tools/reproduce.py compares them. The tag names they produce live in tracking/na
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import platform
@@ -21,9 +22,10 @@ ENV_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy")
 REPRODUCES_ENV = "PIPELINE_REPRODUCES"  # set by reproduce.py for the run it makes
 DVC_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")  # set by `dvc exp run`
 
-# Not code: DVC rewrites dvc.lock while the pipeline runs, and `dvc exp run -S` rewrites
-# params.yaml, which every run records whole (config.yaml, params_sha256).
-NOT_CODE = (":!dvc.lock", ":!params.yaml")
+# Not code: DVC rewrites dvc.lock and the committed metrics and plot data in reports/ while the
+# pipeline runs, and `dvc exp run -S` rewrites params.yaml, which every run records whole
+# (config.yaml, params_sha256).
+NOT_CODE = (":!dvc.lock", ":!params.yaml", ":!reports")
 
 
 def run_git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -53,6 +55,24 @@ def git_state(root: Path) -> dict[str, str]:
         names.GIT_BRANCH: git(root, "rev-parse", "--abbrev-ref", "HEAD") or "",
         names.GIT_DIRTY: str(bool(status)).lower(),
     }
+
+
+def source(root: Path, entry_point: str) -> dict[str, str]:
+    """MLflow's standard source tags: the commit and branch of the code at `root`, the entry
+    point that made the run, its type and the user."""
+    state = git_state(root)
+    tags = {names.SOURCE_NAME: entry_point, names.SOURCE_TYPE: "LOCAL", names.USER: _user()}
+    if state[names.GIT_COMMIT] != names.NOT_IN_GIT:
+        tags[names.SOURCE_COMMIT] = state[names.GIT_COMMIT]
+        tags[names.SOURCE_BRANCH] = state[names.GIT_BRANCH]
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid without a name
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
 def uncommitted_diff(root: Path) -> str:
@@ -86,14 +106,18 @@ def sha256_text(text: str) -> str:
 
 
 def provenance(
-    code_dir: Path, data_digests: Mapping[str, str], config_text: str
+    code_dir: Path,
+    data_digests: Mapping[str, str],
+    config_text: str,
+    entry_point: str = "pipeline/train.py",
 ) -> dict[str, str]:
     """Everything that says exactly what a run was made from, as tag name -> value.
 
-    Git state of `code_dir`, the DVC experiment, the run it reproduces, the SHA-256 of the
-    resolved config, of uv.lock and of each data file, and the environment.
+    Git state of `code_dir` (also as MLflow's source tags, with `entry_point` and the user), the
+    DVC experiment, the run it reproduces, the SHA-256 of the resolved config, of uv.lock and of
+    each data file, and the environment.
     """
-    tags = git_state(code_dir)
+    tags = git_state(code_dir) | source(code_dir, entry_point)
     tags[names.PARAMS_SHA256] = sha256_text(config_text)
     lock = code_dir / "uv.lock"
     if lock.is_file():

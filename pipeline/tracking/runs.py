@@ -102,16 +102,20 @@ def model_run(
     data_digests: Mapping[str, str],
     experiment_id: str,
     run_name: str,
+    *,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
     close: bool = True,
+    entry_point: str = "pipeline/train.py",
 ) -> Iterator[str]:
     """A `tracked_run` for one trained model, with its provenance logged before any work.
 
-    Tags from `provenance.provenance`; artifacts: the resolved config (`config.yaml`) and, when
-    the tree is dirty, the uncommitted diff (`uncommitted.diff`, dvc.lock aside).
+    Tags from `provenance.provenance` (`entry_point` is the command that made it, MLflow's
+    Source); artifacts: the resolved config (`config.yaml`) and, when the tree is dirty, the
+    uncommitted diff (`uncommitted.diff`, dvc.lock aside).
     """
-    tags = {**provenance.provenance(code_dir, data_digests, config_text), **(tags or {})}
+    made_of = provenance.provenance(code_dir, data_digests, config_text, entry_point)
+    tags = {**made_of, **(tags or {})}
     with tracked_run(experiment_id, run_name, tags, None, parent_run_id, close) as run_id:
         client = mlflow.MlflowClient()
         client.log_text(run_id, config_text, names.CONFIG_ARTIFACT)
