@@ -116,7 +116,10 @@ def assert_complete_child(child, parent_id: str, epochs: int, examples: int = 10
     import mlflow
 
     client = mlflow.MlflowClient()
-    assert child.info.status == "FINISHED"
+    assert child.info.status == "FINISHED", (
+        child.info.status,
+        child.data.tags.get("failure_reason"),
+    )
     assert child.data.tags["mlflow.parentRunId"] == parent_id
     assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == epochs
     for key in ("test_accuracy", "test_loss", "macro_f1", "train_seconds"):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.config import FileSpec, load_params
+from pipeline.core.config import FileSpec
 from pipeline.core.errors import DataError
-from pipeline.core.paths import PARAMS_FILE, PROCESSED_DIR, RAW_DIR
+from pipeline.core.paths import PROCESSED_DIR, RAW_DIR
 
 UBYTE = 0x08
 IMAGE_SHAPE = (28, 28)
@@ -169,8 +169,15 @@ def prepared(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return load_split(root / PROCESSED_DIR, split)
 
 
+def project_data_digests(root: Path, files: dict[str, FileSpec]) -> dict[str, str]:
+    """`data_digests` of the project's data, computed once per process for the same files: the
+    models of a sweep all train on the data `dvc repro` prepared, which they never change."""
+    return dict(_digests_once(root, tuple((key, spec.name) for key, spec in files.items())))
+
+
 @functools.cache
-def project_data_digests(root: Path) -> dict[str, str]:
-    """`data_digests` of the project's data, computed once per process (a sweep never changes
-    them)."""
-    return data_digests(load_params(root / PARAMS_FILE).data.files, root)
+def _digests_once(root: Path, files: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    raw, processed = root / RAW_DIR, root / PROCESSED_DIR
+    digests = {f"raw.{key}": sha256_file(raw / name) for key, name in files}
+    digests.update({f"processed.{s}": sha256_file(processed / f"{s}.npz") for s in SPLITS})
+    return tuple(digests.items())

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from pipeline.core.config import Config, flatten, to_yaml
-from pipeline.core.data import data_digests, prepared, sha256_file
+from pipeline.core.data import prepared, project_data_digests, sha256_file
 from pipeline.core.paths import (
     CONF_DIR,
     FIGURES_DIR,
@@ -169,7 +169,7 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
     with runs.model_run(
         where.root,
         to_yaml(cfg.to_dict()),
-        data_digests(cfg.data.files, where.root),
+        project_data_digests(where.root, cfg.data.files),
         where.experiment_id,
         run_name(cfg, with_seed=where.in_sweep),
         tags=where.tags,
