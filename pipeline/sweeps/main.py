@@ -58,13 +58,19 @@ def _run() -> None:
     from pipeline.core.console import quiet
     from pipeline.core.errors import exit_now
     from pipeline.core.paths import CONF_DIR
-    from pipeline.sweeps.finishing import ran_jobs
+    from pipeline.sweeps.finishing import finished, ran_jobs
 
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
     quiet()
     # The Optuna sweeper builds its search space from distributions Optuna 3 deprecated.
     warnings.filterwarnings("ignore", ".*Distribution has been deprecated", FutureWarning)
-    main()  # a sweep that failed has exited by now, through Hydra or `stop`
+    try:
+        main()  # a sweep that failed has exited by now, through Hydra or `stop`
+    finally:
+        # Interrupted, the models already handed to the background still finish, and their
+        # jobs are recorded, before the interpreter starts shutting down: by then its thread
+        # pools refuse new work, which MLflow's logging needs.
+        finished()
     if ran_jobs():  # no launcher's workers to shut down, every run closed
         exit_now()
 
