@@ -99,15 +99,6 @@ def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, n
     return images, labels
 
 
-def data_digests(files: dict[str, FileSpec], root: Path = Path()) -> dict[str, str]:
-    """SHA-256 of each raw file and each processed split under `root`: the data a model was
-    trained on."""
-    raw, processed = root / RAW_DIR, root / PROCESSED_DIR
-    digests = {f"raw.{key}": sha256_file(raw / spec.name) for key, spec in files.items()}
-    digests.update({f"processed.{s}": sha256_file(processed / f"{s}.npz") for s in SPLITS})
-    return digests
-
-
 def scale(images: np.ndarray) -> np.ndarray:
     """Pixels 0-255 to float32 0-1, the seed model's only preprocessing."""
     return images.astype(np.float32) / 255.0
@@ -170,8 +161,9 @@ def prepared(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def project_data_digests(root: Path, files: dict[str, FileSpec]) -> dict[str, str]:
-    """`data_digests` of the project's data, computed once per process for the same files: the
-    models of a sweep all train on the data `dvc repro` prepared, which they never change."""
+    """SHA-256 of each raw file and each processed split under `root`: the data a model was
+    trained on. Computed once per process for the same files: the models of a sweep all train
+    on the data `dvc repro` prepared, which they never change."""
     return dict(_digests_once(root, tuple((key, spec.name) for key, spec in files.items())))
 
 
