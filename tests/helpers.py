@@ -378,3 +378,66 @@ def mirror(folder: Path, mode: str = "ok", prefix: str = "") -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+BROKEN_MIRRORS = ("corrupt-gzip", "bad-status", "cut", "html", "500", "stall", "trickle")
+
+
+@contextmanager
+def broken_mirror(case: str, folder: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every request for a file of `folder` in one
+    broken way (one of BROKEN_MIRRORS): a gzip header then garbage, a garbage status line, the
+    body cut off halfway, an HTML page, a 500, silence, or 20 bytes a second. Yields its URL."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            request = conn.recv(65536).decode("latin-1")
+            name = request.split(" ")[1].lstrip("/") if " " in request else ""
+            path = folder / name.removesuffix(".gz")
+            body = gzip.compress(path.read_bytes()) if path.is_file() else b""
+            head = "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: {}\r\n\r\n"
+            try:
+                if case == "corrupt-gzip":
+                    junk = body[:10] + bytes(range(256)) * 64
+                    conn.sendall(head.format(len(junk), "application/gzip").encode() + junk)
+                elif case == "bad-status":
+                    conn.sendall(b"HELLO THERE\r\n\r\n")
+                elif case == "cut":
+                    conn.sendall(head.format(len(body), "application/gzip").encode())
+                    conn.sendall(body[: len(body) // 2])
+                elif case == "html":
+                    page = b"<html><body>Moved</body></html>"
+                    conn.sendall(head.format(len(page), "text/html").encode() + page)
+                elif case == "500":
+                    conn.sendall(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+                    )
+                elif case == "stall":
+                    stop.wait(60)
+                elif case == "trickle":
+                    conn.sendall(head.format(len(body), "application/gzip").encode())
+                    for i in range(0, len(body), 10):
+                        if stop.wait(0.5):
+                            break
+                        conn.sendall(body[i : i + 10])
+            except OSError:  # the client gave up
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    finally:
+        stop.set()
+        server.close()

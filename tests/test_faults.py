@@ -18,7 +18,17 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import NAMES, ROOT, gzip_folder, run_env, run_stage, runs_in, spec_of
+from helpers import (
+    BROKEN_MIRRORS,
+    NAMES,
+    ROOT,
+    broken_mirror,
+    gzip_folder,
+    run_env,
+    run_stage,
+    runs_in,
+    spec_of,
+)
 from pipeline.core.config import compose, validate
 from pipeline.core.data import save_split, sha256_file
 from pipeline.core.download import NoDowngradeRedirects, fetch_file
@@ -67,6 +77,44 @@ def test_silent_server_costs_the_configured_timeout(small_mnist: Path, tmp_path:
         with pytest.raises(DataError, match="timed out"):
             fetch_file(spec_of(small_mnist / NAMES[1]), tmp_path, [url], timeout=1)
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("case", BROKEN_MIRRORS)
+def test_each_broken_mirror_gets_a_reason_and_the_next_source(
+    case: str, small_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = spec_of(small_mnist / NAMES[0])
+    good = str(gzip_folder(small_mnist, tmp_path / "good"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with broken_mirror(case, small_mnist) as bad:
+        start = time.monotonic()
+        assert fetch_file(spec, raw, [bad, good], timeout=1, min_speed_kb_s=1) == good
+        took = time.monotonic() - start
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"from {bad} failed (" in lines[0], lines
+    assert "Traceback" not in lines[0]
+    assert took < 3, f"{case}: {took:.1f} s for one file with a 1 s timeout"
+    assert sorted(p.name for p in raw.iterdir()) == [spec.name]
+
+
+def test_fetch_with_only_broken_mirrors_says_why_for_each(
+    small_mnist: Path, tmp_path: Path
+) -> None:
+    work = workdir(tmp_path, small_params(small_mnist))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"].update(timeout_s=1, mirrors=["https://127.0.0.1:9/mnist/"])
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    with broken_mirror("bad-status", small_mnist) as bad:
+        start = time.monotonic()
+        done = run_stage("fetch", work, check=False, MNIST_MIRROR=bad)
+        took = time.monotonic() - start
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "could not fetch " in done.stderr and " from any source:" in done.stderr
+    assert f"  {bad}: broken HTTP answer (BadStatusLine: HELLO THERE)" in done.stderr
+    assert "  https://127.0.0.1:9/mnist/: [Errno 111] Connection refused" in done.stderr
+    assert took < 30
+    assert list((work / "data/raw").iterdir()) == []
 
 
 def test_https_is_never_downgraded_by_a_redirect() -> None:

@@ -76,6 +76,9 @@ class DataConfig(Section):
         Says("a mapping", "a mapping with exactly the keys " + ", ".join(MNIST_FILES)),
     ]
     timeout_s: PositiveFloat
+    min_speed_kb_s: Annotated[
+        Number, Field(ge=0), Says("a number", "a number of kB/s, 0 or more (0: no minimum)")
+    ]
     val_fraction: Annotated[
         Number, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
     ]

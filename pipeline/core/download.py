@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +54,10 @@ def is_verified(path: Path, spec: FileSpec) -> bool:
     )
 
 
+class Trickle(DataError):
+    """A mirror that kept sending, but slower than the configured minimum speed."""
+
+
 @contextmanager
 def _open_source(
     source: str, filename: str, timeout: float
@@ -58,6 +65,8 @@ def _open_source(
     """Open `filename` at `source`, trying `<filename>.gz` first.
 
     Yields the stream, its size in bytes (0 when unknown) and whether it is gzip-compressed.
+    Over HTTP the plain name is tried only when the server answered the .gz name with an HTTP
+    error: a silent or broken server costs one timeout, not one per name.
     """
     is_url = "://" in source
     last_error: Exception = FileNotFoundError(f"no {filename}.gz or {filename} in {source}")
@@ -67,10 +76,13 @@ def _open_source(
             url = source.rstrip("/") + "/" + candidate
             try:
                 response = _OPENER.open(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+            except urllib.error.HTTPError as exc:
                 last_error = exc
                 continue
             with response:
+                kind = response.headers.get("Content-Type", "")
+                if kind.startswith(("text/html", "application/xhtml")):
+                    raise DataError(f"{url} answered a web page ({kind}), not the file")
                 yield response, int(response.headers.get("Content-Length") or 0), gz
             return
         path = Path(source).expanduser() / candidate
@@ -81,9 +93,14 @@ def _open_source(
     raise last_error
 
 
-def download(source: str, spec: FileSpec, dest: Path, timeout: float) -> None:
-    """Copy `spec` from `source` to `dest`, verifying size and SHA-256 before the final rename."""
-    tmp = dest.with_name(f".{dest.name}.part")
+def download(
+    source: str, spec: FileSpec, dest: Path, timeout: float, min_speed_kb_s: float = 0
+) -> None:
+    """Copy `spec` from `source` to `dest`, verifying size and SHA-256 before the final rename.
+
+    The partial file is this process's own (`.<name>.<pid>.part`) and removed on any failure.
+    """
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     digest = hashlib.sha256()
     written = 0
     try:
@@ -99,7 +116,7 @@ def download(source: str, spec: FileSpec, dest: Path, timeout: float) -> None:
             ) as bar,
             tmp.open("wb") as out,
         ):
-            counted = _Counting(stream, bar)
+            counted = _Counting(stream, bar, timeout, min_speed_kb_s * 1000)
             reader = gzip.GzipFile(fileobj=counted) if gz else counted
             while block := reader.read(1 << 20):
                 written += len(block)
@@ -117,32 +134,89 @@ def download(source: str, spec: FileSpec, dest: Path, timeout: float) -> None:
 
 
 class _Counting:
-    """A stream that advances a progress bar by the compressed bytes read."""
+    """A stream that advances a progress bar by the compressed bytes read, and gives up on a
+    source that stays below `min_rate` bytes per second over a whole `window` of seconds.
 
-    def __init__(self, stream: BinaryIO, bar: tqdm) -> None:
+    Reads return what has arrived (`read1`), so a trickle is seen while it trickles.
+    """
+
+    def __init__(self, stream: BinaryIO, bar: tqdm, window: float, min_rate: float) -> None:
         self.stream, self.bar = stream, bar
+        self.window, self.min_rate = window, min_rate
+        self.since, self.got = time.monotonic(), 0
+        self._read = getattr(stream, "read1", stream.read)
 
     def read(self, n: int = -1) -> bytes:
-        block = self.stream.read(n)
+        block = self._read(n if n and n > 0 else 1 << 20)
         self.bar.update(len(block))
+        self.got += len(block)
+        elapsed = time.monotonic() - self.since
+        if self.min_rate and elapsed >= self.window:
+            rate = self.got / elapsed
+            if rate < self.min_rate:
+                raise Trickle(
+                    f"sent {rate / 1000:.1f} kB/s over {elapsed:.0f} s, below the minimum "
+                    f"{self.min_rate / 1000:g} kB/s (data.min_speed_kb_s)"
+                )
+            self.since, self.got = time.monotonic(), 0
         return block
 
 
-def fetch_file(spec: FileSpec, raw_dir: Path, places: list[str], timeout: float) -> str:
-    """Make `raw_dir/spec.name` a verified copy; return where it came from ('present' if kept)."""
+# Everything a misbehaving source can raise while a file is opened, read and decompressed.
+SOURCE_ERRORS = (
+    DataError,
+    OSError,  # refused, reset, timed out, a missing folder; gzip.BadGzipFile; urllib's errors
+    EOFError,  # a gzip stream cut short
+    zlib.error,  # a gzip header followed by garbage
+    http.client.HTTPException,  # a bad status line, a body cut short
+    ValueError,  # a malformed URL
+)
+
+
+def reason(exc: BaseException) -> str:
+    """One line saying why a source failed."""
+    return " ".join(_reason(exc).split())
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, zlib.error | gzip.BadGzipFile | EOFError):
+        return f"not a valid gzip file ({exc or type(exc).__name__})"
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({exc})" if str(exc) else "timed out"
+    if isinstance(exc, http.client.HTTPException):
+        return f"broken HTTP answer ({type(exc).__name__}: {str(exc).strip()[:80]})"
+    return str(exc) or type(exc).__name__
+
+
+def fetch_file(
+    spec: FileSpec,
+    raw_dir: Path,
+    places: list[str],
+    timeout: float,
+    min_speed_kb_s: float = 0,
+) -> str:
+    """Make `raw_dir/spec.name` a verified copy; return where it came from ('present' if kept).
+
+    Each source that fails is reported in one line and the next one tried; when none is left,
+    the error lists every source with its reason.
+    """
     dest = raw_dir / spec.name
     if is_verified(dest, spec):
         return "present"
     failures = []
     for source in places:
         try:
-            download(source, spec, dest, timeout)
+            download(source, spec, dest, timeout, min_speed_kb_s)
             return source
-        except (DataError, OSError, EOFError, gzip.BadGzipFile, urllib.error.URLError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            failures.append(f"  {source}: {reason}")
+        except SOURCE_ERRORS as exc:
+            why = reason(exc)
+            failures.append(f"  {source}: {why}")
             print(
-                f"fetch: {spec.name} from {source} failed ({reason}); trying the next source",
+                f"fetch: {spec.name} from {source} failed ({why}); trying the next source",
                 file=sys.stderr,
             )
     raise DataError(

@@ -1,7 +1,8 @@
 """Stage fetch: put the four MNIST IDX files, verified, in data/raw/.
 
-Inputs: `data.mirrors`, `data.files`, `data.timeout_s` from params.yaml; the environment
-variable MNIST_MIRROR (a folder, a file:// URL or an http(s) URL), tried before the mirrors.
+Inputs: `data.mirrors`, `data.files`, `data.timeout_s`, `data.min_speed_kb_s` from params.yaml;
+the environment variable MNIST_MIRROR (a folder, a file:// URL or an http(s) URL), tried before
+the mirrors.
 Outputs: data/raw/<name> for each file, decompressed, its size and SHA-256 checked.
 Command: `uv run dvc repro fetch` (or `uv run python -m pipeline.fetch`).
 
@@ -27,7 +28,7 @@ def main(argv: list[str]) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
     places = sources(cfg.data.mirrors, os.environ.get(MIRROR_ENV))
     for spec in cfg.data.files.values():
-        origin = fetch_file(spec, raw_dir, places, cfg.data.timeout_s)
+        origin = fetch_file(spec, raw_dir, places, cfg.data.timeout_s, cfg.data.min_speed_kb_s)
         print(f"fetch: {RAW_DIR / spec.name} ({spec.bytes} bytes, sha256 ok) <- {origin}")
     # Anything else in data/raw/ would become part of the DVC output; leftovers of older runs go.
     keep = {spec.name for spec in cfg.data.files.values()}
