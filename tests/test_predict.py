@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -245,3 +246,97 @@ def test_quiet_by_default_and_verbose_on_request(
     assert quiet.stdout.startswith(f"{image}: 7") and not noise.findall(quiet.stderr)
     loud = predict("--model", str(model_file), str(image), PIPELINE_VERBOSE="1")
     assert loud.stdout.startswith(f"{image}: 7") and len(noise.findall(loud.stderr)) >= 2
+
+
+class Payload:
+    """Unpickled, it creates `marker`: stands for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant(store_uri: str, folder: Path, digest: str) -> str:
+    """Register `folder` as a new version of mnist-digits from a run that records `digest`,
+    and give it the champion alias, as anyone who can write to the store could."""
+    use_store(store_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("serve").experiment_id
+    run_id = client.create_run(experiment).info.run_id
+    client.set_tag(run_id, "logged_model_sha256", digest)
+    logged = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, experiment_id=experiment
+    )
+    client.log_model_artifacts(logged.model_id, str(folder))
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    client.set_terminated(run_id)
+    version = client.create_model_version(
+        "mnist-digits", logged.artifact_location, run_id=run_id, model_id=logged.model_id
+    )
+    client.set_registered_model_alias("mnist-digits", "champion", version.version)
+    return str(version.version)
+
+
+def test_a_planted_champion_never_runs_its_code(
+    registry, tmp_path: Path, mnist: dict, model_file: Path
+) -> None:
+    import shutil
+
+    from pipeline.core.data import sha256_file
+    from pipeline.core.errors import PipelineError
+    from pipeline.tracking.models import load_logged
+
+    root, _ = registry
+    shutil.copy(root / "mlflow.db", tmp_path / "mlflow.db")
+    store_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_store(store_uri)
+    champion = mlflow.MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
+    honest = Path(mlflow.artifacts.download_artifacts(champion.source, dst_path=tmp_path / "h"))
+    digest = sha256_file(honest / "data/model.keras")
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    shutil.copytree(honest, evil)
+    (evil / "data/custom_objects.cloudpickle").write_bytes(pickle.dumps(Payload(marker)))
+    version = plant(store_uri, evil, digest)
+    image = tmp_path / "seven.png"
+    render(mnist["xt"][0], 0).save(image)
+
+    # The plant is real: MLflow's own loader runs the payload.
+    loaded = run(
+        ["python", "-c", "import mlflow.tensorflow as t; t.load_model('models:/mnist-digits/"
+         f"{version}')"],
+        tmp_path, check=False, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert marker.exists(), loaded.stderr
+    marker.unlink()
+
+    proc = predict("--json", str(image), "--model-uri", "models:/mnist-digits@champion",
+                   check=False, MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"refused version {version} of mnist-digits (alias champion)" in proc.stderr
+    assert "data/custom_objects.cloudpickle" in proc.stderr and not proc.stdout
+    port = free_port()
+    app = run(["python", "-m", "pipeline.app", "--port", str(port)], ROOT, check=False,
+              MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert app.returncode == 1 and "Traceback" not in app.stderr, app.stderr
+    assert f"refused version {version} of mnist-digits" in app.stderr
+    assert not marker.exists()
+
+    # An h5 file or a SavedModel is refused the same way; so is a .keras file not the run's.
+    for extra in ("data/model.h5", "data/saved_model.pb"):
+        other = tmp_path / extra.replace("/", "-")
+        shutil.copytree(honest, other)
+        (other / extra).write_bytes(b"anything")
+        number = plant(store_uri, other, digest)
+        with pytest.raises(PipelineError, match=f"version {number} .* holds {extra}"):
+            load_logged(f"models:/mnist-digits/{number}")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(honest, swapped)
+    shutil.copy(model_file, swapped / "data/model.keras")
+    number = plant(store_uri, swapped, digest)
+    with pytest.raises(PipelineError, match=f"version {number} .* but {digest} was recorded"):
+        load_logged(f"models:/mnist-digits/{number}")
+    model, about = load_logged(f"models:/mnist-digits/{champion.version}")
+    assert about["version"] == str(champion.version) and model.count_params() > 0

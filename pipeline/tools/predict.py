@@ -1,7 +1,9 @@
 """Read digits from real images: photos, scans, drawings, any size, either polarity.
 
 Inputs: image files (PNG, JPEG, ...); a model: `--model PATH` (default models/model.keras),
-`--run RUN_ID` (the model that run logged) or `--model-uri URI` (models:/NAME@ALIAS).
+`--run RUN_ID` (the model that run logged) or `--model-uri URI` (models:/NAME@ALIAS). A model
+from the store is loaded only if its folder holds nothing but the `.keras` file (see
+tracking/models.py) and that file has the digest its run recorded.
 Outputs: per image the digit and the top-3 probabilities; `--json` prints one JSON object per
 line; `--save-normalized DIR` writes the 28x28 images the model was fed. A file that is not an
 image, unreadable or blank gets an error, the others are still predicted, and the exit status is 1.
@@ -65,10 +67,9 @@ def choose_model(
         file = Path(path) if path else project_root() / MODEL_PATH
         return Chosen(load_model(file), {"source": "file", "path": str(file)})
 
-    import mlflow
-
     from pipeline.core.config import load_params
     from pipeline.tracking import store
+    from pipeline.tracking.models import Refused, load_logged
 
     store.connect(store.configured_uri())
     about: dict[str, Any] = {"source": "uri"}
@@ -82,16 +83,15 @@ def choose_model(
         uri = f"models:/{name}@{names.CHAMPION}"
         about = {"source": "registry", "name": name, "alias": names.CHAMPION}
     try:
-        model = mlflow.tensorflow.load_model(uri)  # the Keras model, loaded in safe mode
-    except mlflow.exceptions.MlflowException as exc:
-        hint = (
-            " Train one with `uv run dvc repro`, or name a model with --model, --run or "
+        model, found = load_logged(uri)  # the .keras file alone, digest checked, safe mode
+    except PipelineError as exc:
+        if about["source"] != "registry" or isinstance(exc, Refused):
+            raise
+        raise PipelineError(
+            f"{exc} Train one with `uv run dvc repro`, or name a model with --model, --run or "
             "--model-uri."
-            if about["source"] == "registry"
-            else ""
-        )
-        raise PipelineError(f"cannot load model {uri}: {exc.message}.{hint}") from exc
-    return Chosen(model, {**about, "uri": uri, **_describe(uri, about)})
+        ) from exc
+    return Chosen(model, {**about, "uri": uri, **found, **_describe(uri, about)})
 
 
 def _describe(uri: str, about: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ FAILURE_TAG = "failure_reason"
 HOST_TAG, PID_TAG = "host", "pid"  # the process that has the run open
 MODEL_URI_TAG = "model_uri"
 MODEL_SHA256_TAG = "model_sha256"  # of models/model.keras: evaluate checks it before loading
+LOGGED_SHA256_TAG = "logged_model_sha256"  # of the logged data/model.keras: checked before loading
 WEIGHTS_SHA256_TAG = "weights_sha256"  # of every weight array: reproduce compares it
 REGISTERED_TAG = "registered_version"
 CHAMPION_TAG = "champion"

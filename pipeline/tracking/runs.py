@@ -212,7 +212,8 @@ def log_artifact(run_id: str, local_file: Path, artifact_path: str | None = None
 
 
 def log_keras_model(run_id: str, model: Any, example: Any) -> str:
-    """Log `model` to the run with a signature; return its URI.
+    """Log `model` to the run with a signature; return its URI. The run records the logged
+    `.keras` file's SHA-256 (MLflow saves it again, so it is not models/model.keras's).
 
     The tensorflow flavour is used: it stores the same `.keras` file. The signature is read off
     `example` (a few inputs) and the model's output shape, without a prediction. No input
@@ -247,7 +248,15 @@ def log_keras_model(run_id: str, model: Any, example: Any) -> str:
         signature=infer_signature(example, outputs),
         pip_requirements=requirements,
     )
-    set_tags(run_id, {names.MODEL_URI_TAG: info.model_uri})
+    from pipeline.tracking.models import logged_digest
+
+    set_tags(
+        run_id,
+        {
+            names.MODEL_URI_TAG: info.model_uri,
+            names.LOGGED_SHA256_TAG: logged_digest(info.model_uri),
+        },
+    )
     return info.model_uri
 
 
