@@ -5,9 +5,15 @@ temporary folder."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
+import select
+import socket
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,3 +222,101 @@ def test_a_user_draws_uploads_and_compares_in_chromium(
     assert len(figures) == 8
     widths = {f.size["width"] for f in figures}
     assert len(widths) == 1 and widths.pop() > 100  # one scale for every run's figure
+
+
+def upload_head(url: str, length: int | None) -> tuple[socket.socket, bytes]:
+    """A socket that has sent the headers of a multipart upload to /api/predict (chunked when
+    `length` is None), and the multipart preamble still to send."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    preamble = (
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
+    framing = f"Content-Length: {length}" if length else "Transfer-Encoding: chunked"
+    sock.sendall(
+        f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\n{framing}\r\n\r\n".encode()
+    )
+    return sock, preamble
+
+
+def status_of(sock: socket.socket) -> tuple[int, str]:
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer) < 200:
+        block = sock.recv(65536)
+        if not block:
+            break
+        answer += block
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def test_a_40_mb_upload_is_refused_before_it_is_read(served: str) -> None:
+    sock, _ = upload_head(served, 40 * 2**20)
+    with sock:  # not one byte of the body sent
+        status, body = status_of(sock)
+    assert status == 413 and "at most" in body
+
+    sock, preamble = upload_head(served, None)
+    sent, chunk = 0, preamble + b"\0" * (2**20 - len(preamble))
+    with sock:
+        while sent < 40 * 2**20:
+            ready, _, _ = select.select([sock], [], [], 0)
+            if ready:
+                break
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:  # the server answered and closed
+                break
+            sent += len(chunk)
+            chunk = b"\0" * 2**20
+        status, body = status_of(sock)
+    assert status == 413 and "at most" in body, body
+    assert sent < 24 * 2**20, f"{sent} bytes sent before the 413"  # 10 MB + socket buffers
+
+
+def test_health_answers_while_large_pictures_decode(served: str) -> None:
+    side = 3900  # 15.2 megapixels of RGBA, under the 16 allowed: the most expensive picture
+    big = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    big.paste((255, 255, 255, 255), (side // 3, side // 5, side // 2, side * 4 // 5))
+    data = png(big)
+
+    def upload() -> int:
+        request = urllib.request.Request(
+            f"{served}/api/predict",
+            data=b'--b\r\nContent-Disposition: form-data; name="image"; filename="b.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--b--\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        uploads = [pool.submit(upload) for _ in range(4)]
+        waits = []
+        while not all(u.done() for u in uploads):
+            start = time.perf_counter()
+            with urllib.request.urlopen(f"{served}/health", timeout=10) as response:
+                assert json.load(response) == {"status": "ok"}
+            waits.append(time.perf_counter() - start)
+        assert [u.result() for u in uploads] == [200] * 4
+    assert waits and max(waits) < 0.25, waits
+
+
+def test_only_the_bound_host_and_png_or_jpeg_are_served(served: str, mnist: dict) -> None:
+    request = urllib.request.Request(f"{served}/api/model", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    buffer = io.BytesIO()
+    render(mnist["xt"][0], 0).save(buffer, "GIF")
+    request = urllib.request.Request(
+        f"{served}/api/predict",
+        data=b'--b\r\nContent-Disposition: form-data; name="image"; filename="d.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + buffer.getvalue() + b"\r\n--b--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 422 and b"(PNG, JPEG)" in refused.value.read()

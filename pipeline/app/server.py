@@ -1,6 +1,6 @@
 """A web app: draw a digit and watch a model read it; compare runs picture by picture.
 
-Pages: `/` (draw, or drop a photo or scan) and `/compare?runs=ID1,ID2,...` or
+Pages: `/` (draw, or drop a photo or scan), `/health`, and `/compare?runs=ID1,ID2,...` or
 `/compare?sweep=PARENT_ID` (2-6 runs: the params that differ, metrics against the first run,
 the figures row by row). JSON: `POST /api/predict` (multipart field `image`, PNG or JPEG),
 `GET /api/model`. The model is the registry's champion unless `--model PATH`, `--run RUN_ID` or
@@ -29,15 +29,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
 from pipeline.core.images import ImageTooLarge
 from pipeline.tools.predict import Chosen, choose_model, read_digit, top3
 
 WEB = Path(__file__).parent / "web"
-MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused unread
-MAX_PIXELS = 40_000_000  # and one with more pixels than this, before it is decoded
+MAX_BYTES = 10 * 1024 * 1024  # a request body larger than this is refused as it streams in
+MAX_PIXELS = 16_000_000  # and a picture with more pixels than this, before it is decoded
 IMAGE_TYPES = ("image/png", "image/jpeg")
+FORMATS = ("PNG", "JPEG")  # what Pillow may open: no format that calls other programs
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # MLflow's run ids: nothing else reaches the store
 FIGURES = {  # the figures compared, in page order: file under the run's figures/ -> title
     "confusion_matrix.png": "Confusion matrix",
@@ -48,6 +50,40 @@ FIGURES = {  # the figures compared, in page order: file under the run's figures
 METRICS = ("val_accuracy", "test_accuracy", "test_loss", "macro_f1", "train_seconds")
 MIN_RUNS, MAX_RUNS = 2, 6
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused with 413 as it streams in, at
+    once when its Content-Length says so, else as soon as the chunks received pass the limit;
+    nothing past the limit is read or stored."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"detail": self._detail(int(declared))}, 413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # FastAPI passes it on to the 413 handler
+                raise HTTPException(413, self._detail(received, streaming=True))
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self, size: int, streaming: bool = False) -> str:
+        got = f"over {size} bytes sent" if streaming else f"upload of {size} bytes"
+        return f"{got}: at most {self.max_bytes} bytes; send a smaller picture."
 
 
 def png_data_url(image: np.ndarray) -> str:
@@ -143,9 +179,18 @@ def comparison(runs: list[Any]) -> dict[str, Any]:
     }
 
 
-def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> FastAPI:
-    """The app on `chosen`, reading runs from `store_uri`; `mlflow_ui` is linked to if given."""
+def create_app(
+    chosen: Chosen, store_uri: str, mlflow_ui: str | None = None, host: str | None = None
+) -> FastAPI:
+    """The app on `chosen`, reading runs from `store_uri`; `mlflow_ui` is linked to if given.
+
+    Served on a loopback `host`, requests naming any other Host are refused (400): a web page
+    elsewhere cannot reach the app through a DNS name that points at 127.0.0.1.
+    """
     app = FastAPI(title="MNIST digits", docs_url="/api/docs", redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BYTES + 64 * 1024)  # the picture and its form
+    if host in LOOPBACK:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
     pages = Environment(loader=FileSystemLoader(WEB), autoescape=select_autoescape(["html"]))
     runs = Runs(store_uri)
@@ -174,15 +219,16 @@ def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> 
     def draw() -> str:
         return pages.get_template("draw.html").render(max_mb=MAX_BYTES // 2**20)
 
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.get("/api/model")
     def model() -> dict[str, Any]:
         return about
 
     @app.post("/api/predict")
-    async def predict(request: Request, image: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        size = int(request.headers.get("content-length") or 0)
-        if size > MAX_BYTES + 64 * 1024:
-            raise HTTPException(413, f"upload of {size} bytes: at most {MAX_BYTES} bytes.")
+    async def predict(image: Annotated[UploadFile, File()]) -> dict[str, Any]:
         if image.content_type not in IMAGE_TYPES:
             raise HTTPException(
                 415, f"{image.filename}: content type {image.content_type!r}; send a PNG or JPEG."
@@ -201,7 +247,7 @@ def create_app(chosen: Chosen, store_uri: str, mlflow_ui: str | None = None) -> 
         return {**answer, "model": about}
 
     def read_and_predict(data: bytes, name: str) -> dict[str, Any]:
-        x = read_digit(io.BytesIO(data), name, MAX_PIXELS)
+        x = read_digit(io.BytesIO(data), name, MAX_PIXELS, FORMATS)
         with lock:
             probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
         best = top3(probs)
@@ -267,7 +313,7 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
     print(f"model: {chosen.about.get('uri') or chosen.about.get('path')}", flush=True)
-    app = create_app(chosen, store_uri, ui)
+    app = create_app(chosen, store_uri, ui, args.host)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except OSError as exc:

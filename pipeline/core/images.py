@@ -19,12 +19,20 @@ from pipeline.core.errors import DataError
 BOX = 20  # MNIST fits each digit into 20x20 ...
 SIZE = IMAGE_SHAPE[0]  # ... centred by mass in 28x28
 MIN_CONTRAST = 32  # grey levels between background and ink below which an image is blank
+# Formats opened: none whose reader calls other programs (Pillow's EPS runs Ghostscript).
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+# A large picture is shrunk by a whole factor (JPEGs while they are decoded) keeping both sides
+# at least this long: the digit ends up 20 pixels tall, and a photo costs a fraction of its size.
+DRAFT = 512
 
 
 def load_image(
-    source: Path | BinaryIO, name: str | None = None, max_pixels: int | None = None
+    source: Path | BinaryIO,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    formats: tuple[str, ...] = FORMATS,
 ) -> np.ndarray:
-    """Read PNG, JPEG or any format Pillow knows, from a path or an open binary file, as
+    """Read a PNG, JPEG or another of `formats`, from a path or an open binary file, as
     grayscale 0-255. `name` is what errors call it (the path by default); an image of more
     than `max_pixels` pixels is refused before it is decoded.
 
@@ -34,13 +42,19 @@ def load_image(
     """
     path = name or str(source)
     try:
-        with Image.open(source) as img:
+        with Image.open(source, formats=formats) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLarge(
                     f"{path}: {img.width} x {img.height} pixels, more than the "
                     f"{max_pixels / 1e6:g} megapixels allowed; scale it down first."
                 )
+            if img.format == "JPEG":
+                img.draft("L", (DRAFT, DRAFT))
             img.load()
+            if (factor := min(img.size) // DRAFT) > 1:
+                if img.mode in ("1", "P", "I;16"):  # modes Pillow cannot reduce
+                    img = img.convert("RGBA" if img.mode == "P" else "L")
+                img = img.reduce(factor)
             if img.mode in ("RGBA", "LA", "P", "PA"):
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, _paper(rgba)), rgba)
@@ -48,7 +62,9 @@ def load_image(
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file.") from exc
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...).") from exc
+        raise DataError(
+            f"{path}: not an image in a format read here ({', '.join(formats)})."
+        ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{path}: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -1,9 +1,9 @@
 """Read digits from real images: photos, scans, drawings, any size, either polarity.
 
-Inputs: image files (PNG, JPEG, ...); a model: `--model PATH` (default models/model.keras),
-`--run RUN_ID` (the model that run logged) or `--model-uri URI` (models:/NAME@ALIAS). A model
-from the store is loaded only if its folder holds nothing but the `.keras` file (see
-tracking/models.py) and that file has the digest its run recorded.
+Inputs: image files (PNG, JPEG, BMP, GIF, TIFF or WebP); a model: `--model PATH` (default
+models/model.keras), `--run RUN_ID` (the model that run logged) or `--model-uri URI`
+(models:/NAME@ALIAS). A model from the store is loaded only if its folder holds nothing but
+the `.keras` file (see tracking/models.py) and that file has the digest its run recorded.
 Outputs: per image the digit and the top-3 probabilities; `--json` prints one JSON object per
 line; `--save-normalized DIR` writes the 28x28 images the model was fed. A file that is not an
 image, unreadable or blank gets an error, the others are still predicted, and the exit status is 1.
@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.core.console import load_keras
 from pipeline.core.data import NUM_CLASSES
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
-from pipeline.core.images import load_image, normalize, save_png
+from pipeline.core.images import FORMATS, load_image, normalize, save_png
 from pipeline.core.paths import MODEL_PATH, project_root
 from pipeline.tracking import names
 
@@ -141,10 +141,15 @@ def _run_model_uri(run_id: str) -> str:
     return f"models:/{models[0].model_id}"
 
 
-def read_digit(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> np.ndarray:
+def read_digit(
+    source: Path | BinaryIO,
+    name: str,
+    max_pixels: int | None = None,
+    formats: tuple[str, ...] = FORMATS,
+) -> np.ndarray:
     """An image file -> the 28x28 0-1 input the model reads: the one path from picture to
     model input, for this command and the web app."""
-    return normalize(load_image(source, name, max_pixels), name)
+    return normalize(load_image(source, name, max_pixels, formats), name)
 
 
 def top3(probs: np.ndarray) -> list[dict[str, float]]:
