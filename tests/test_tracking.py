@@ -162,3 +162,24 @@ def test_splits_are_logged_as_datasets_and_figures_as_keyed_images(
     assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "train"
     images = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "images")}
     assert any("confusion_matrix" in path for path in images)
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("http://ana:s3cret@127.0.0.1:9/", "MLFLOW_TRACKING_PASSWORD"),
+        ("postgresql://ana:s3cret@127.0.0.1:9/mlflow", "PGPASSWORD"),
+    ],
+)
+def test_a_store_uri_with_a_password_is_refused_and_never_shown(uri: str, says: str) -> None:
+    for command in (["pipeline.compare"], ["pipeline.runs"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", *command],
+            cwd=ROOT,
+            env=run_env(MLFLOW_TRACKING_URI=uri),
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert says in proc.stderr and ":***@127.0.0.1" in proc.stderr
+        assert "s3cret" not in proc.stdout + proc.stderr

@@ -28,11 +28,41 @@ def store_root() -> Path:
 
 
 def tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else `configured` (`tracking.uri`), else the local store."""
-    return (
+    """MLFLOW_TRACKING_URI if set, else `configured` (`tracking.uri`), else the local store.
+
+    A URI carrying a password is refused: it would be shown in errors, pages and run files.
+    """
+    uri = (
         os.environ.get("MLFLOW_TRACKING_URI")
         or configured
         or f"sqlite:///{(root or store_root()) / 'mlflow.db'}"
+    )
+    check_no_secret(uri)
+    return uri
+
+
+def check_no_secret(uri: str) -> None:
+    """Refuse a store URI with a password in it, saying where the password goes instead."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:  # a malformed port: MLflow says what is wrong with it
+        return
+    if password is None:
+        return
+    shown = uri.replace(f":{password}@", ":***@", 1)
+    if parts.scheme in ("http", "https"):
+        where = (
+            "put the user name in MLFLOW_TRACKING_USERNAME and the password in "
+            "MLFLOW_TRACKING_PASSWORD, and give the URI without them"
+        )
+    else:
+        where = "give the password to the database driver (PostgreSQL: PGPASSWORD or ~/.pgpass)"
+    raise PipelineError(
+        f"the MLflow store URI {shown} carries a password, which would be shown in errors, "
+        f"pages and run files; {where}."
     )
 
 
