@@ -183,3 +183,48 @@ def test_a_store_uri_with_a_password_is_refused_and_never_shown(uri: str, says: 
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert says in proc.stderr and ":***@127.0.0.1" in proc.stderr
         assert "s3cret" not in proc.stdout + proc.stderr
+
+
+RACE = """
+import sys, time
+import mlflow
+from pipeline.tracking import registry
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+client = mlflow.MlflowClient()
+experiment = client.get_experiment_by_name("race").experiment_id
+while time.time() < float(sys.argv[2]):  # both start together
+    time.sleep(0.005)
+for accuracy in map(float, sys.argv[3:]):
+    run_id = client.create_run(experiment).info.run_id
+    logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id,
+                                            experiment_id=experiment)
+    registry.register(run_id, f"models:/{logged.model_id}", "race", accuracy)
+    client.set_terminated(run_id)
+"""
+
+
+def test_two_evaluations_at_once_leave_the_champion_on_the_best(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_store(uri)
+    mlflow.create_experiment("race", artifact_location=str(tmp_path / "mlruns"))
+    mlflow.MlflowClient().create_registered_model("race")
+    start = str(time.time() + 8)
+    scores = {"a": [0.91, 0.93, 0.95, 0.97, 0.90], "b": [0.92, 0.94, 0.96, 0.98, 0.89]}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, uri, start, *map(str, accuracies)],
+            cwd=ROOT,
+            env=run_env(PYTHONPATH=str(ROOT)),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for accuracies in scores.values()
+    ]
+    for proc in procs:
+        assert proc.wait(120) == 0, proc.stderr.read()
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name = 'race'")
+    assert len(versions) == 10
+    best = max(versions, key=lambda v: float(v.tags["val_accuracy"]))
+    champion = client.get_model_version_by_alias("race", "champion")
+    assert champion.version == best.version and best.tags["val_accuracy"] == "0.98"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write `data` as JSON to `path` atomically: a crash mid-write leaves the old file or none,
+    never half of one (a sweep reads job outcomes from such files)."""
+    text = json.dumps(data, indent=indent) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_model_file(path: Path, sha256: str | None = None) -> None:

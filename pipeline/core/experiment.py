@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -31,7 +30,7 @@ import numpy as np
 import yaml
 
 from pipeline.core.config import Config, flatten, to_yaml
-from pipeline.core.data import prepared, project_data_digests, sha256_file
+from pipeline.core.data import prepared, project_data_digests, sha256_file, write_json
 from pipeline.core.paths import (
     CONF_DIR,
     FIGURES_DIR,
@@ -240,7 +239,7 @@ def train(
     record(runs.log_metrics, run_id, dict(summary))  # a copy: `summary` grows below
     summary[names.VAL_ACCURACY] = history[names.VAL_ACCURACY][-1]  # for `dvc exp show`
     write_history(history, out / HISTORY_CSV)
-    (out / TRAIN_JSON).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out / TRAIN_JSON, summary)
     kept = net if record is now else model.detached_copy(net, cfg.model, cfg.train)
     example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
     logged = record(_keep_model, kept, out / MODEL_PATH, run_id, example)
@@ -293,7 +292,7 @@ def evaluate_model(
     figures_dir.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         fig.savefig(figures_dir / name, dpi=100)
-    (out / METRICS_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(out / METRICS_JSON, report)
     write_predictions(y, y_pred, out / PREDICTIONS_CSV)
     scores = {k: report[k] for k in (names.TEST_ACCURACY, names.TEST_LOSS, names.MACRO_F1)}
     scores |= {names.F1_CLASS.format(c): v["f1"] for c, v in report["per_class"].items()}

@@ -8,11 +8,17 @@ Command: `uv run dvc repro preprocess` (or `uv run python -m pipeline.preprocess
 
 from __future__ import annotations
 
-import json
 import sys
 
 from pipeline.core.config import load_params
-from pipeline.core.data import class_counts, read_mnist_pair, save_split, scale, split_validation
+from pipeline.core.data import (
+    class_counts,
+    read_mnist_pair,
+    save_split,
+    scale,
+    split_validation,
+    write_json,
+)
 from pipeline.core.errors import command_parser, run_cli
 from pipeline.core.paths import DATA_REPORT, PROCESSED_DIR, RAW_DIR, project_root
 
@@ -32,7 +38,7 @@ def main(argv: list[str]) -> None:
         report[split] = {"examples": len(y), "per_class": class_counts(y)}
         print(f"preprocess: {split}: {len(y)} examples -> {PROCESSED_DIR / split}.npz")
     (root / DATA_REPORT).parent.mkdir(parents=True, exist_ok=True)
-    (root / DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(root / DATA_REPORT, report)
 
 
 def cli() -> None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from pipeline.core.config import ConfigError
 from pipeline.core.console import load_keras
+from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
@@ -89,7 +90,7 @@ class SweepCallback(Callback):
             "experiment_id": experiment_id,
             "tracking_uri": store.tracking_uri(config.tracking.uri),
         }
-        (sweep_dir / names.PARENT_FILE).write_text(json.dumps(info), encoding="utf-8")
+        write_json(sweep_dir / names.PARENT_FILE, info)
         self.parent_id: str | None = parent_id
         # If the sweep itself dies, the parent must not stay RUNNING.
         atexit.register(self._close, RuntimeError("the sweep ended before its summary"))

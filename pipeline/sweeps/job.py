@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import Config, ConfigError, load_params, validate
 from pipeline.core.console import load_keras
+from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import PARAMS_FILE
 from pipeline.sweeps import search
@@ -154,7 +155,7 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
             f"job {outcome['job']} ({outcome['overrides']}) failed: {outcome['error']}",
             file=sys.stderr,
         )
-    (out / names.JOB_FILE).write_text(json.dumps(outcome), encoding="utf-8")
+    write_json(out / names.JOB_FILE, outcome)
     return outcome
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.tracking import names, provenance
 
@@ -277,7 +278,7 @@ def write_run_file(run_id: str, experiment_id: str, path: Path) -> None:
     """Record which MLflow run holds the model at `models/`, for the evaluate stage."""
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {"run_id": run_id, "experiment_id": experiment_id}
-    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_json(path, info)
 
 
 def read_run(path: Path) -> Any:
