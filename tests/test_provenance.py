@@ -56,3 +56,23 @@ def test_provenance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_provenance_needs_no_mlflow() -> None:
     probe = "import sys, pipeline.tracking.provenance; print('mlflow' in sys.modules)"
     assert run([sys.executable, "-c", probe], ROOT).stdout.strip() == "False"
+
+
+def test_reproduce_builds_from_source_only_what_this_checkouts_lock_builds(
+    tmp_path: Path,
+) -> None:
+    from pipeline.tools.reproduce import source_builds
+
+    def lock(path: Path, *packages: str) -> Path:
+        path.write_text("version = 1\n" + "".join(packages))
+        return path
+
+    head = '[[package]]\nname = "{}"\nversion = "1"\nsource = {{ registry = "r" }}\n'
+    wheel = head.format("numpy") + 'wheels = [{ url = "w" }]\n'
+    antlr = head.format("antlr") + 'sdist = { url = "s", hash = "sha256:aa" }\n'
+    evil = antlr.replace("aa", "bb")
+    git = '[[package]]\nname = "tool"\nversion = "1"\nsource = { git = "https://x/tool" }\n'
+    ours = lock(tmp_path / "ours.lock", wheel, antlr)
+    assert source_builds(lock(tmp_path / "same.lock", wheel, antlr), ours) == []
+    assert source_builds(lock(tmp_path / "evil.lock", wheel, evil, git), ours) == ["antlr", "tool"]
+    assert source_builds(ours, None) == ["antlr"]

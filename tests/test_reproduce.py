@@ -1,6 +1,10 @@
 """`pipeline.reproduce` on a small real run (1 epoch, 2,000 training digits) in a project copy."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import sha256
@@ -10,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from helpers import copy_project, run, use_store
+from helpers import copy_project, run, run_env, use_store
 
 pytestmark = pytest.mark.slow  # real reproductions: git worktrees, locked environments, training
 
@@ -224,3 +228,73 @@ def test_verdict_uses_the_tolerance_only_when_the_environment_differs() -> None:
     assert lines[2].endswith("within tolerance")
     lines, ok = verdict([("test_accuracy", 0.97, 0.97 + 2 * TOLERANCE)], ["env.cpu"])
     assert not ok and lines[1].endswith("DIFFERENT")
+
+
+def test_a_commit_on_no_branch_or_tag_is_refused(made: tuple[Path, str]) -> None:
+    root, run_id = made
+    tree = run(["git", "rev-parse", "HEAD^{tree}"], root).stdout.strip()
+    loose = run(["git", "commit-tree", tree, "-m", "on no branch"], root).stdout.strip()
+    with tampered(run_id, "mlflow.source.git.commit", loose):
+        proc = reproduce(root, run_id)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"commit {loose[:12]} of run {run_id} is on no branch or tag" in proc.stderr
+    assert worktrees(root) == 1
+
+
+def test_a_dirty_run_is_refused_unless_its_diff_is_asked_for(
+    made: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, run_id = made
+    diff = (
+        "diff --git a/pipeline/core/model.py b/pipeline/core/model.py\n"
+        "--- a/pipeline/core/model.py\n+++ b/pipeline/core/model.py\n"
+        "@@ -1 +1 @@\n-no such line\n+import os; os.system('touch /tmp/owned')\n"
+    )
+    (tmp_path / "uncommitted.diff").write_text(diff)
+    mlflow.MlflowClient().log_artifact(run_id, str(tmp_path / "uncommitted.diff"))
+    with tampered(run_id, "git_dirty", "true"):
+        refused = reproduce(root, run_id)
+        applied = reproduce(root, run_id, "--apply-diff", "--current-env")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    size = len(diff.encode())
+    assert f"diff ({size} bytes changing 1 files: pipeline/core/model.py)" in refused.stderr
+    assert "--apply-diff" in refused.stderr
+    assert applied.returncode == 1 and "Traceback" not in applied.stderr
+    assert "applying the run's uncommitted diff" in applied.stdout
+    assert "the run's diff does not apply" in applied.stderr  # it was tried, not run
+    assert worktrees(root) == 1
+
+
+@pytest.mark.parametrize("stop", ["timeout", "SIGTERM"])
+def test_a_stopped_reproduction_ends_its_processes_and_removes_its_worktree(
+    made: tuple[Path, str], stop: str
+) -> None:
+    root, run_id = made
+    cmd = [sys.executable, "-m", "pipeline.reproduce", run_id, "--current-env"]
+    if stop == "timeout":
+        cmd += ["--timeout", "8"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=run_env(PIPELINE_ENV_CACHE=str(root.parent / "envs"), PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("reproduce: dvc repro at"):
+            worktree = line.split(" in ", 1)[1].split(" (", 1)[0]
+            break
+    else:
+        raise AssertionError(proc.stderr.read())
+    time.sleep(4)
+    assert worktrees(root) == 2
+    if stop == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert ("did not finish in 8 s" if stop == "timeout" else "stopped (received SIGTERM)") in err
+    assert worktrees(root) == 1 and not Path(worktree).exists()
+    left = subprocess.run(["pgrep", "-f", worktree], capture_output=True, text=True).stdout
+    assert left == "", f"processes left in {worktree}: {left}"

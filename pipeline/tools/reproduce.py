@@ -7,19 +7,26 @@ The pipeline runs in the environment the commit's `uv.lock` pins: uv installs it
 packages) once per lock into a cache folder named by the lock's SHA-256 (PIPELINE_ENV_CACHE, else
 ~/.cache/mnist-pipeline/envs), so a later reproduction from the same lock installs nothing.
 `--current-env` runs it with this checkout's interpreter and packages instead.
+Only what the repository vouches for runs: the commit must be on a branch or tag of this
+repository; a run made from a dirty tree is refused unless `--apply-diff` (its recorded diff,
+whose files are listed, is then applied on top of the commit); packages are installed from
+wheels only unless `--allow-build`. The install and `dvc repro` stop after `--timeout` seconds;
+on a timeout, SIGTERM or Ctrl-C the child processes are ended and the worktree removed.
 Outputs: a new run tagged `reproduces=RUN_ID` and `reproduce.environment` (`locked` or
 `current`), and a table of the environment, weights hash, data digests and test metrics,
 original against reproduced. Exit 0 when weights and metrics are identical; where the
 environment still differs (another CPU, another Python), those rows are named and the metrics
 judged within TOLERANCE; otherwise exit 1.
-Command: `uv run python -m pipeline.reproduce RUN_ID [--current-env]`.
+Command: `uv run python -m pipeline.reproduce RUN_ID [--current-env] [--apply-diff]`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +38,7 @@ from pipeline.core.paths import PARAMS_FILE, RAW_DIR, RUN_FILE, project_root
 from pipeline.tracking import names, provenance
 
 TOLERANCE = 0.002  # absolute, on every metric, when the environment differs
+TIMEOUT = 3600.0  # seconds each for the install and `dvc repro`, unless --timeout says
 ENV_CACHE_VAR = "PIPELINE_ENV_CACHE"  # where locked environments are kept
 ENVIRONMENT_TAG = "reproduce.environment"  # on the new run: `locked` or `current`
 LOCK_TAG = "reproduce.uv_lock_sha256"  # on the new run, when `locked`: the lock it installed
@@ -50,8 +58,9 @@ def find_run(run_id: str) -> Any:
     return runs.get_run(run_id, "list runs with `uv run python -m pipeline.compare`.")
 
 
-def check_reproducible(run: Any, root: Path) -> str:
-    """The run's commit, once it is known to be in this repository; warn about a dirty tree."""
+def check_reproducible(run: Any, root: Path, apply_diff: bool = False) -> str:
+    """The run's commit, once it is known to be on a branch or tag of this repository; a run
+    from a dirty tree only with `apply_diff`, and then saying what is applied."""
     tags, run_id = run.data.tags, run.info.run_id
     commit = tags.get(names.SOURCE_COMMIT) or tags.get(names.GIT_COMMIT, names.NOT_IN_GIT)
     if commit == names.NOT_IN_GIT:
@@ -63,13 +72,54 @@ def check_reproducible(run: Any, root: Path) -> str:
             f"commit {commit} of run {run_id} is not in the repository at {root}; "
             "fetch the branch it was made on (`git fetch --all`) and run again."
         )
-    if tags.get(names.GIT_DIRTY) == "true":
-        print(
-            f"warning: run {run_id} was made from a dirty tree; its recorded diff is applied "
-            "on top of the commit.",
-            file=sys.stderr,
+    refs = provenance.git(
+        root, "for-each-ref", "--contains", commit, "--format=%(refname:short)",
+        "refs/heads", "refs/tags", "refs/remotes",
+    )  # fmt: skip
+    if not refs:
+        raise PipelineError(
+            f"commit {commit[:12]} of run {run_id} is on no branch or tag of the repository at "
+            f"{root}; only commits the repository keeps on a branch or tag are run. Fetch or "
+            "create the branch it belongs to and run again."
         )
+    if tags.get(names.GIT_DIRTY) == "true":
+        diff = _load_diff(run_id)
+        files = diff_files(diff)
+        about = (
+            f"{len(diff.encode())} bytes changing {len(files)} files: "
+            f"{', '.join(files[:10])}{' ...' if len(files) > 10 else ''}"
+        )
+        if not apply_diff:
+            raise PipelineError(
+                f"run {run_id} was made from a tree with uncommitted changes; its recorded "
+                f"diff ({about}) would be applied and run. Read it (MLflow artifact "
+                f"{names.DIFF_ARTIFACT}) and rerun with --apply-diff if you trust it."
+            )
+        print(f"reproduce: applying the run's uncommitted diff on {commit[:12]}: {about}")
     return commit
+
+
+def _load_diff(run_id: str) -> str:
+    import mlflow
+
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{names.DIFF_ARTIFACT}")
+    except Exception as exc:  # noqa: BLE001 - any store error: the run is not reproducible
+        raise PipelineError(
+            f"run {run_id} was made from a dirty tree but its {names.DIFF_ARTIFACT} cannot be "
+            f"read ({exc}); it cannot be reproduced."
+        ) from exc
+
+
+def diff_files(diff: str) -> list[str]:
+    """The files a unified git diff changes, in order."""
+    found = []
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            name = line.split(" b/", 1)[-1]
+            if name not in found:
+                found.append(name)
+    return found
 
 
 def env_cache() -> Path:
@@ -80,7 +130,9 @@ def env_cache() -> Path:
     return base / "mnist-pipeline" / "envs"
 
 
-def locked_env(worktree: Path, commit: str) -> tuple[Path, str]:
+def locked_env(
+    worktree: Path, commit: str, allow_build: bool = False, timeout: float | None = None
+) -> tuple[Path, str]:
     """The environment `commit`'s uv.lock pins, installed into the cache unless it is there:
     its folder and the lock's SHA-256. It is built under a temporary name and renamed once
     complete, so a failed install leaves nothing under the final name."""
@@ -113,26 +165,105 @@ def locked_env(worktree: Path, commit: str) -> tuple[Path, str]:
         )
         env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
         env["UV_PROJECT_ENVIRONMENT"] = str(partial)
-        steps = (
-            [uv, "venv", "--relocatable", "--quiet", str(partial)],
-            [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
-        )
+        sync = [uv, "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"]
+        if not allow_build:  # no build script runs but those this checkout's lock already runs
+            here = project_root() / LOCK_FILE
+            for name in source_builds(lock, here if here.is_file() else None):
+                sync += ["--no-build-package", name]
+        steps = ([uv, "venv", "--relocatable", "--quiet", str(partial)], sync)
         for cmd in steps:
-            proc = subprocess.run(cmd, cwd=worktree, env=env, capture_output=True, text=True)
+            try:
+                proc = child(cmd, worktree, env, timeout, capture=True)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
             if proc.returncode != 0:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise PipelineError(
                     f"cannot install the environment that {LOCK_FILE} of commit {commit[:12]} "
                     f"pins (`{' '.join(cmd[1:3])}` exited {proc.returncode}: "
                     f"{proc.stderr.strip()[-600:]}). Reach the package registry (or a uv cache "
-                    "holding those packages) and run again, or reproduce in this checkout's "
-                    "environment with --current-env."
+                    "holding those packages) and run again (--allow-build if a package has no "
+                    "wheel), or reproduce in this checkout's environment with --current-env."
                 )
         partial.rename(final)
         return final, digest
 
 
-def rerun(run: Any, commit: str, root: Path, current_env: bool) -> tuple[str, dict[str, str]]:
+def source_builds(lock: Path, trusted: Path | None) -> list[str]:
+    """The packages of `lock` that uv could build from source (an sdist, a git or path source),
+    but those locked identically (name, version, source, sdist hash) in `trusted`, the lock of
+    the checkout the user runs: its own installs already build them."""
+    import tomllib
+
+    def buildable(path: Path) -> dict[str, tuple]:
+        packages = tomllib.loads(path.read_text(encoding="utf-8")).get("package", [])
+        return {
+            p["name"]: (
+                p.get("version"),
+                json.dumps(p.get("source"), sort_keys=True),
+                json.dumps(p.get("sdist"), sort_keys=True),
+            )
+            for p in packages
+            if "sdist" in p or not {"registry", "virtual", "editable"} & set(p.get("source", {}))
+        }
+
+    try:
+        theirs = buildable(lock)
+        ours = buildable(trusted) if trusted else {}
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read {lock}: {exc}; it is not a uv lock file.") from exc
+    return sorted(name for name, pin in theirs.items() if ours.get(name) != pin)
+
+
+def child(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None, capture: bool = False
+) -> subprocess.CompletedProcess:
+    """Run `cmd` in a process group of its own; on a timeout, SIGTERM or Ctrl-C the whole group
+    (dvc's stages included) is ended before this returns or raises."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _end_group(proc)
+        raise PipelineError(
+            f"`{' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd[:4]))}` did "
+            f"not finish in {timeout:g} s and was stopped; raise --timeout to give it longer."
+        ) from None
+    except BaseException:
+        _end_group(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _end_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM to `proc`'s process group (runs close KILLED), SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.communicate(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def rerun(
+    run: Any,
+    commit: str,
+    root: Path,
+    current_env: bool,
+    allow_build: bool = False,
+    timeout: float | None = None,
+) -> tuple[str, dict[str, str]]:
     """Check out `commit` in a temporary worktree, restore the config, `dvc repro` there, in
     the environment the commit's uv.lock pins (or, with `current_env`, this one).
 
@@ -154,8 +285,8 @@ def rerun(run: Any, commit: str, root: Path, current_env: bool) -> tuple[str, di
         if added.returncode != 0:
             raise PipelineError(f"git worktree add {commit} failed: {added.stderr.strip()}")
         try:
-            if run.data.tags.get(names.GIT_DIRTY) == "true":
-                diff = mlflow.artifacts.load_text(f"runs:/{run_id}/{names.DIFF_ARTIFACT}")
+            if run.data.tags.get(names.GIT_DIRTY) == "true":  # --apply-diff was given
+                diff = _load_diff(run_id)
                 (worktree / "run.diff").write_text(diff, encoding="utf-8")
                 applied = provenance.run_git(worktree, "apply", "--allow-empty", "run.diff")
                 if applied.returncode != 0:
@@ -163,14 +294,14 @@ def rerun(run: Any, commit: str, root: Path, current_env: bool) -> tuple[str, di
             (worktree / PARAMS_FILE).write_text(config_text, encoding="utf-8")
             python, used = Path(sys.executable), {ENVIRONMENT_TAG: "current"}
             if not current_env:
-                folder, digest = locked_env(worktree, commit)
+                folder, digest = locked_env(worktree, commit, allow_build, timeout)
                 python, used = folder / "bin" / "python", {ENVIRONMENT_TAG: "locked"}
                 used[LOCK_TAG] = digest
                 env["VIRTUAL_ENV"] = str(folder)
             # The stages run `python -m pipeline...`: this environment's python comes first.
             env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
             print(f"reproduce: dvc repro at {commit[:12]} in {worktree} ({python})", flush=True)
-            proc = subprocess.run([str(python), "-m", "dvc", "repro"], cwd=worktree, env=env)
+            proc = child([str(python), "-m", "dvc", "repro"], worktree, env, timeout)
             if proc.returncode != 0:
                 raise PipelineError(f"`dvc repro` at commit {commit} exited {proc.returncode}.")
             new_id = json.loads((worktree / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
@@ -231,15 +362,43 @@ def main(argv: list[str]) -> None:
         action="store_true",
         help="run with this checkout's interpreter and packages, not the run's uv.lock",
     )
+    parser.add_argument(
+        "--apply-diff",
+        action="store_true",
+        help="for a run made from a dirty tree: apply its recorded diff (listed first) and run it",
+    )
+    parser.add_argument(
+        "--allow-build",
+        action="store_true",
+        help="let uv build packages that have no wheel from source (their build scripts run)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop the install and `dvc repro` after this long each ({TIMEOUT:g})",
+    )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # ends the children, removes the worktree
 
     root = project_root()
     from pipeline.tracking import store
 
     store.connect(store.configured_uri())
     original = find_run(args.run_id)
-    commit = check_reproducible(original, root)
-    new_id, used = rerun(original, commit, root, args.current_env)
+    commit = check_reproducible(original, root, args.apply_diff)
+    try:
+        new_id, used = rerun(
+            original, commit, root, args.current_env, args.allow_build, args.timeout
+        )
+    except KeyboardInterrupt as exc:
+        print(
+            f"reproduce: stopped ({exc or 'Ctrl-C'}); its processes were ended and its worktree "
+            "removed.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     reproduced = find_run(new_id)
     rows, env_diff = compare(original, reproduced)
     lines, ok = verdict(rows, env_diff)
@@ -255,6 +414,10 @@ def main(argv: list[str]) -> None:
         print("\nnot reproduced: see the rows marked DIFFERENT.", file=sys.stderr)
         sys.exit(1)
     print("\nreproduced: " + ("within tolerance." if env_diff else "bit for bit."))
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 def cli() -> None:
