@@ -2,6 +2,7 @@
 
 The `slow` marker (pyproject.toml) is set on the tests that need a real training run on MNIST,
 a server, a browser, a database or several processes; `uv run pytest -m "not slow"` runs the rest.
+Test files run in parallel, one worker per CPU (pytest-xdist); `-n 0` runs them one by one.
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ from pipeline.core.data import write_idx
 # Fixtures that train on real MNIST or start a server, a browser or a database: a test that uses
 # one, directly or through another fixture, is in the slow tier.
 SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "postgres", "browser"}
+# The longest files first: pytest-xdist (`-n auto --dist loadfile`, pyproject.toml) hands each file
+# to one worker in this order, so the short ones fill in around them and the workers end together.
+LONGEST_FIRST = ("test_scaling.py", "test_team_server.py", "test_sweep.py", "test_reproduce.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
 from pipeline.core.images import ImageTooLarge
