@@ -70,7 +70,7 @@ def test_wrong_image_size(tmp_path: Path) -> None:
 def test_label_out_of_range(tmp_path: Path) -> None:
     write_idx(tmp_path / "img", np.zeros((2, 28, 28)))
     write_idx(tmp_path / "lab", np.array([3, 12]))
-    with pytest.raises(DataError, match="label 12 is outside 0-9"):
+    with pytest.raises(DataError, match="label 12 is outside 0-9 "):
         read_mnist_pair(tmp_path / "img", tmp_path / "lab")
 
 

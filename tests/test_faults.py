@@ -64,7 +64,7 @@ def test_no_source_left_lists_every_one_and_leaves_nothing(
         fetch_file(spec, raw, [html, refused], timeout=5)
     message = str(err.value)
     assert f"  {html}: " in message and f"  {refused}: " in message
-    assert "Connection refused" in message and "MNIST_MIRROR" in message
+    assert "Connection refused" in message and "DATA_MIRROR" in message
     assert list(raw.iterdir()) == []
 
 
@@ -126,7 +126,7 @@ def test_https_is_never_downgraded_by_a_redirect() -> None:
 
 
 def test_configured_mirrors_must_be_https() -> None:
-    with pytest.raises(ConfigError, match="data.mirrors must be a non-empty list of an https://"):
+    with pytest.raises(ConfigError, match="data.mirrors must be a list of https:// URLs"):
         validate(compose(["data.mirrors=[http://mirror.example/mnist/]"]))
 
 

@@ -82,7 +82,7 @@ def test_every_source_failing_lists_them_and_leaves_nothing(
     message = str(err.value)
     assert f"could not fetch {spec.name} from any source" in message
     assert f"  {truncated}: " in message and f"  {missing}: no {spec.name}.gz" in message
-    assert "export MNIST_MIRROR=" in message
+    assert "export DATA_MIRROR=" in message
     assert list(raw.iterdir()) == []
 
 

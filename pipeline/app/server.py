@@ -187,7 +187,22 @@ def create_app(
     Served on a loopback `host`, requests naming any other Host are refused (400): a web page
     elsewhere cannot reach the app through a DNS name that points at 127.0.0.1.
     """
-    app = FastAPI(title="MNIST digits", docs_url="/api/docs", redoc_url=None)
+    classes = chosen.classes
+    description = chosen.about.get("description") or "images"
+    handwriting = chosen.about.get("dataset") in (None, "mnist") or bool(
+        chosen.about.get("handwriting")
+    )
+    one = "a digit" if handwriting else "a picture"
+    wording = {
+        "title": (chosen.about.get("dataset") or "mnist").replace("_", "-").upper()
+        + (" digits" if handwriting else f": {description}"),
+        "handwriting": handwriting,
+        "one": one,
+        "ask": f"Draw {one}." if handwriting else f"Open or drop {one}.",
+        "description": description,
+        "classes": classes,
+    }
+    app = FastAPI(title=wording["title"], docs_url="/api/docs", redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=MAX_BYTES + 64 * 1024)  # the picture and its form
     if host in LOOPBACK:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
@@ -212,12 +227,14 @@ def create_app(
         """JSON for the API and figures, a page for the pages."""
         if request.url.path.startswith(("/api/", "/runs/")):
             return JSONResponse({"detail": exc.detail}, exc.status_code)
-        page = pages.get_template("error.html").render(status=exc.status_code, message=exc.detail)
+        page = pages.get_template("error.html").render(
+            status=exc.status_code, message=exc.detail, **wording
+        )
         return HTMLResponse(page, exc.status_code)
 
     @app.get("/", response_class=HTMLResponse)
     def draw() -> str:
-        return pages.get_template("draw.html").render(max_mb=MAX_BYTES // 2**20)
+        return pages.get_template("draw.html").render(max_mb=MAX_BYTES // 2**20, **wording)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -250,9 +267,11 @@ def create_app(
         x = read_digit(io.BytesIO(data), name, MAX_PIXELS, FORMATS)
         with lock:
             probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
-        best = top3(probs)
+        best = top3(probs, classes)
         return {
             "digit": best[0]["digit"],
+            "class": best[0]["class"],
+            "classes": classes,
             "probabilities": [round(float(p), 6) for p in probs],
             "top3": best,
             "input": png_data_url(x),
@@ -276,7 +295,7 @@ def create_app(
         view = comparison(chosen_runs)
         for run, info in zip(chosen_runs, view["runs"], strict=True):
             info["url"] = run_link(run.info.run_id, run.info.experiment_id)
-        return pages.get_template("compare.html").render(**view, sweep=sweep)
+        return pages.get_template("compare.html").render(**view, sweep=sweep, **wording)
 
     @app.get("/runs/{run_id}/figures/{name}")
     def figure(run_id: str, name: str) -> FileResponse:

@@ -62,13 +62,27 @@ class FileSpec(Section):
     ]
 
 
+def _class_names(value: list[str]) -> bool:
+    return len(value) >= 2 and len(set(value)) == len(value) and all(v.strip() for v in value)
+
+
 class DataConfig(Section):
-    name: Annotated[str, Says("a string")]
+    name: Annotated[
+        str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$"), Says("a string", "a lowercase name")
+    ]
+    description: NonEmpty
+    classes: Annotated[
+        list[str],
+        _check(_class_names),
+        Says("a list of a string", "a list of at least 2 distinct, non-empty class names"),
+    ]
+    handwriting: Annotated[bool, Says("true or false")]
+    registered_model: NonEmpty
+    mirror_env: Annotated[str | None, Says("a string or null")]
     mirrors: Annotated[
         list[str],
-        Field(min_length=1),
         _check(lambda v: all(m.startswith("https://") for m in v)),
-        Says("a list of a string", "a non-empty list of an https:// URL"),
+        Says("a list of a string", "a list of https:// URLs (may be empty)"),
     ]
     files: Annotated[
         dict[str, FileSpec],

@@ -97,7 +97,9 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
-def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_mnist_pair(
+    images_path: Path, labels_path: Path, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """Read matching image and label files, checking shapes, counts and label range."""
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
@@ -108,8 +110,11 @@ def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, n
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
             "labels; the files come from different sets. Fetch them again."
         )
-    if labels.size and labels.max() >= NUM_CLASSES:
-        raise DataError(f"{labels_path}: label {labels.max()} is outside 0-9.")
+    if labels.size and labels.max() >= num_classes:
+        raise DataError(
+            f"{labels_path}: label {labels.max()} is outside 0-{num_classes - 1} (data.classes "
+            f"names {num_classes} classes)."
+        )
     return images, labels
 
 
@@ -128,8 +133,8 @@ def split_validation(
     return (x[train], y[train]), (x[val], y[val])
 
 
-def class_counts(y: np.ndarray) -> dict[str, int]:
-    return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=NUM_CLASSES))}
+def class_counts(y: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, int]:
+    return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=num_classes))}
 
 
 def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:

@@ -28,12 +28,18 @@ from pipeline.core.config import FileSpec
 from pipeline.core.data import sha256_file
 from pipeline.core.errors import DataError
 
-MIRROR_ENV = "MNIST_MIRROR"
+MIRROR_ENV = "DATA_MIRROR"
 
 
-def sources(mirrors: list[str], env: str | None) -> list[str]:
-    """The places to try, in order: MNIST_MIRROR first when set, then the configured mirrors."""
-    return ([env] if env else []) + list(mirrors)
+def sources(mirrors: list[str], *env: str | None) -> list[str]:
+    """The places to try, in order: the environment's mirrors (DATA_MIRROR, then the dataset's
+    own variable such as MNIST_MIRROR) where set, then the configured mirrors."""
+    return list(dict.fromkeys([e for e in env if e] + list(mirrors)))
+
+
+def env_mirrors(mirror_env: str | None) -> list[str | None]:
+    """The values of DATA_MIRROR and of the dataset's own variable (`data.mirror_env`)."""
+    return [os.environ.get(MIRROR_ENV), os.environ.get(mirror_env) if mirror_env else None]
 
 
 class NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
@@ -219,8 +225,10 @@ def fetch_file(
                 f"fetch: {spec.name} from {source} failed ({why}); trying the next source",
                 file=sys.stderr,
             )
+    if not failures:
+        failures.append("  (no source: data.mirrors is empty and no mirror variable is set)")
     raise DataError(
         f"could not fetch {spec.name} from any source:\n" + "\n".join(failures) + "\n"
-        f"Set {MIRROR_ENV} to a folder or URL holding the MNIST files "
-        f"(e.g. export {MIRROR_ENV}=/path/to/mnist) and run again."
+        f"Set {MIRROR_ENV} to a folder or URL holding the dataset's files "
+        f"(e.g. export {MIRROR_ENV}=/path/to/files) and run again."
     )

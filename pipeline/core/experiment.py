@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -124,7 +125,7 @@ def _defaults(model_name: str) -> dict[str, Any]:
     for group in ("model", "train"):
         path = CONF_DIR / group / f"{chosen[group]}.yaml"
         data[group] = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return flatten(data)
+    return {**flatten(data), "data": chosen["data"]}
 
 
 def _label(key: str, value: Any) -> str:
@@ -145,6 +146,8 @@ def run_name(cfg: Config, with_seed: bool = False) -> str:
     defaults = _defaults(cfg.model.name)
     flat = flatten(cfg.to_dict())
     parts = [cfg.model.name, _label("model.hidden_units", cfg.model.hidden_units)]
+    if cfg.data.name != defaults.get("data"):  # the default dataset goes unnamed
+        parts.insert(0, cfg.data.name)
     parts.append(_label("train.epochs", cfg.train.epochs))
     for key, value in flat.items():
         if key in ("model.hidden_units", "train.epochs") or key.startswith(UNNAMED):
@@ -171,7 +174,11 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
         project_data_digests(where.root, cfg.data.files),
         where.experiment_id,
         run_name(cfg, with_seed=where.in_sweep),
-        tags=where.tags,
+        tags={
+            **where.tags,
+            names.DATASET_TAG: cfg.data.name,
+            names.CLASSES_TAG: json.dumps(cfg.data.classes),
+        },
         parent_run_id=where.parent_run_id,
         close=close,
         entry_point=where.entry_point,
@@ -226,9 +233,11 @@ def train(
     """
     from pipeline.core import model
 
-    net = model.compiled_model(cfg.model, cfg.train)  # the last one's compiled steps, if it can
+    # The last one's compiled steps, if it can.
+    net = model.compiled_model(cfg.model, cfg.train, len(cfg.data.classes))
     record(runs.log_params, run_id, flatten(cfg.to_dict()))
-    record(runs.log_datasets, run_id, {"train": train_split, "val": val_split})
+    splits = {"train": train_split, "val": val_split}
+    record(runs.log_datasets, run_id, splits, cfg.data.name)
     logger = epoch_logger(run_id, record)
     history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
     summary = {
@@ -278,14 +287,20 @@ def evaluate_model(
     out = where.out
     test = prepared(where.root, "test")
     x, y = test
-    runs.log_datasets(run_id, {"test": test})
+    runs.log_datasets(run_id, {"test": test}, cfg.data.name)
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
     shown = plots.showcase(y, y_pred, GRID)
+    classes = cfg.data.classes
+    cm = metrics.confusion_matrix(y, y_pred, len(classes))
     figures = {
-        "predictions.png": plots.prediction_grid(x[shown], y[shown], y_pred[shown]),
-        "misclassified.png": plots.misclassified_gallery(x, y, y_pred, probs.max(axis=1)),
-        "confusion_matrix.png": plots.confusion_heatmap(metrics.confusion_matrix(y, y_pred)),
+        "predictions.png": plots.prediction_grid(
+            x[shown], y[shown], y_pred[shown], classes=classes
+        ),
+        "misclassified.png": plots.misclassified_gallery(
+            x, y, y_pred, probs.max(axis=1), classes=classes
+        ),
+        "confusion_matrix.png": plots.confusion_heatmap(cm, classes),
         "learning_curves.png": plots.learning_curves(history),
     }
     figures_dir = out / FIGURES_DIR

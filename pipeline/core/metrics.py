@@ -12,9 +12,11 @@ from pipeline.tracking.names import MACRO_F1, TEST_ACCURACY, TEST_LOSS
 EPSILON = 1e-7  # Keras clips probabilities the same way in its cross-entropy
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
+) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
 
@@ -27,7 +29,7 @@ def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
 def classification_report(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """test_accuracy, test_loss, macro_f1 and per-class precision, recall, F1 and support."""
     y_pred = probs.argmax(axis=1)
-    cm = confusion_matrix(y_true, y_pred)
+    cm = confusion_matrix(y_true, y_pred, probs.shape[1])
     tp = np.diag(cm).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.nan_to_num(tp / cm.sum(axis=0))
@@ -44,6 +46,6 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray) -> dict[str, An
                 "f1": float(f1[c]),
                 "support": int(cm[c].sum()),
             }
-            for c in range(NUM_CLASSES)
+            for c in range(probs.shape[1])
         },
     }

@@ -27,21 +27,26 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, validation included
 
 
-def build_mlp(hidden_units: int) -> keras.Model:
-    """Flatten(28x28) -> Dense(hidden_units, relu) -> Dense(10, softmax): the seed model."""
+def build_mlp(hidden_units: int, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """Flatten(28x28) -> Dense(hidden_units, relu) -> Dense(num_classes, softmax): the seed
+    model."""
     return keras.Sequential(
         [
             keras.Input(shape=IMAGE_SHAPE),
             keras.layers.Flatten(),
             keras.layers.Dense(hidden_units, activation="relu"),
-            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+            keras.layers.Dense(num_classes, activation="softmax"),
         ],
         name="mlp",
     )
 
 
 def build_cnn(
-    filters: Sequence[int], kernel_size: int, hidden_units: int, dropout: float
+    filters: Sequence[int],
+    kernel_size: int,
+    hidden_units: int,
+    dropout: float,
+    num_classes: int = NUM_CLASSES,
 ) -> keras.Model:
     """A small convnet: per entry of `filters` a conv + 2x2 max-pool block, then a dense head."""
     layers: list[keras.layers.Layer] = [
@@ -57,7 +62,7 @@ def build_cnn(
         keras.layers.Flatten(),
         keras.layers.Dropout(dropout),
         keras.layers.Dense(hidden_units, activation="relu"),
-        keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        keras.layers.Dense(num_classes, activation="softmax"),
     ]
     return keras.Sequential(layers, name="cnn")
 
@@ -65,9 +70,10 @@ def build_cnn(
 BUILDERS: dict[str, Callable[..., keras.Model]] = {"mlp": build_mlp, "cnn": build_cnn}
 
 
-def build_model(cfg: ModelConfig) -> keras.Model:
-    """Build the model `cfg.name` names, passing it the rest of `cfg` as arguments."""
-    return BUILDERS[cfg.name](**cfg.model_dump(exclude={"name"}))
+def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """Build the model `cfg.name` names for `num_classes` classes, passing it the rest of `cfg`
+    as arguments."""
+    return BUILDERS[cfg.name](**cfg.model_dump(exclude={"name"}), num_classes=num_classes)
 
 
 def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
@@ -98,7 +104,9 @@ class _Compiled:
 _last: _Compiled | None = None
 
 
-def compiled_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Model:
+def compiled_model(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, num_classes: int = NUM_CLASSES
+) -> keras.Model:
     """A compiled model to train, in the state a new one built now would have.
 
     Call after `set_determinism`. When only the seed or the epoch count differ from the last
@@ -109,12 +117,14 @@ def compiled_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Mode
     run with this seed, without compiling the training step again.
     """
     global _last
-    key = json.dumps([model_cfg.model_dump(), train_cfg.model_dump(exclude={"epochs"})])
+    key = json.dumps(
+        [model_cfg.model_dump(), train_cfg.model_dump(exclude={"epochs"}), num_classes]
+    )
     if _last is None or _last.key != key or _last.steps is None:
         _last = None  # let the last model and its compiled steps go
-        _last = _Compiled(key, compile_model(build_model(model_cfg), train_cfg))
+        _last = _Compiled(key, compile_model(build_model(model_cfg, num_classes), train_cfg))
         return _last.model
-    new = build_model(model_cfg)
+    new = build_model(model_cfg, num_classes)
     if len(new.layers) != len(_last.model.layers):
         raise PipelineError(
             f"model {model_cfg.name} built {len(new.layers)} layers, then "
@@ -176,7 +186,7 @@ def detached_copy(
     while `model` trains again (a sweep's next seed, `compiled_model`). Saved, it gives the same
     file layout as `model`. Building it draws random numbers: call it after training, before the
     next `set_determinism`."""
-    copy = compile_model(build_model(model_cfg), train_cfg)
+    copy = compile_model(build_model(model_cfg, model.output_shape[-1]), train_cfg)
     copy.optimizer.build(copy.trainable_variables)
     targets = [*copy.weights, *copy.optimizer.variables]
     sources = [*model.weights, *model.optimizer.variables]

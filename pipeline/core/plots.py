@@ -14,9 +14,11 @@ RIGHT, WRONG = "tab:green", "tab:red"
 def _digit_grid(
     images: np.ndarray, titles: Sequence[str], colours: Sequence[str], cols: int, title: str
 ) -> Figure:
-    """The digits tiled into one image, each captioned above: one Axes, however many digits."""
+    """The images tiled into one image, each captioned above: one Axes, however many images.
+    Captions of two lines (long class names) get room for two lines, in a smaller font."""
     rows = max(1, -(-len(images) // cols))
-    side, gap, caption = 28, 4, 12  # pixels of a digit, between digits, of its caption
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    side, gap, caption = 28, 4, 12 * lines  # pixels of an image, between images, of a caption
     cell_w, cell_h = side + gap, side + gap + caption
     mosaic = np.zeros((rows * cell_h, cols * cell_w), dtype=np.float32)
     fig = Figure(figsize=(cols * 1.3, rows * 1.5 + 0.5))
@@ -26,17 +28,29 @@ def _digit_grid(
     for k, (image, text, colour) in enumerate(zip(images, titles, colours, strict=False)):
         top, left = (k // cols) * cell_h + caption, (k % cols) * cell_w + gap // 2
         mosaic[top : top + side, left : left + side] = image
-        ax.text(left + side / 2, top - 2, text, color=colour, fontsize=9, ha="center")
+        size = 9 if lines == 1 else 7
+        ax.text(left + side / 2, top - 2, text, color=colour, fontsize=size, ha="center")
     ax.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     return fig
 
 
+def _caption(pred: int, true: int, classes: Sequence[str] | None, extra: str = "") -> str:
+    """'pred (true)' by class name (its label without names); on two lines for long names."""
+    p, t = (classes[pred], classes[true]) if classes else (str(pred), str(true))
+    long = max(len(p), len(t)) > 3
+    return f"{p}\n({t}){extra}" if long else f"{p} ({t}){extra}"
+
+
 def prediction_grid(
-    images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, cols: int = 8
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    cols: int = 8,
+    classes: Sequence[str] | None = None,
 ) -> Figure:
-    """Digits titled 'pred (true)'; wrong predictions in red."""
+    """Images titled 'pred (true)', by class name; wrong predictions in red."""
     wrong = y_true != y_pred
-    titles = [f"{p} ({t})" for p, t in zip(y_pred, y_true, strict=True)]
+    titles = [_caption(p, t, classes) for p, t in zip(y_pred, y_true, strict=True)]
     colours = [WRONG if w else RIGHT for w in wrong]
     return _digit_grid(
         images,
@@ -63,11 +77,12 @@ def misclassified_gallery(
     confidence: np.ndarray,
     limit: int = 40,
     cols: int = 8,
+    classes: Sequence[str] | None = None,
 ) -> Figure:
-    """The most confidently misclassified digits, titled 'pred (true) confidence'."""
+    """The most confidently misclassified images, titled 'pred (true) confidence'."""
     wrong = np.flatnonzero(y_true != y_pred)
     worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
-    titles = [f"{y_pred[i]} ({y_true[i]}) {confidence[i]:.2f}" for i in worst]
+    titles = [_caption(y_pred[i], y_true[i], classes, f" {confidence[i]:.2f}") for i in worst]
     return _digit_grid(
         images[worst],
         titles,
@@ -77,21 +92,25 @@ def misclassified_gallery(
     )
 
 
-def confusion_heatmap(cm: np.ndarray) -> Figure:
+def confusion_heatmap(cm: np.ndarray, classes: Sequence[str] | None = None) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes, by class name."""
     # Axes placed by hand: a constrained layout costs more than drawing the figure, once per
     # model of a sweep.
     fig = Figure(figsize=(7, 6))
     ax = fig.add_axes((0.1, 0.09, 0.72, 0.83))
     image = ax.imshow(cm, cmap="Blues")
     fig.colorbar(image, cax=fig.add_axes((0.85, 0.09, 0.035, 0.83)))
-    classes = range(len(cm))
+    ticks = range(len(cm))
     ax.set(
-        xticks=classes,
-        yticks=classes,
+        xticks=ticks,
+        yticks=ticks,
         xlabel="predicted",
         ylabel="true",
         title="Confusion matrix (test set)",
     )
+    if classes:
+        ax.set_xticklabels(classes, rotation=45 if max(map(len, classes)) > 3 else 0, ha="right")
+        ax.set_yticklabels(classes)
     threshold = cm.max() / 2
     for (i, j), n in np.ndenumerate(cm):
         ax.text(

@@ -28,14 +28,15 @@ def main(argv: list[str]) -> None:
     cfg = load_params()
     root = project_root()
     files = {key: root / RAW_DIR / spec.name for key, spec in cfg.data.files.items()}
-    x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"])
-    x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"])
+    n = len(cfg.data.classes)
+    x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"], n)
+    x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"], n)
     train, val = split_validation(scale(x_train), y_train, cfg.data.val_fraction, cfg.seed)
     splits = {"train": train, "val": val, "test": (scale(x_test), y_test)}
     report = {}
     for split, (x, y) in splits.items():
         save_split(root / PROCESSED_DIR, split, x, y)
-        report[split] = {"examples": len(y), "per_class": class_counts(y)}
+        report[split] = {"examples": len(y), "per_class": class_counts(y, n)}
         print(f"preprocess: {split}: {len(y)} examples -> {PROCESSED_DIR / split}.npz")
     (root / DATA_REPORT).parent.mkdir(parents=True, exist_ok=True)
     write_json(root / DATA_REPORT, report)

@@ -12,10 +12,8 @@ Command: `uv run python -m pipeline.predict IMAGE [IMAGE ...]`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,7 +21,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from pipeline.core.console import load_keras
-from pipeline.core.data import NUM_CLASSES
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
 from pipeline.core.images import FORMATS, load_image, normalize, save_png
 from pipeline.core.paths import MODEL_PATH, project_root
@@ -39,6 +36,11 @@ class Chosen:
     model: Any
     about: dict[str, Any]
 
+    @property
+    def classes(self) -> list[str]:
+        """The model's class names in label order (its dataset's `data.classes`)."""
+        return self.about.get("classes") or [str(c) for c in range(self.model.output_shape[-1])]
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(n, 28, 28) float32 images -> (n, 10) probabilities, one image at a time: an image's
         answer never depends on the images it came with (a batch's last bits can), so this
@@ -47,7 +49,7 @@ class Chosen:
         from pipeline.core.model import predict
 
         if len(x) == 0:
-            return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+            return np.zeros((0, self.model.output_shape[-1]), dtype=np.float32)
         return np.concatenate([predict(self.model, x[i : i + 1]) for i in range(len(x))])
 
 
@@ -65,7 +67,7 @@ def choose_model(
         from pipeline.core.model import load_model
 
         file = Path(path) if path else project_root() / MODEL_PATH
-        return Chosen(load_model(file), {"source": "file", "path": str(file)})
+        return Chosen(load_model(file), {"source": "file", "path": str(file), **_dataset()})
 
     from pipeline.core.config import load_params
     from pipeline.tracking import store
@@ -94,6 +96,22 @@ def choose_model(
     return Chosen(model, {**about, "uri": uri, **found, **_describe(uri, about)})
 
 
+def _dataset() -> dict[str, Any]:
+    """The project's dataset (params.yaml's `data`): the classes a model file was trained on."""
+    from pipeline.core.config import load_params
+    from pipeline.core.paths import PARAMS_FILE
+
+    if not (project_root() / PARAMS_FILE).is_file():
+        return {}
+    data = load_params().data
+    return {
+        "dataset": data.name,
+        "description": data.description,
+        "classes": data.classes,
+        "handwriting": data.handwriting,
+    }
+
+
 def _describe(uri: str, about: dict[str, Any]) -> dict[str, Any]:
     """Registry version, run and accuracies of the model at `uri`, where the store knows them."""
     import mlflow
@@ -109,20 +127,18 @@ def _describe(uri: str, about: dict[str, Any]) -> dict[str, Any]:
         run = client.get_run(found.get("run_id") or about["run_id"])
     except (mlflow.exceptions.MlflowException, KeyError):
         return found
-    metrics = run.data.metrics
+    metrics, tags = run.data.metrics, run.data.tags
+    classes = json.loads(tags[names.CLASSES_TAG]) if names.CLASSES_TAG in tags else None
     return {
         **found,
+        "dataset": tags.get(names.DATASET_TAG),
+        "classes": classes,
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "experiment_id": run.info.experiment_id,
         "val_accuracy": metrics.get(names.VAL_ACCURACY),
         "test_accuracy": metrics.get(names.TEST_ACCURACY),
     }
-
-
-def load_predictor(args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from (n, 28, 28) float32 images to (n, 10) probabilities."""
-    return choose_model(args.model, args.run, args.model_uri).predict
 
 
 def _run_model_uri(run_id: str) -> str:
@@ -152,9 +168,18 @@ def read_digit(
     return normalize(load_image(source, name, max_pixels, formats), name)
 
 
-def top3(probs: np.ndarray) -> list[dict[str, float]]:
+def top3(probs: np.ndarray, classes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The three likeliest classes: label index (`digit`, as MNIST's labels are digits), its
+    name (`class`) and probability."""
     best = np.argsort(-probs, kind="stable")[:3]
-    return [{"digit": int(d), "probability": round(float(probs[d]), 6)} for d in best]
+    return [
+        {
+            "digit": int(d),
+            "class": classes[d] if classes else str(d),
+            "probability": round(float(probs[d]), 6),
+        }
+        for d in best
+    ]
 
 
 def main(argv: list[str]) -> None:
@@ -176,17 +201,18 @@ def main(argv: list[str]) -> None:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
     if inputs:
-        predict = load_predictor(args)
-        probs = predict(np.stack(list(inputs.values())).astype(np.float32))
+        chosen = choose_model(args.model, args.run, args.model_uri)
+        probs = chosen.predict(np.stack(list(inputs.values())).astype(np.float32))
         for (path, image), p in zip(inputs.items(), probs, strict=True):
-            best = top3(p)
+            best = top3(p, chosen.classes)
             if args.save_normalized:
                 save_png(image, args.save_normalized / f"{path.stem}.png")
             if args.json:
-                print(json.dumps({"path": str(path), "digit": best[0]["digit"], "top3": best}))
+                answer = {"digit": best[0]["digit"], "class": best[0]["class"], "top3": best}
+                print(json.dumps({"path": str(path), **answer}))
             else:
-                ranked = ", ".join(f"{b['digit']} {b['probability']:.3f}" for b in best)
-                print(f"{path}: {best[0]['digit']}  ({ranked})")
+                ranked = ", ".join(f"{b['class']} {b['probability']:.3f}" for b in best)
+                print(f"{path}: {best[0]['class']}  ({ranked})")
     if failed:
         raise PipelineError(f"{failed} of {len(args.images)} images could not be read.")
 

@@ -1,8 +1,9 @@
 """Reproduce an MLflow run from its commit, in the environment its uv.lock pins, bit for bit.
 
 Inputs: a run id in the project's MLflow store; the run's `git_commit` (and its uncommitted diff
-when the tree was dirty), its `config.yaml` artifact, and the MNIST files (MNIST_MIRROR, else
-the project's data/raw/, else the public mirrors; verified by digest either way).
+when the tree was dirty), its `config.yaml` artifact, and the dataset's files (DATA_MIRROR or
+MNIST_MIRROR, else the project's data/raw/, else the public mirrors; verified by digest either
+way).
 The pipeline runs in the environment the commit's `uv.lock` pins: uv installs it (frozen, no dev
 packages) once per lock into a cache folder named by the lock's SHA-256 (PIPELINE_ENV_CACHE, else
 ~/.cache/mnist-pipeline/envs), so a later reproduction from the same lock installs nothing.
@@ -277,8 +278,9 @@ def rerun(
     env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the store the run is in
     env[provenance.REPRODUCES_ENV] = run_id
-    if not env.get("MNIST_MIRROR") and (root / RAW_DIR).is_dir():
-        env["MNIST_MIRROR"] = str(root / RAW_DIR)  # verified by digest like any mirror
+    if (root / RAW_DIR).is_dir():  # verified by digest like any mirror; older commits read
+        for var in ("DATA_MIRROR", "MNIST_MIRROR"):  # MNIST_MIRROR only
+            env.setdefault(var, str(root / RAW_DIR))
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         worktree = Path(tmp) / "worktree"
         added = provenance.run_git(root, "worktree", "add", "--detach", str(worktree), commit)

@@ -12,6 +12,8 @@ MODEL_SHA256_TAG = "model_sha256"  # of models/model.keras: evaluate checks it b
 LOGGED_SHA256_TAG = "logged_model_sha256"  # of the logged data/model.keras: checked before loading
 WEIGHTS_SHA256_TAG = "weights_sha256"  # of every weight array: reproduce compares it
 REGISTERED_TAG = "registered_version"
+DATASET_TAG = "dataset"  # data.name of the model's dataset
+CLASSES_TAG = "classes"  # its class names in label order, as JSON: predict and the app show them
 CHAMPION_TAG = "champion"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=parent

@@ -159,8 +159,11 @@ DIGEST_CHARS = 32  # MLflow keeps at most 36 characters of a dataset's digest
 CONTEXTS = {"train": "train", "val": "validation", "test": "test"}  # split -> MLflow's word
 
 
-def log_datasets(run_id: str, splits: Mapping[str, tuple[Any, Any]]) -> None:
-    """Record splits (`train`, `val`, `test`) as MLflow datasets of the run: name, the first
+def log_datasets(
+    run_id: str, splits: Mapping[str, tuple[Any, Any]], data_name: str = "mnist"
+) -> None:
+    """Record splits (`train`, `val`, `test`) of the dataset `data_name` as MLflow datasets of
+    the run (`<data_name>-<split>`): name, the first
     `DIGEST_CHARS` hex digits of the split file's SHA-256 (the run's provenance tag
     `data.processed.<split>.sha256` holds all 64), its DVC path and shape, so the runs table's
     Dataset column and the run page show them."""
@@ -172,7 +175,7 @@ def log_datasets(run_id: str, splits: Mapping[str, tuple[Any, Any]]) -> None:
     for split, (x, y) in splits.items():
         digest = tags.get(f"{names.DATA_PREFIX}processed.{split}.sha256", "unknown")
         dataset = Dataset(
-            name=f"mnist-{split}",
+            name=f"{data_name}-{split}",
             digest=digest[:DIGEST_CHARS],
             source_type="local",
             source=json.dumps({"uri": f"data/processed/{split}.npz"}),

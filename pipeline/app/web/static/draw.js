@@ -62,12 +62,14 @@ for (const type of ["pointerup", "pointercancel"]) {
   });
 }
 
-$("undo").addEventListener("click", () => {
+const ASK = document.querySelector(".draw").dataset.ask; // "Draw a digit.", or "Open a picture ..."
+
+$("undo")?.addEventListener("click", () => {
   strokes.pop();
   paint();
   soon(0);
 });
-$("clear").addEventListener("click", () => {
+$("clear")?.addEventListener("click", () => {
   strokes.length = 0;
   paint();
   soon(0);
@@ -87,7 +89,7 @@ function soon(delay = 150) {
 function readCanvas() {
   if (strokes.length === 0) {
     asked++;
-    show({ message: "Draw a digit." });
+    show({ message: ASK });
     return;
   }
   canvas.toBlob((blob) => ask(blob, "canvas.png"), "image/png");
@@ -111,7 +113,7 @@ async function ask(blob, name) {
 
 function messageOf(body, status) {
   const detail = body && body.detail;
-  if (typeof detail === "string") return /blank/.test(detail) ? "Draw a digit." : detail;
+  if (typeof detail === "string") return /blank/.test(detail) ? ASK : detail;
   if (Array.isArray(detail)) return detail.map((d) => d.msg).join("; ");
   return `The server answered ${status}.`;
 }
@@ -129,14 +131,15 @@ function show(result) {
   }
   $("message").hidden = true;
   answer.hidden = false;
-  $("digit").textContent = result.digit;
+  $("digit").textContent = result.class ?? result.digit;
   $("confidence").textContent = `${(100 * result.probabilities[result.digit]).toFixed(1)}%`;
   $("seen").src = result.input;
   bars.replaceChildren(
     ...result.probabilities.map((p, digit) => {
       const row = document.createElement("li");
       row.className = digit === result.digit ? "best" : "";
-      row.innerHTML = `<span class="label">${digit}</span><span class="bar"><span></span></span><span class="value"></span>`;
+      row.innerHTML = `<span class="label"></span><span class="bar"><span></span></span><span class="value"></span>`;
+      row.querySelector(".label").textContent = result.classes ? result.classes[digit] : digit;
       row.querySelector(".bar span").style.width = `${(100 * p).toFixed(1)}%`;
       row.querySelector(".value").textContent = p.toFixed(3);
       return row;
