@@ -441,3 +441,16 @@ def broken_mirror(case: str, folder: Path) -> Iterator[str]:
     finally:
         stop.set()
         server.close()
+
+
+def fashion_mirror() -> str | None:
+    """A local copy of Fashion-MNIST: FASHION_MNIST_MIRROR, else the shared folder beside the
+    checkout, else Debian's dataset-fashion-mnist; None leaves the config's public mirror."""
+    for place in (
+        os.environ.get("FASHION_MNIST_MIRROR"),
+        ROOT.parent / "shared" / "data" / "fashion-mnist",
+        Path("/usr/share/datasets/fashion-mnist"),
+    ):
+        if place and Path(place).is_dir():
+            return str(place)
+    return None

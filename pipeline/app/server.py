@@ -189,9 +189,7 @@ def create_app(
     """
     classes = chosen.classes
     description = chosen.about.get("description") or "images"
-    handwriting = chosen.about.get("dataset") in (None, "mnist") or bool(
-        chosen.about.get("handwriting")
-    )
+    handwriting = bool(chosen.about.get("handwriting", True))
     one = "a digit" if handwriting else "a picture"
     wording = {
         "title": (chosen.about.get("dataset") or "mnist").replace("_", "-").upper()
@@ -264,7 +262,7 @@ def create_app(
         return {**answer, "model": about}
 
     def read_and_predict(data: bytes, name: str) -> dict[str, Any]:
-        x = read_digit(io.BytesIO(data), name, MAX_PIXELS, FORMATS)
+        x = read_digit(io.BytesIO(data), name, MAX_PIXELS, FORMATS, handwriting)
         with lock:
             probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
         best = top3(probs, classes)

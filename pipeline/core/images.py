@@ -112,6 +112,30 @@ def normalize(gray: np.ndarray, name: str = "image") -> np.ndarray:
     return canvas / canvas.max()
 
 
+def fit(gray: np.ndarray, name: str = "image") -> np.ndarray:
+    """A grayscale picture of one object (not handwriting) -> float32 28x28 in 0-1 on a dark
+    background, as Fashion-MNIST's: inverted when its border is light, padded to a square with
+    its background and scaled down whole; no cropping or centring."""
+    if float(np.median(_border(gray))) > 127:
+        gray = 255 - gray
+    if gray.max() - gray.min() < MIN_CONTRAST:
+        raise DataError(
+            f"{name}: blank, nothing to classify (contrast {gray.max() - gray.min():.0f} of 255 "
+            f"grey levels, at least {MIN_CONTRAST} needed)."
+        )
+    height, width = gray.shape
+    side = max(height, width)
+    square = np.full((side, side), float(np.median(_border(gray))), dtype=np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top : top + height, left : left + width] = gray
+    small = Image.fromarray(square).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(small, dtype=np.float32) / 255.0, 0.0, 1.0)
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+
+
 def _centre_by_mass(image: np.ndarray) -> np.ndarray:
     """Shift `image` by whole pixels so that its centre of mass is at the centre."""
     total = image.sum()

@@ -96,10 +96,12 @@ def confusion_heatmap(cm: np.ndarray, classes: Sequence[str] | None = None) -> F
     """Counts of true (rows) against predicted (columns) classes, by class name."""
     # Axes placed by hand: a constrained layout costs more than drawing the figure, once per
     # model of a sweep.
+    long = bool(classes) and max(map(len, classes)) > 3  # room for names at the left and below
+    left, bottom = (0.19, 0.17) if long else (0.1, 0.09)
     fig = Figure(figsize=(7, 6))
-    ax = fig.add_axes((0.1, 0.09, 0.72, 0.83))
+    ax = fig.add_axes((left, bottom, 0.82 - left, 0.92 - bottom))
     image = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(image, cax=fig.add_axes((0.85, 0.09, 0.035, 0.83)))
+    fig.colorbar(image, cax=fig.add_axes((0.85, bottom, 0.035, 0.92 - bottom)))
     ticks = range(len(cm))
     ax.set(
         xticks=ticks,
@@ -109,7 +111,7 @@ def confusion_heatmap(cm: np.ndarray, classes: Sequence[str] | None = None) -> F
         title="Confusion matrix (test set)",
     )
     if classes:
-        ax.set_xticklabels(classes, rotation=45 if max(map(len, classes)) > 3 else 0, ha="right")
+        ax.set_xticklabels(classes, rotation=45 if long else 0, ha="right" if long else "center")
         ax.set_yticklabels(classes)
     threshold = cm.max() / 2
     for (i, j), n in np.ndenumerate(cm):

@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.core.console import load_keras
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
-from pipeline.core.images import FORMATS, load_image, normalize, save_png
+from pipeline.core.images import FORMATS, fit, load_image, normalize, save_png
 from pipeline.core.paths import MODEL_PATH, project_root
 from pipeline.tracking import names
 
@@ -93,7 +93,7 @@ def choose_model(
             f"{exc} Train one with `uv run dvc repro`, or name a model with --model, --run or "
             "--model-uri."
         ) from exc
-    return Chosen(model, {**about, "uri": uri, **found, **_describe(uri, about)})
+    return Chosen(model, {**about, "uri": uri, **found, **_describe(found.get("run_id"))})
 
 
 def _dataset() -> dict[str, Any]:
@@ -112,27 +112,24 @@ def _dataset() -> dict[str, Any]:
     }
 
 
-def _describe(uri: str, about: dict[str, Any]) -> dict[str, Any]:
-    """Registry version, run and accuracies of the model at `uri`, where the store knows them."""
+def _describe(run_id: str | None) -> dict[str, Any]:
+    """The run that made a model from the store: its name, experiment, dataset, classes and
+    accuracies, where the store knows them."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    found: dict[str, Any] = {}
     try:
-        if about["source"] == "registry":
-            version = client.get_model_version_by_alias(about["name"], about["alias"])
-            found = {"version": version.version, "run_id": version.run_id}
-        elif uri.startswith("models:/m-"):
-            found = {"run_id": client.get_logged_model(uri.split("/")[1]).source_run_id}
-        run = client.get_run(found.get("run_id") or about["run_id"])
-    except (mlflow.exceptions.MlflowException, KeyError):
-        return found
+        run = mlflow.MlflowClient().get_run(run_id) if run_id else None
+    except mlflow.exceptions.MlflowException:
+        run = None
+    if run is None:
+        return {}
     metrics, tags = run.data.metrics, run.data.tags
     classes = json.loads(tags[names.CLASSES_TAG]) if names.CLASSES_TAG in tags else None
+    dataset = tags.get(names.DATASET_TAG)
     return {
-        **found,
-        "dataset": tags.get(names.DATASET_TAG),
+        "dataset": dataset,
         "classes": classes,
+        "handwriting": dataset in (None, "mnist"),
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "experiment_id": run.info.experiment_id,
@@ -162,10 +159,17 @@ def read_digit(
     name: str,
     max_pixels: int | None = None,
     formats: tuple[str, ...] = FORMATS,
+    handwriting: bool = True,
 ) -> np.ndarray:
     """An image file -> the 28x28 0-1 input the model reads: the one path from picture to
-    model input, for this command and the web app."""
-    return normalize(load_image(source, name, max_pixels, formats), name)
+    model input, for this command and the web app. Handwriting is cropped and centred as MNIST's
+    digits are (`normalize`); a picture of an object is scaled down whole (`fit`)."""
+    return to_input(load_image(source, name, max_pixels, formats), name, handwriting)
+
+
+def to_input(gray: np.ndarray, name: str, handwriting: bool = True) -> np.ndarray:
+    """A grayscale picture -> the model's 28x28 input (see `read_digit`)."""
+    return normalize(gray, name) if handwriting else fit(gray, name)
 
 
 def top3(probs: np.ndarray, classes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -193,15 +197,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--save-normalized", type=Path, metavar="DIR")
     args = parser.parse_args(argv)
 
-    inputs, failed = {}, 0
+    pictures, inputs, failed = {}, {}, 0
     for path in args.images:
         try:
-            inputs[path] = read_digit(path, str(path))
+            pictures[path] = load_image(path, str(path))
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    chosen = choose_model(args.model, args.run, args.model_uri) if pictures else None
+    for path, gray in pictures.items():
+        try:  # handwriting is cropped and centred, a picture of an object scaled whole
+            inputs[path] = to_input(gray, str(path), chosen.about.get("handwriting", True))
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
     if inputs:
-        chosen = choose_model(args.model, args.run, args.model_uri)
         probs = chosen.predict(np.stack(list(inputs.values())).astype(np.float32))
         for (path, image), p in zip(inputs.items(), probs, strict=True):
             best = top3(p, chosen.classes)
