@@ -40,7 +40,9 @@ def test_figures_label_classes_by_name() -> None:
 
 
 @pytest.mark.slow
-def test_fashion_mnist_end_to_end_registers_its_own_model(tmp_path: Path) -> None:
+def test_fashion_mnist_end_to_end_registers_its_own_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = copy_project(tmp_path / "project")
     mirror = fashion_mirror()
     env = {"DATA_MIRROR": mirror} if mirror else {}
@@ -86,3 +88,20 @@ def test_fashion_mnist_end_to_end_registers_its_own_model(tmp_path: Path) -> Non
         assert all(a["class"] == FASHION[a["digit"]] for a in answers)
         right = np.mean([a["digit"] == label for a, label in zip(answers, y, strict=True)])
         assert right >= 0.7, right
+
+    # The app on the champion speaks of clothing, offers the upload, answers with class names.
+    from fastapi.testclient import TestClient
+
+    from pipeline.app.server import create_app
+    from pipeline.tools.predict import choose_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir(project)  # its params.yaml names the dataset, hence the registered model
+    with TestClient(create_app(choose_model(champion=True), store)) as client:
+        page = client.get("/").text
+        assert "FASHION-MNIST: pictures of clothing" in page and "Open or drop a picture." in page
+        assert "Draw a digit" not in page and "Undo" not in page
+        answer = client.post(
+            "/api/predict", files={"image": ("item.png", paths[0].read_bytes(), "image/png")}
+        ).json()
+        assert answer["classes"] == FASHION and answer["class"] == FASHION[answer["digit"]]

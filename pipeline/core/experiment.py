@@ -177,6 +177,7 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
         tags={
             **where.tags,
             names.DATASET_TAG: cfg.data.name,
+            names.DESCRIPTION_TAG: cfg.data.description,
             names.CLASSES_TAG: json.dumps(cfg.data.classes),
         },
         parent_run_id=where.parent_run_id,

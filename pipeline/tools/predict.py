@@ -128,6 +128,7 @@ def _describe(run_id: str | None) -> dict[str, Any]:
     dataset = tags.get(names.DATASET_TAG)
     return {
         "dataset": dataset,
+        "description": tags.get(names.DESCRIPTION_TAG),
         "classes": classes,
         "handwriting": dataset in (None, "mnist"),
         "run_id": run.info.run_id,
