@@ -58,6 +58,19 @@ def load_keras() -> ModuleType:
     """Import Keras (and TensorFlow), without the lines TensorFlow's C++ core prints while it
     loads (before any log setting applies), and with Keras's progress bars off."""
     quiet()
+    # Keras imports scikit-learn (0.7 s here) only for its scikit-learn wrappers, which nothing
+    # here uses: where scikit-learn has not been imported yet, Keras is told it is absent.
+    blocked = "sklearn" not in sys.modules
+    if blocked:
+        sys.modules["sklearn"] = None  # type: ignore[assignment]
+    try:
+        return _import_keras()
+    finally:
+        if blocked and sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]  # later imports of scikit-learn work as usual
+
+
+def _import_keras() -> ModuleType:
     if verbose():
         import keras
 

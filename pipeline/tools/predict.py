@@ -229,7 +229,7 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    run_cli(main, sys.argv[1:])
+    run_cli(main, sys.argv[1:], skip_teardown=True)  # answers printed: no TensorFlow teardown
 
 
 if __name__ == "__main__":
