@@ -389,12 +389,13 @@ def test_an_interrupted_sweep_finishes_the_model_it_was_evaluating(project: Path
             break
     else:
         raise AssertionError(f"the sweep ended before job 1 trained, exit {proc.wait()}")
-    proc.stdout.read()
+    said = proc.stdout.read()
     assert proc.wait(timeout=120) != 0
     (parent,), children = runs_of(project, "interrupted")
     runs = {c.info.run_name: c for c in children}
     assert set(runs) == {"mlp-h128-e1-bs8-n1000-s42", "mlp-h128-e500-bs8-n1000-s42"}
     finished, killed = runs["mlp-h128-e1-bs8-n1000-s42"], runs["mlp-h128-e500-bs8-n1000-s42"]
+    assert finished.info.status == "FINISHED", (killed.info.status, said[-3000:])
     assert_complete_child(finished, parent.info.run_id, epochs=1)
     assert finished.info.end_time > killed.info.start_time  # evaluated while job 1 trained
     assert killed.info.status == "KILLED"

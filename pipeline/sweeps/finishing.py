@@ -52,6 +52,7 @@ class Finishing:
         start = _lowest_priority if low_priority else None
         self._pool = ThreadPoolExecutor(1, "finishing", initializer=start)
         self._models: list[Future] = []
+        self._runs: dict[Future, str] = {}  # each queued model's future -> its open run
 
     def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
         """Queue `evaluate` for the open run `run_id`, then its closing."""
@@ -61,6 +62,7 @@ class Finishing:
             self._models = [f for f in self._models if not f.done()]
         future = self._pool.submit(_finish, run_id, evaluate)
         self._models.append(future)
+        self._runs[future] = run_id
         return future
 
     def then(self, work: Callable[[], Any]) -> Future:
@@ -70,6 +72,17 @@ class Finishing:
     def wait(self) -> None:
         """Return once everything queued so far is done."""
         self.then(lambda: None).result()
+
+    def abandon(self, reason: BaseException) -> None:
+        """Drop the models not yet started and close their runs KILLED (or FAILED) with
+        `reason`; the one being evaluated, if any, finishes and closes its own."""
+        from pipeline.tracking import runs
+
+        for future, run_id in list(self._runs.items()):
+            if future.cancel():
+                with contextlib.suppress(Exception):  # a store that is gone: runs --cleanup
+                    runs.close_run(run_id, reason)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _lowest_priority() -> None:
@@ -112,3 +125,9 @@ def finished() -> None:
     """Wait for the models this process evaluates in the background (none if it ran no job)."""
     if _finishing is not None:
         _finishing.wait()
+
+
+def abandon(reason: BaseException) -> None:
+    """Close the runs of the models still waiting for the background, KILLED for an interrupt."""
+    if _finishing is not None:
+        _finishing.abandon(reason)

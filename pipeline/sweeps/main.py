@@ -6,8 +6,8 @@ run per sweep, which holds summary.csv (mean, spread and 95% interval per config
 comparison figures. The sweep folder is multirun/<date>/<time>/. It exits non-zero if a job
 failed. Without -m, the overrides run as a sweep all the same.
 
-Config groups (conf/): data=mnist; model=mlp|cnn; train=default; tracking=local|server;
-hydra/launcher=basic|joblib|ray_cluster|slurm.
+Config groups (conf/): data=mnist|fashion_mnist; model=mlp|cnn; train=default;
+tracking=local|server; hydra/launcher=basic|joblib|ray_cluster|slurm.
 Presets: +grid=hidden_epochs (the standard 5 x 4 grid); +search=optuna (an Optuna TPE search,
 hydra.sweeper.n_trials=N).
 Keys most often swept: model.hidden_units, train.epochs, train.learning_rate,
@@ -23,6 +23,7 @@ Hydra's own options: --cfg job (print the composed config), --hydra-help, --info
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -58,10 +59,13 @@ def _run() -> None:
     from pipeline.core.console import quiet
     from pipeline.core.errors import exit_now
     from pipeline.core.paths import CONF_DIR
-    from pipeline.sweeps.finishing import finished, ran_jobs
+    from pipeline.sweeps.finishing import abandon, finished, ran_jobs
 
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
     quiet()
+    # SIGTERM interrupts like Ctrl-C for the whole sweep, between jobs and in its summary too:
+    # the runs it opened are then closed, never left RUNNING by a process that just vanished.
+    signal.signal(signal.SIGTERM, _interrupted)
     # The Optuna sweeper builds its search space from distributions Optuna 3 deprecated.
     warnings.filterwarnings("ignore", ".*Distribution has been deprecated", FutureWarning)
     try:
@@ -69,10 +73,19 @@ def _run() -> None:
     finally:
         # Interrupted, the models already handed to the background still finish, and their
         # jobs are recorded, before the interpreter starts shutting down: by then its thread
-        # pools refuse new work, which MLflow's logging needs.
-        finished()
+        # pools refuse new work, which MLflow's logging needs. Interrupted again meanwhile,
+        # the models not yet evaluated end KILLED.
+        try:
+            finished()
+        except KeyboardInterrupt as again:
+            abandon(again)
+            raise
     if ran_jobs():  # no launcher's workers to shut down, every run closed
         exit_now()
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 if __name__ == "__main__":
