@@ -454,3 +454,24 @@ def fashion_mirror() -> str | None:
         if place and Path(place).is_dir():
             return str(place)
     return None
+
+
+def started_until(
+    cmd: list[str], cwd: Path, prefix: str, stderr: int = subprocess.STDOUT, **env: str
+) -> tuple[subprocess.Popen, str]:
+    """`cmd` started in `cwd` (unbuffered, stderr into stdout unless `stderr` says otherwise),
+    read until it prints a line starting with `prefix`; returns the process and that line."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=run_env(PYTHONUNBUFFERED="1", **env),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return proc, line
+    errors = proc.stderr.read() if proc.stderr else ""
+    raise AssertionError(f"{cmd[2]} ended before printing {prefix!r}, exit {proc.wait()} {errors}")

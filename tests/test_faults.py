@@ -28,6 +28,7 @@ from helpers import (
     run_stage,
     runs_in,
     spec_of,
+    started_until,
 )
 from pipeline.core.config import compose, validate
 from pipeline.core.data import save_split, sha256_file
@@ -218,19 +219,8 @@ def test_evaluate_refuses_a_model_changed_after_training(
 
 
 def train_until_second_epoch(work: Path) -> subprocess.Popen:
-    env = run_env(PYTHONPATH=str(ROOT), DVC_ROOT=str(work))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in proc.stdout:
-        if line.startswith("Epoch 2/"):
-            return proc
-    raise AssertionError(f"training ended early, exit {proc.wait()}")
+    cmd = [sys.executable, "-m", "pipeline.train"]
+    return started_until(cmd, work, "Epoch 2/", PYTHONPATH=str(ROOT), DVC_ROOT=str(work))[0]
 
 
 @pytest.mark.slow

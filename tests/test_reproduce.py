@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from helpers import copy_project, run, run_env, use_store
+from helpers import copy_project, run, started_until, use_store
 
 pytestmark = pytest.mark.slow  # real reproductions: git worktrees, locked environments, training
 
@@ -273,21 +273,14 @@ def test_a_stopped_reproduction_ends_its_processes_and_removes_its_worktree(
     cmd = [sys.executable, "-m", "pipeline.reproduce", run_id, "--current-env"]
     if stop == "timeout":
         cmd += ["--timeout", "8"]
-    proc = subprocess.Popen(
+    proc, line = started_until(
         cmd,
-        cwd=root,
-        env=run_env(PIPELINE_ENV_CACHE=str(root.parent / "envs"), PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
+        root,
+        "reproduce: dvc repro at",
         stderr=subprocess.PIPE,
-        text=True,
+        PIPELINE_ENV_CACHE=str(root.parent / "envs"),
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("reproduce: dvc repro at"):
-            worktree = line.split(" in ", 1)[1].split(" (", 1)[0]
-            break
-    else:
-        raise AssertionError(proc.stderr.read())
+    worktree = line.split(" in ", 1)[1].split(" (", 1)[0]
     time.sleep(4)
     assert worktrees(root) == 2
     if stop == "SIGTERM":

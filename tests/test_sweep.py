@@ -4,7 +4,6 @@ import csv
 import json
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import assert_complete_child, copy_project, run, run_env, sweep_runs
+from helpers import assert_complete_child, copy_project, run, started_until, sweep_runs
 from pipeline.sweeps.stats import holm
 
 pytestmark = pytest.mark.slow  # real sweeps: several processes, training on MNIST
@@ -374,21 +373,8 @@ def test_an_interrupted_sweep_finishes_the_model_it_was_evaluating(project: Path
     cmd = [sys.executable, "-m", "pipeline.sweep", "-m", "train.epochs=1,500"]
     cmd += ["train.batch_size=8", *QUICK, "tracking.experiment_name=interrupted"]
     cmd += [f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=project,
-        env=run_env(PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("Epoch 1/500"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    else:
-        raise AssertionError(f"the sweep ended before job 1 trained, exit {proc.wait()}")
+    proc, _ = started_until(cmd, project, "Epoch 1/500")
+    proc.send_signal(signal.SIGTERM)
     said = proc.stdout.read()
     assert proc.wait(timeout=120) != 0
     (parent,), children = runs_of(project, "interrupted")

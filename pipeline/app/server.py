@@ -191,9 +191,9 @@ def create_app(
     description = chosen.about.get("description") or "images"
     handwriting = bool(chosen.about.get("handwriting", True))
     one = "a digit" if handwriting else "a picture"
+    dataset = (chosen.about.get("dataset") or "mnist").replace("_", "-").upper()
     wording = {
-        "title": (chosen.about.get("dataset") or "mnist").replace("_", "-").upper()
-        + (" digits" if handwriting else f": {description}"),
+        "title": f"{dataset}: {description}",
         "handwriting": handwriting,
         "one": one,
         "ask": f"Draw {one}." if handwriting else f"Open or drop {one}.",

@@ -60,10 +60,6 @@ def is_verified(path: Path, spec: FileSpec) -> bool:
     )
 
 
-class Trickle(DataError):
-    """A mirror that kept sending, but slower than the configured minimum speed."""
-
-
 @contextmanager
 def _open_source(
     source: str, filename: str, timeout: float
@@ -160,7 +156,7 @@ class _Counting:
         if self.min_rate and elapsed >= self.window:
             rate = self.got / elapsed
             if rate < self.min_rate:
-                raise Trickle(
+                raise DataError(
                     f"sent {rate / 1000:.1f} kB/s over {elapsed:.0f} s, below the minimum "
                     f"{self.min_rate / 1000:g} kB/s (data.min_speed_kb_s)"
                 )

@@ -178,6 +178,7 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
             **where.tags,
             names.DATASET_TAG: cfg.data.name,
             names.DESCRIPTION_TAG: cfg.data.description,
+            names.HANDWRITING_TAG: str(cfg.data.handwriting).lower(),
             names.CLASSES_TAG: json.dumps(cfg.data.classes),
         },
         parent_run_id=where.parent_run_id,

@@ -125,12 +125,11 @@ def _describe(run_id: str | None) -> dict[str, Any]:
         return {}
     metrics, tags = run.data.metrics, run.data.tags
     classes = json.loads(tags[names.CLASSES_TAG]) if names.CLASSES_TAG in tags else None
-    dataset = tags.get(names.DATASET_TAG)
     return {
-        "dataset": dataset,
+        "dataset": tags.get(names.DATASET_TAG),
         "description": tags.get(names.DESCRIPTION_TAG),
         "classes": classes,
-        "handwriting": dataset in (None, "mnist"),
+        "handwriting": tags.get(names.HANDWRITING_TAG, "true") == "true",  # older runs: MNIST
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "experiment_id": run.info.experiment_id,

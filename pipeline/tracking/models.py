@@ -136,8 +136,10 @@ def load_logged(uri: str) -> tuple[Any, dict[str, Any]]:
     if not digest:
         raise Refused(
             f"refused {place.what} ({uri}): its run {place.run_id} records no "
-            f"{names.LOGGED_SHA256_TAG}, so the model file cannot be checked (models logged "
-            "before digests were recorded: train again)."
+            f"{names.LOGGED_SHA256_TAG}, so the model file cannot be checked (it was logged "
+            "before digests were recorded). Train again and give the new version the alias "
+            f"(MlflowClient().set_registered_model_alias(NAME, '{names.CHAMPION}', VERSION)), "
+            "or name another model with --model or --run."
         )
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         local = mlflow.artifacts.download_artifacts(

@@ -14,6 +14,7 @@ WEIGHTS_SHA256_TAG = "weights_sha256"  # of every weight array: reproduce compar
 REGISTERED_TAG = "registered_version"
 DATASET_TAG = "dataset"  # data.name of the model's dataset
 DESCRIPTION_TAG = "dataset_description"  # data.description: what its pictures show
+HANDWRITING_TAG = "handwriting"  # data.handwriting: how predict and the app read a picture
 CLASSES_TAG = "classes"  # its class names in label order, as JSON: predict and the app show them
 CHAMPION_TAG = "champion"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
