@@ -1,7 +1,11 @@
-"""Datasets as config files: Fashion-MNIST end to end from its local mirror, and the class names
+"""Datasets as config files: Fashion-MNIST end to end from its local mirror, a folder of labelled
+pictures (real MNIST digits saved as PNG and JPEG) end to end, bad folders, and the class names
 that reach figures, predict and the web app."""
 
+import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -10,8 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import copy_project, fashion_mirror, run, use_store
+from helpers import copy_project, fashion_mirror, run, run_env, use_store
 from pipeline.core import plots
+from pipeline.core.config import compose, params_yaml_text, validate
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.folder import read_folder
 
 FASHION = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -105,3 +112,170 @@ def test_fashion_mnist_end_to_end_registers_its_own_model(
             "/api/predict", files={"image": ("item.png", paths[0].read_bytes(), "image/png")}
         ).json()
         assert answer["classes"] == FASHION and answer["class"] == FASHION[answer["digit"]]
+
+
+# ---- a folder of labelled pictures -------------------------------------------------------
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def folder_config(path: Path | str, *overrides: str):
+    return validate(compose(["data=folder", f"data.path={path}", *overrides]))
+
+
+def pictures(root: Path, counts: dict[str, int], size: int = 28) -> Path:
+    """Class subfolders of small gray PNG pictures, `counts` per class."""
+    rng = np.random.default_rng(1)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def bad_folder(tmp_path: Path, case: str) -> Path:
+    if case == "missing":
+        return tmp_path / "absent"
+    if case == "a-file":
+        (tmp_path / "file.png").write_bytes(b"x")
+        return tmp_path / "file.png"
+    (tmp_path / "pics" / ".git").mkdir(parents=True)  # hidden: not a class
+    return pictures(tmp_path / "pics", {"cats": 5} if case == "one-class" else {})
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("missing", "does not exist"),
+        ("a-file", "is not a folder"),
+        ("empty", "has no class subfolders"),
+        ("one-class", "has only the class subfolder 'cats'; a classifier needs at least 2"),
+    ],
+)
+def test_a_bad_folder_is_refused_when_the_config_is_read(
+    case: str, says: str, tmp_path: Path
+) -> None:
+    path = bad_folder(tmp_path, case)
+    with pytest.raises(ConfigError) as err:
+        folder_config(path)
+    assert f"data.path {path} {says}" in str(err.value), err.value
+
+
+def test_a_folder_path_must_be_absolute_and_classes_must_match(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.path must be an absolute path, received 'pics'"):
+        folder_config("pics")
+    with pytest.raises(
+        ConfigError, match="data.path must be set for a dataset of format 'folder'"
+    ):
+        validate(compose(["data=folder"]))
+    root = pictures(tmp_path / "pics", {"cats": 5, "dogs": 5})
+    with pytest.raises(ConfigError, match=r"data.classes \['cats', 'birds'\] are not the sub"):
+        folder_config(root, "data.classes=[cats,birds]")
+    assert folder_config(root, "data.classes=[dogs,cats]").data.class_names == ["dogs", "cats"]
+    assert folder_config(root).data.class_names == ["cats", "dogs"]
+
+
+def test_a_file_that_is_not_a_picture_or_too_few_pictures_are_named(tmp_path: Path) -> None:
+    root = pictures(tmp_path / "pics", {"cats": 5, "dogs": 5})
+    (root / "dogs" / "notes.txt").write_text("good dogs")
+    with pytest.raises(DataError) as err:
+        read_folder(folder_config(root).data)
+    assert f"data.path {root}: dogs/notes.txt is not a picture" in str(err.value), err.value
+    (root / "dogs" / "notes.txt").unlink()
+    (root / "cats" / "4.png").unlink()
+    (root / "cats" / "3.png").unlink()
+    (root / "cats" / "2.png").unlink()
+    with pytest.raises(DataError) as err:
+        read_folder(folder_config(root).data)
+    assert f"data.path {root}: class 'cats' has 2 picture(s)" in str(err.value)
+    assert "needs at least 3" in str(err.value), err.value
+
+
+def test_pictures_of_any_size_become_28x28_with_a_digest_of_the_folder(tmp_path: Path) -> None:
+    root = pictures(tmp_path / "pics", {"cats": 3, "dogs": 3}, size=28)
+    pictures(root, {"dogs": 1}, size=300)  # dogs/0.png again, larger
+    Image.new("RGB", (40, 90), "white").save(root / "cats" / "wide.jpg")
+    (root / ".DS_Store").write_bytes(b"hidden")
+    (root / "cats" / ".hidden.png").write_bytes(b"hidden")
+    x, y, manifest = read_folder(folder_config(root).data)
+    assert x.shape == (7, 28, 28) and x.dtype == np.uint8 and list(y) == [0, 0, 0, 0, 1, 1, 1]
+    assert manifest["classes"] == ["cats", "dogs"] and manifest["pictures"] == 7
+    assert x[3].min() == 255  # the white JPEG
+    first = manifest["sha256"]
+    Image.new("L", (28, 28), 7).save(root / "cats" / "0.png")
+    assert read_folder(folder_config(root).data)[2]["sha256"] != first
+
+
+def test_fetch_stops_on_a_bad_picture_before_anything_is_written(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    root = pictures(tmp_path / "pics", {"cats": 5, "dogs": 5})
+    (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (project / "params.yaml").write_text(params_yaml_text(["data=folder", f"data.path={root}"]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=project, env=run_env(),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"data.path {root}: cats/broken.jpg is not a picture" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (project / "data/raw/images-idx3-ubyte").exists()
+    assert not (project / "data/processed").exists() and not (project / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_of_real_digits_runs_end_to_end(mnist: dict, tmp_path: Path) -> None:
+    """500 MNIST test digits saved as pictures in class subfolders named by word (so the labels
+    are the sorted names, not the digits); every fifth one a larger JPEG."""
+    root = tmp_path / "digits"
+    for i, (image, digit) in enumerate(zip(mnist["xt"][:500], mnist["yt"][:500], strict=True)):
+        folder = root / WORDS[digit]
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(np.round(image * 255).astype(np.uint8))
+        if i % 5:
+            picture.save(folder / f"{i}.png")
+        else:
+            picture.resize((84, 84), Image.Resampling.BILINEAR).save(
+                folder / f"{i}.jpg", quality=95
+            )
+    project = copy_project(tmp_path / "project")
+    proc = run(["dvc", "exp", "run", "-S", "data=folder", "-S", f"data.path={root}"], project)
+    classes = sorted(WORDS)
+    assert "500 pictures in 10 classes" in proc.stdout, proc.stdout
+
+    counts = json.loads((project / "reports/data.json").read_text())
+    per_class = np.bincount(mnist["yt"][:500], minlength=10)
+    assert counts["test"]["examples"] == sum(round(n * 0.2) for n in per_class)
+    sizes = [counts[s]["examples"] for s in ("train", "val", "test")]
+    assert sum(sizes) == 500 and min(sizes) > 0
+    test_accuracy = json.loads((project / "reports/metrics.json").read_text())["test_accuracy"]
+    assert test_accuracy > 0.6, test_accuracy  # 10 classes: chance is 0.1
+
+    store = f"sqlite:///{project}/mlflow.db"
+    use_store(store)
+    client = mlflow.MlflowClient()
+    assert [m.name for m in client.search_registered_models()] == ["folder-images"]
+    champion = client.get_model_version_by_alias("folder-images", "champion")
+    tags = client.get_run(champion.run_id).data.tags
+    assert json.loads(tags["classes"]) == classes and tags["dataset"] == "folder"
+    folder_json = (project / "data/raw/folder.json").read_bytes()
+    assert tags["data.raw.source.sha256"] == hashlib.sha256(folder_json).hexdigest()
+    assert json.loads(folder_json)["path"] == str(root)
+
+    x = np.load(project / "data/processed/test.npz")["x"][:5]
+    paths = []
+    for i, image in enumerate(x):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(paths[-1])
+    out = run(
+        ["python", "-m", "pipeline.predict", "--json", *map(str, paths)],
+        project, MLFLOW_TRACKING_URI=store,
+    ).stdout  # fmt: skip
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert all(a["class"] == classes[a["digit"]] for a in answers), answers
+
+    # DVC sees a changed folder: one more picture makes the fetch stage stale.
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    Image.new("L", (28, 28), 0).save(root / "zero" / "extra.png")
+    status = run(["dvc", "status"], project).stdout
+    assert f"fetch@{root}" in status and "modified" in status, status

@@ -15,7 +15,8 @@ from helpers import copy_project, run, runs_in, use_store
 
 pytestmark = pytest.mark.slow  # real `dvc repro` and `dvc exp run` on MNIST
 
-STAGES = ("fetch", "preprocess", "train", "evaluate")
+# fetch is named after what it reads (dvc.yaml): MNIST's config file.
+STAGES = ("fetch@conf/data/mnist.yaml", "preprocess", "train", "evaluate")
 FIGURES = ["confusion_matrix.png", "learning_curves.png", "misclassified.png", "predictions.png"]
 
 
@@ -193,7 +194,7 @@ def test_dvc_exp_run_with_hydra_override(project: Path) -> None:
         "-S",
         "train.max_examples=5000",
     )
-    assert "Running stage 'train'" in proc.stdout and "Running stage 'fetch'" not in proc.stdout
+    assert "Running stage 'train'" in proc.stdout and "Running stage 'fetch" not in proc.stdout
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     exp = find_exp(shown, "h64")
     assert exp is not None, shown

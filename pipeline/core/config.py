@@ -50,6 +50,10 @@ NonEmpty = Annotated[str, Field(min_length=1), Says("a string", "a non-empty val
 MNIST_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
+def _choice(*options: str) -> Any:
+    return Annotated[Literal[options], Says("a string", "one of " + ", ".join(map(repr, options)))]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -62,40 +66,93 @@ class FileSpec(Section):
     ]
 
 
-def _class_names(value: list[str]) -> bool:
+def _class_names(value: list[str] | None) -> bool:
+    if value is None:
+        return True  # a folder dataset's subfolders name its classes
     return len(value) >= 2 and len(set(value)) == len(value) and all(v.strip() for v in value)
 
 
+Fraction = Annotated[
+    Number, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
+]
+# A folder dataset is read into these files of data/raw/ (all its pictures, and where they came
+# from); preprocess splits them.
+FOLDER_FILES = {
+    "images": "images-idx3-ubyte",
+    "labels": "labels-idx1-ubyte",
+    "source": "folder.json",
+}
+
+
 class DataConfig(Section):
+    # Every dataset file (conf/data/) has all these keys; those of the other format are null.
+    format: _choice("idx", "folder")
     name: Annotated[
         str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$"), Says("a string", "a lowercase name")
     ]
     description: NonEmpty
+    # What the fetch stage reads, which DVC watches (dvc.yaml): an IDX dataset's config file,
+    # a folder dataset's folder (`${data.path}`).
+    source: Annotated[str | None, Says("a string or null")]
     classes: Annotated[
-        list[str],
+        list[str] | None,
         _check(_class_names),
-        Says("a list of a string", "a list of at least 2 distinct, non-empty class names"),
+        Says(
+            "a list of a string or null",
+            "a list of at least 2 distinct, non-empty class names (null: a folder's subfolders)",
+        ),
     ]
     handwriting: Annotated[bool, Says("true or false")]
     registered_model: NonEmpty
+    # format idx: files downloaded from mirrors, the test set its own files.
     mirror_env: Annotated[str | None, Says("a string or null")]
     mirrors: Annotated[
-        list[str],
-        _check(lambda v: all(m.startswith("https://") for m in v)),
-        Says("a list of a string", "a list of https:// URLs (may be empty)"),
+        list[str] | None,
+        _check(lambda v: v is None or all(m.startswith("https://") for m in v)),
+        Says("a list of a string or null", "a list of https:// URLs (may be empty)"),
     ]
     files: Annotated[
-        dict[str, FileSpec],
-        _check(lambda v: sorted(v) == sorted(MNIST_FILES)),
-        Says("a mapping", "a mapping with exactly the keys " + ", ".join(MNIST_FILES)),
+        dict[str, FileSpec] | None,
+        _check(lambda v: v is None or sorted(v) == sorted(MNIST_FILES)),
+        Says("a mapping or null", "a mapping with exactly the keys " + ", ".join(MNIST_FILES)),
     ]
-    timeout_s: PositiveFloat
+    timeout_s: Annotated[Number | None, Field(gt=0), Says("a number or null", "a number > 0")]
     min_speed_kb_s: Annotated[
-        Number, Field(ge=0), Says("a number", "a number of kB/s, 0 or more (0: no minimum)")
+        Number | None,
+        Field(ge=0),
+        Says("a number or null", "a number of kB/s, 0 or more (0: no minimum)"),
     ]
-    val_fraction: Annotated[
-        Number, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
+    # format folder: a folder of class subfolders; `test_fraction` of each class is the test set.
+    path: Annotated[
+        str | None,
+        Says("a string or null", "an absolute path to a folder of class subfolders"),
     ]
+    test_fraction: Annotated[
+        Number | None,
+        Field(gt=0, lt=1),
+        Says("a number or null", "a number strictly between 0 and 1"),
+    ]
+    val_fraction: Fraction
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names in label order: `classes`, or a folder dataset's subfolders."""
+        if self.classes is not None:
+            return list(self.classes)
+        return class_folders(Path(self.path or "."))
+
+    @property
+    def raw_files(self) -> dict[str, str]:
+        """The files the fetch stage puts in data/raw/: key -> file name."""
+        if self.format == "folder":
+            return dict(FOLDER_FILES)
+        return {key: spec.name for key, spec in (self.files or {}).items()}
+
+
+def class_folders(path: Path) -> list[str]:
+    """A folder dataset's classes: its subfolders' names, sorted (hidden ones left out), as
+    Keras's `image_dataset_from_directory` and torchvision's `ImageFolder` read them."""
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 class MLPConfig(Section):
@@ -121,10 +178,6 @@ ModelConfig = Annotated[
     Field(discriminator="name"),
     Says("a mapping", "one of " + ", ".join(map(repr, MODELS)) + " (model=NAME)"),
 ]
-
-
-def _choice(*options: str) -> Any:
-    return Annotated[Literal[options], Says("a string", "one of " + ", ".join(map(repr, options)))]
 
 
 class TrainConfig(Section):
@@ -261,12 +314,59 @@ def validate(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"the config must be a mapping, received {data!r}.")
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         # Unknown and missing keys first: a value is only judged once its key is right.
         first = min(errors, key=lambda e: e["type"] not in ("extra_forbidden", "missing"))
         raise ConfigError(_explain(first, data)) from None
+    check_dataset(cfg.data)
+    return cfg
+
+
+# What each format needs, which the other leaves null.
+NEEDS = {
+    "idx": ("source", "classes", "mirrors", "files", "timeout_s", "min_speed_kb_s"),
+    "folder": ("path", "test_fraction"),
+}
+HOW = "Fix it in conf/data/ or in your override (e.g. `dvc exp run -S data.path=/abs/path`)."
+
+
+def check_dataset(data: DataConfig) -> None:
+    """The keys the dataset's format needs are set, and a folder dataset's folder has at least
+    two class subfolders (the pictures in them are checked when the fetch stage reads them)."""
+    for key in NEEDS[data.format]:
+        if getattr(data, key) is None:
+            raise ConfigError(
+                f"data.{key} must be set for a dataset of format {data.format!r}, "
+                f"received None. {HOW}"
+            )
+    if data.format == "idx":
+        return
+    path = Path(data.path)
+    if not path.is_absolute():
+        raise ConfigError(
+            f"data.path must be an absolute path, received {data.path!r} (DVC runs experiments "
+            f"in copies of the project, where a relative path means something else). {HOW}"
+        )
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"data.path {data.path} {what}; it must be a folder with one subfolder of pictures "
+            f"per class (cats/, dogs/, ...). {HOW}"
+        )
+    found = class_folders(path)
+    if len(found) < 2:
+        has = f"only the class subfolder {found[0]!r}" if found else "no class subfolders"
+        raise ConfigError(
+            f"data.path {data.path} has {has}; a classifier needs at least 2 (one subfolder of "
+            "pictures per class: cats/, dogs/, ...). Add them and run again."
+        )
+    if data.classes is not None and sorted(data.classes) != found:
+        raise ConfigError(
+            f"data.classes {data.classes} are not the subfolders of {data.path} ({found}); list "
+            "exactly those (in the label order you want) or set data.classes to null."
+        )
 
 
 def load_params(path: Path | None = None) -> Config:

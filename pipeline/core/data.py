@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.config import FileSpec
 from pipeline.core.errors import DataError
 from pipeline.core.paths import PROCESSED_DIR, RAW_DIR
 
@@ -66,11 +65,16 @@ def check_model_file(path: Path, sha256: str | None = None) -> None:
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file (used by tests and tools that make their own data)."""
+    """Write a uint8 array as an IDX file, atomically (a folder dataset's pictures; tests)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">BBBB", 0, 0, UBYTE, array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.tobytes())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(header + array.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -133,6 +137,21 @@ def split_validation(
     return (x[train], y[train]), (x[val], y[val])
 
 
+def split_by_class(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Hold out a seeded random `fraction` of each class of (x, y) (a folder dataset's test
+    set: every class in it); return (rest, held out) in a fixed order."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        held.extend(rng.permutation(members)[: round(len(members) * fraction)])
+    out = np.zeros(len(y), dtype=bool)
+    out[held] = True
+    return (x[~out], y[~out]), (x[out], y[out])
+
+
 def class_counts(y: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, int]:
     return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=num_classes))}
 
@@ -179,11 +198,13 @@ def prepared(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return load_split(root / PROCESSED_DIR, split)
 
 
-def project_data_digests(root: Path, files: dict[str, FileSpec]) -> dict[str, str]:
-    """SHA-256 of each raw file and each processed split under `root`: the data a model was
-    trained on. Computed once per process for the same files: the models of a sweep all train
-    on the data `dvc repro` prepared, which they never change."""
-    return dict(_digests_once(root, tuple((key, spec.name) for key, spec in files.items())))
+def project_data_digests(root: Path, files: dict[str, str]) -> dict[str, str]:
+    """SHA-256 of each raw file (`files`: key -> name in data/raw/, a dataset's `raw_files`)
+    and each processed split under `root`: the data a model was trained on. A folder dataset's
+    folder.json holds its pictures' digests, so its digest stands for the folder. Computed once
+    per process for the same files: the models of a sweep all train on the data `dvc repro`
+    prepared, which they never change."""
+    return dict(_digests_once(root, tuple(files.items())))
 
 
 @functools.cache

@@ -171,7 +171,7 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
     with runs.model_run(
         where.root,
         to_yaml(cfg.to_dict()),
-        project_data_digests(where.root, cfg.data.files),
+        project_data_digests(where.root, cfg.data.raw_files),
         where.experiment_id,
         run_name(cfg, with_seed=where.in_sweep),
         tags={
@@ -179,7 +179,7 @@ def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
             names.DATASET_TAG: cfg.data.name,
             names.DESCRIPTION_TAG: cfg.data.description,
             names.HANDWRITING_TAG: str(cfg.data.handwriting).lower(),
-            names.CLASSES_TAG: json.dumps(cfg.data.classes),
+            names.CLASSES_TAG: json.dumps(cfg.data.class_names),
         },
         parent_run_id=where.parent_run_id,
         close=close,
@@ -236,7 +236,7 @@ def train(
     from pipeline.core import model
 
     # The last one's compiled steps, if it can.
-    net = model.compiled_model(cfg.model, cfg.train, len(cfg.data.classes))
+    net = model.compiled_model(cfg.model, cfg.train, len(cfg.data.class_names))
     record(runs.log_params, run_id, flatten(cfg.to_dict()))
     splits = {"train": train_split, "val": val_split}
     record(runs.log_datasets, run_id, splits, cfg.data.name)
@@ -293,7 +293,7 @@ def evaluate_model(
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
     shown = plots.showcase(y, y_pred, GRID)
-    classes = cfg.data.classes
+    classes = cfg.data.class_names
     cm = metrics.confusion_matrix(y, y_pred, len(classes))
     figures = {
         "predictions.png": plots.prediction_grid(

@@ -1,20 +1,29 @@
-"""Stage fetch: put the dataset's four IDX files, verified, in data/raw/.
+"""Stage fetch: put the dataset, verified, in data/raw/.
 
-Inputs: `data.mirrors`, `data.files`, `data.timeout_s`, `data.min_speed_kb_s` from params.yaml;
-the environment variables DATA_MIRROR and `data.mirror_env` (MNIST_MIRROR for MNIST): a folder,
-a file:// URL or an http(s) URL, tried before the mirrors.
-Outputs: data/raw/<name> for each file, decompressed, its size and SHA-256 checked.
+An IDX dataset (`data.format: idx`): its four files from `data.mirrors`, `data.files`,
+`data.timeout_s`, `data.min_speed_kb_s`, and the environment variables DATA_MIRROR and
+`data.mirror_env` (MNIST_MIRROR for MNIST): a folder, a file:// URL or an http(s) URL, tried
+before the mirrors. Outputs data/raw/<name> for each file, decompressed, its size and SHA-256
+checked; a file already present and verified is kept (see download.py).
+
+A folder dataset (`data.format: folder`): every picture of `data.path`'s class subfolders, as
+28x28 grayscale, into data/raw/images-idx3-ubyte and labels-idx1-ubyte, with folder.json (the
+classes, each picture's SHA-256 and the folder's digest). A file that is not a PNG or JPEG
+picture, or a class with too few pictures, stops it before anything is written.
+
 Command: `uv run dvc repro fetch` (or `uv run python -m pipeline.fetch`).
-
-A file already present and verified is kept (see download.py for how files are fetched).
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
-from pipeline.core.config import load_params
+import numpy as np
+
+from pipeline.core.config import DataConfig, load_params
+from pipeline.core.data import write_idx, write_json
 from pipeline.core.download import env_mirrors, fetch_file, sources
 from pipeline.core.errors import command_parser, run_cli
 from pipeline.core.paths import RAW_DIR, project_root
@@ -25,15 +34,39 @@ def main(argv: list[str]) -> None:
     cfg = load_params()
     raw_dir = project_root() / RAW_DIR
     raw_dir.mkdir(parents=True, exist_ok=True)
-    places = sources(cfg.data.mirrors, *env_mirrors(cfg.data.mirror_env))
-    for spec in cfg.data.files.values():
-        origin = fetch_file(spec, raw_dir, places, cfg.data.timeout_s, cfg.data.min_speed_kb_s)
-        print(f"fetch: {RAW_DIR / spec.name} ({spec.bytes} bytes, sha256 ok) <- {origin}")
+    if cfg.data.format == "folder":
+        read_pictures(cfg.data, raw_dir)
+    else:
+        download(cfg.data, raw_dir)
     # Anything else in data/raw/ would become part of the DVC output; leftovers of older runs go.
-    keep = {spec.name for spec in cfg.data.files.values()}
+    keep = set(cfg.data.raw_files.values())
     for path in raw_dir.iterdir():
         if path.name not in keep:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def download(data: DataConfig, raw_dir: Path) -> None:
+    places = sources(data.mirrors or [], *env_mirrors(data.mirror_env))
+    for spec in (data.files or {}).values():
+        origin = fetch_file(spec, raw_dir, places, data.timeout_s, data.min_speed_kb_s)
+        print(f"fetch: {RAW_DIR / spec.name} ({spec.bytes} bytes, sha256 ok) <- {origin}")
+
+
+def read_pictures(data: DataConfig, raw_dir: Path) -> None:
+    from pipeline.core.folder import read_folder
+
+    images, labels, manifest = read_folder(data)
+    names = data.raw_files
+    write_idx(raw_dir / names["images"], images)
+    write_idx(raw_dir / names["labels"], labels)
+    write_json(raw_dir / names["source"], manifest)
+    classes = manifest["classes"]
+    per_class = np.bincount(labels, minlength=len(classes))
+    counts = ", ".join(f"{c} {n}" for c, n in zip(classes, per_class, strict=True))
+    print(
+        f"fetch: {len(labels)} pictures in {len(classes)} classes ({counts}) <- {data.path} "
+        f"(sha256 {manifest['sha256'][:12]}) -> {RAW_DIR}"
+    )
 
 
 def cli() -> None:

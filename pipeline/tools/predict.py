@@ -107,7 +107,7 @@ def _dataset() -> dict[str, Any]:
     return {
         "dataset": data.name,
         "description": data.description,
-        "classes": data.classes,
+        "classes": data.class_names,
         "handwriting": data.handwriting,
     }
 

@@ -1,0 +1,93 @@
+"""A folder of labelled pictures as a dataset: one subfolder per class, PNG or JPEG files of any
+size, read into 28x28 grayscale arrays. No TensorFlow here.
+
+The layout is the one Keras's `image_dataset_from_directory` and torchvision's `ImageFolder`
+read: class names are the subfolders' names (sorted, unless `data.classes` orders them), a
+class's pictures may sit in nested folders, hidden files and folders are left out. Pictures are
+resized to 28x28 as Keras resizes them (bilinear, aspect not kept). Every picture's SHA-256 goes
+into a manifest whose own digest stands for the folder in the run's provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.core.config import DataConfig
+from pipeline.core.data import IMAGE_SHAPE, sha256_file
+from pipeline.core.errors import DataError
+from pipeline.core.images import load_image
+
+FORMATS = ("PNG", "JPEG")
+MAX_PIXELS = 16_000_000  # per picture, checked before it is decoded
+
+
+def pictures(folder: Path) -> list[Path]:
+    """The files below `folder` (nested folders too), hidden ones left out, in a fixed order."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file() and not hidden:
+            found.append(path)
+    return found
+
+
+def min_per_class(test_fraction: float) -> int:
+    """The fewest pictures a class may have: one for the test set and two for training and
+    validation once `test_fraction` of them is held out."""
+    n = 3
+    while round(n * test_fraction) < 1 or n - round(n * test_fraction) < 2:
+        n += 1
+    return n
+
+
+def read_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """All pictures of the folder dataset `data` as uint8 (N, 28, 28) images and labels, and
+    its manifest (classes, per-picture SHA-256, the folder's digest). Raises `DataError` naming
+    the path and what is wrong: a class without enough pictures, a file that is not a picture."""
+    root = Path(str(data.path))
+    classes = data.class_names
+    need = min_per_class(float(data.test_fraction or 0))
+    images, labels, digests = [], [], {}
+    for label, name in enumerate(classes):
+        files = pictures(root / name)
+        if len(files) < need:
+            raise DataError(
+                f"data.path {root}: class {name!r} has {len(files)} picture(s); with "
+                f"data.test_fraction {data.test_fraction} a class needs at least {need} (one "
+                "for the test set, two for training and validation). Add pictures to "
+                f"{root / name}/ or leave the class out."
+            )
+        for path in files:
+            rel = path.relative_to(root).as_posix()
+            try:
+                gray = load_image(path, name=str(path), max_pixels=MAX_PIXELS, formats=FORMATS)
+            except DataError as exc:
+                raise DataError(
+                    f"data.path {root}: {rel} is not a picture read here ({exc}); a class "
+                    "folder holds only PNG or JPEG files. Move it out of the folder."
+                ) from None
+            images.append(resize(gray))
+            labels.append(label)
+            digests[rel] = sha256_file(path)
+    listing = "".join(f"{rel}\0{sha}\n" for rel, sha in sorted(digests.items()))
+    manifest = {
+        "path": str(root),
+        "classes": classes,
+        "pictures": len(digests),
+        "sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        "files": digests,
+    }
+    return np.stack(images), np.asarray(labels, dtype=np.uint8), manifest
+
+
+def resize(gray: np.ndarray) -> np.ndarray:
+    """A grayscale picture (0-255) as uint8 28x28, bilinear, aspect not kept."""
+    img = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), mode="L")
+    if img.size != IMAGE_SHAPE[::-1]:
+        img = img.resize(IMAGE_SHAPE[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
