@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from helpers import (
     CHROMEDRIVER,
@@ -39,7 +40,10 @@ from pipeline.core.data import write_idx
 SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "postgres", "browser"}
 # The longest files first: pytest-xdist (`-n auto --dist loadfile`, pyproject.toml) hands each file
 # to one worker in this order, so the short ones fill in around them and the workers end together.
-LONGEST_FIRST = ("test_scaling.py", "test_team_server.py", "test_sweep.py", "test_reproduce.py")
+LONGEST_FIRST = (
+    "test_team_server.py", "test_scaling.py", "test_sweep.py", "test_launchers.py",
+    "test_reproduce.py",
+)  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -87,15 +91,36 @@ def browser() -> Iterator:
     driver.quit()
 
 
+def shared(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder all the test session's workers share: the first to ask for it runs
+    `make(folder)`, the others wait for it and reuse it (pytest-xdist's own recipe for a
+    session fixture made once)."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder above the workers' own
+    folder = base / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".made").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def swept_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project whose store holds one 2-job sweep (hidden units 16 and 32, 1 epoch, 1,000
-    digits): real runs with figures, for the pages that show runs. Read it, do not change it."""
-    project = copy_project(tmp_path_factory.mktemp("swept"))
-    run(["dvc", "repro", "preprocess"], project)
-    sweep = ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32"]
-    run([*sweep, "train.epochs=1", "train.max_examples=1000"], project)
-    return project
+    digits): real runs with figures, for the pages that show runs. Made once for all workers:
+    read it, do not change it."""
+
+    def make(folder: Path) -> None:
+        project = copy_project(folder / "project")
+        run(["dvc", "repro", "preprocess"], project)
+        sweep = ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32"]
+        run([*sweep, "train.epochs=1", "train.max_examples=1000"], project)
+
+    return shared(tmp_path_factory, "swept", make) / "project"
 
 
 @pytest.fixture(scope="session")
@@ -117,20 +142,23 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
-    """The seed model trained for 2 epochs on 50,000 real digits, saved as a .keras file."""
-    from pipeline.core.model import build_mlp, compile_model, fit, save_model
+    """The seed model trained for 2 epochs on 50,000 real digits, saved as a .keras file (made
+    once for all workers)."""
 
-    cfg = validate(compose(["train.epochs=2"]))
-    model = compile_model(build_mlp(128), cfg.train)
-    fit(
-        model,
-        (mnist["x"][:50_000], mnist["y"][:50_000]),
-        (mnist["x"][50_000:], mnist["y"][50_000:]),
-        cfg.train,
-    )
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    save_model(model, path)
-    return path
+    def make(folder: Path) -> None:
+        from pipeline.core.model import build_mlp, compile_model, fit, save_model
+
+        cfg = validate(compose(["train.epochs=2"]))
+        model = compile_model(build_mlp(128), cfg.train)
+        fit(
+            model,
+            (mnist["x"][:50_000], mnist["y"][:50_000]),
+            (mnist["x"][50_000:], mnist["y"][50_000:]),
+            cfg.train,
+        )
+        save_model(model, folder / "model.keras")
+
+    return shared(tmp_path_factory, "model", make) / "model.keras"
 
 
 @pytest.fixture(scope="module")

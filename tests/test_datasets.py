@@ -207,6 +207,25 @@ def test_pictures_of_any_size_become_28x28_with_a_digest_of_the_folder(tmp_path:
     assert read_folder(folder_config(root).data)[2]["sha256"] != first
 
 
+def test_image_size_reaches_the_pictures_the_model_and_predict(tmp_path: Path) -> None:
+    from pipeline.core.model import build_model
+    from pipeline.tools.predict import Chosen
+
+    root = pictures(tmp_path / "pics", {"cats": 3, "dogs": 3}, size=50)
+    cfg = folder_config(root, "data.image_size=[32,20]", "model=cnn")
+    x, _, _ = read_folder(cfg.data)
+    assert x.shape == (6, 32, 20)
+    net = build_model(cfg.model, 2, tuple(cfg.data.image_size))
+    assert net.input_shape == (None, 32, 20)
+    photo = np.full((50, 70), 200.0)
+    photo[10:40, 20:50] = 30.0
+    for about in ({"format": "folder"}, {"handwriting": True}, {"handwriting": False}):
+        seen = Chosen(net, about).to_input(photo, "photo.png")
+        assert seen.shape == (32, 20) and 0 <= seen.min() < seen.max() <= 1, about
+    with pytest.raises(ConfigError, match=r"data.image_size must be \[height, width\]"):
+        folder_config(root, "data.image_size=[28]")
+
+
 def test_fetch_stops_on_a_bad_picture_before_anything_is_written(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     root = pictures(tmp_path / "pics", {"cats": 5, "dogs": 5})

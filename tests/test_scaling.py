@@ -1,4 +1,4 @@
-"""Beyond one machine: a real MLflow server on a real PostgreSQL, and a DVC remote.
+"""Beyond one machine: a real MLflow server on a real PostgreSQL.
 
 PostgreSQL (Debian's `postgresql` package; `.ci/run` installs it where it is missing) runs as a
 non-root user in a temporary data directory, and `mlflow server` uses it as its backend store
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,6 @@ import mlflow
 import pytest
 
 from helpers import (
-    ROOT,
     assert_complete_child,
     copy_project,
     free_port,
@@ -31,11 +28,10 @@ from helpers import (
     run_env,
     runs_in,
     serving,
-    use_store,
 )
 from pipeline.core.config import params_yaml_text
 
-pytestmark = pytest.mark.slow  # PostgreSQL, an MLflow server, Ray, DVC remotes
+pytestmark = pytest.mark.slow  # PostgreSQL, an MLflow server
 
 QUICK = ["train.max_examples=2000", "train.epochs=2"]
 
@@ -179,92 +175,3 @@ def finished_children(url: str, experiment: str) -> list:
     return [
         r for r in runs if r.data.tags.get("sweep") != "parent" and r.info.status == "FINISHED"
     ]
-
-
-def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None:
-    first = copy_project(tmp_path / "first")
-    remote = tmp_path / "remote"
-    (first / "params.yaml").write_text(params_yaml_text(QUICK))
-    run(["dvc", "remote", "modify", "--local", "storage", "url", str(remote)], first)
-    run(["dvc", "repro"], first)
-    run(["dvc", "push"], first)
-    run(["git", "add", "-A"], first)
-    run(["git", "commit", "-qm", "trained"], first)
-
-    second = tmp_path / "second"
-    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
-    run(["dvc", "remote", "modify", "--local", "storage", "url", str(remote)], second)
-    run(["dvc", "pull"], second)
-    for rel in (
-        "data/raw",
-        "data/processed/train.npz",
-        "models/model.keras",
-        "reports/metrics.json",
-    ):
-        assert (second / rel).exists(), rel
-    assert (second / "models/model.keras").read_bytes() == (
-        first / "models/model.keras"
-    ).read_bytes()
-    status = run(["dvc", "repro"], second).stdout
-    assert "Running stage" not in status and "up to date" in status
-
-    # A job on another machine gets the prepared data from the remote, not from a download.
-    shutil.rmtree(second / "data/processed")
-    shutil.rmtree(second / ".dvc/cache")
-    pull = "from pathlib import Path; from pipeline.core.data import prepared; "
-    pull += "print(len(prepared(Path.cwd(), 'train')[1]))"
-    proc = run(["python", "-c", pull], second, MNIST_MIRROR=str(tmp_path / "no-mirror"))
-    assert proc.stdout.strip().splitlines()[-1] == "54000"
-    assert (second / "data/processed/train.npz").exists()
-
-
-def test_slurm_preset_composes_the_submitit_launcher() -> None:
-    """The SLURM preset cannot run here (no cluster); it must at least compose as documented."""
-    proc = run(["python", "-m", "pipeline.sweep", "hydra/launcher=slurm", "--cfg", "hydra"], ROOT)
-    launcher = proc.stdout.split("\n  launcher:\n", 1)[1]
-    target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert f"_target_: {target}" in launcher
-    assert "timeout_min: 60" in launcher and "array_parallelism: 16" in launcher
-
-
-@pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[str]:
-    """A local Ray head on 127.0.0.1, started as a team would (`ray start`); yields its address."""
-    # Short, because Ray's socket paths must fit in 107 bytes.
-    temp = Path(tempfile.mkdtemp(prefix="ray-"))
-    address = f"127.0.0.1:{free_port()}"
-    ray = str(Path(sys.executable).parent / "ray")
-    start = [
-        ray, "start", "--head", "--node-ip-address=127.0.0.1",
-        f"--port={address.rsplit(':', 1)[1]}", "--num-cpus=2", "--include-dashboard=false",
-        "--disable-usage-stats", f"--temp-dir={temp}",
-    ]  # fmt: skip
-    # From a folder without the project in it: tasks must find it through the preset.
-    # Token auth is off on both sides, whatever token an earlier local Ray left in ~/.ray.
-    env = run_env(RAY_AUTH_MODE="disabled")
-    subprocess.run(start, cwd=temp, env=env, check=True, capture_output=True, timeout=180)
-    try:
-        yield address
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_sweep_runs_as_ray_tasks_on_a_running_cluster(ray_head: str, tmp_path: Path) -> None:
-    project = copy_project(tmp_path)
-    sweep = [
-        "python", "-m", "pipeline.sweep", "-m",
-        "model.hidden_units=16,32", "train.epochs=1,2", "train.max_examples=1000",
-        "hydra/launcher=ray_cluster", "tracking.experiment_name=ray",
-    ]  # fmt: skip
-    proc = run(sweep, project, RAY_ADDRESS=ray_head, RAY_AUTH_MODE="disabled")
-    assert "4 runs, 4 configurations, best first" in proc.stdout
-    use_store(f"sqlite:///{project}/mlflow.db")
-    found = mlflow.search_runs(experiment_names=["ray"], output_format="list")
-    (parent,) = [r for r in found if r.data.tags.get("sweep") == "parent"]
-    children = [r for r in found if r is not parent]
-    assert len(children) == 4
-    for child in children:
-        assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
-    # Each job ran in a Ray worker process, not in the sweep's own.
-    assert parent.data.tags["pid"] not in {c.data.tags["pid"] for c in children}

@@ -199,6 +199,7 @@ def create_app(
         "ask": f"Draw {one}." if handwriting else f"Open or drop {one}.",
         "description": description,
         "classes": classes,
+        "size": " × ".join(map(str, chosen.model.input_shape[1:3])),
     }
     app = FastAPI(title=wording["title"], docs_url="/api/docs", redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=MAX_BYTES + 64 * 1024)  # the picture and its form
@@ -262,7 +263,7 @@ def create_app(
         return {**answer, "model": about}
 
     def read_and_predict(data: bytes, name: str) -> dict[str, Any]:
-        x = read_digit(io.BytesIO(data), name, MAX_PIXELS, FORMATS, handwriting)
+        x = read_digit(io.BytesIO(data), name, chosen, MAX_PIXELS, FORMATS)
         with lock:
             probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
         best = top3(probs, classes)

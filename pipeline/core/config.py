@@ -102,6 +102,11 @@ class DataConfig(Section):
             "a list of at least 2 distinct, non-empty class names (null: a folder's subfolders)",
         ),
     ]
+    image_size: Annotated[
+        list[PositiveInt],
+        Field(min_length=2, max_length=2),
+        Says("a list of an integer", "[height, width] in pixels, each > 0"),
+    ]
     handwriting: Annotated[bool, Says("true or false")]
     registered_model: NonEmpty
     # format idx: files downloaded from mirrors, the test set its own files.

@@ -102,13 +102,19 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def read_mnist_pair(
-    images_path: Path, labels_path: Path, num_classes: int = NUM_CLASSES
+    images_path: Path,
+    labels_path: Path,
+    num_classes: int = NUM_CLASSES,
+    shape: tuple[int, int] = IMAGE_SHAPE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read matching image and label files, checking shapes, counts and label range."""
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
-    if images.shape[1:] != IMAGE_SHAPE:
-        raise DataError(f"{images_path}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}.")
+    if images.shape[1:] != tuple(shape):
+        raise DataError(
+            f"{images_path}: images are {images.shape[1:]}, expected {tuple(shape)} "
+            "(data.image_size)."
+        )
     if len(images) != len(labels):
         raise DataError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "

@@ -236,7 +236,8 @@ def train(
     from pipeline.core import model
 
     # The last one's compiled steps, if it can.
-    net = model.compiled_model(cfg.model, cfg.train, len(cfg.data.class_names))
+    shape = tuple(cfg.data.image_size)
+    net = model.compiled_model(cfg.model, cfg.train, len(cfg.data.class_names), shape)
     record(runs.log_params, run_id, flatten(cfg.to_dict()))
     splits = {"train": train_split, "val": val_split}
     record(runs.log_datasets, run_id, splits, cfg.data.name)

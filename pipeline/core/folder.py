@@ -1,10 +1,10 @@
 """A folder of labelled pictures as a dataset: one subfolder per class, PNG or JPEG files of any
-size, read into 28x28 grayscale arrays. No TensorFlow here.
+size, read into grayscale arrays of `data.image_size` (28x28 by default). No TensorFlow here.
 
 The layout is the one Keras's `image_dataset_from_directory` and torchvision's `ImageFolder`
 read: class names are the subfolders' names (sorted, unless `data.classes` orders them), a
 class's pictures may sit in nested folders, hidden files and folders are left out. Pictures are
-resized to 28x28 as Keras resizes them (bilinear, aspect not kept). Every picture's SHA-256 goes
+resized as Keras resizes them (bilinear, aspect not kept). Every picture's SHA-256 goes
 into a manifest whose own digest stands for the folder in the run's provenance.
 """
 
@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from pipeline.core.config import DataConfig
-from pipeline.core.data import IMAGE_SHAPE, sha256_file
+from pipeline.core.data import sha256_file
 from pipeline.core.errors import DataError
-from pipeline.core.images import load_image
+from pipeline.core.images import load_image, resize
 
 FORMATS = ("PNG", "JPEG")
 MAX_PIXELS = 16_000_000  # per picture, checked before it is decoded
@@ -46,11 +45,11 @@ def min_per_class(test_fraction: float) -> int:
 
 
 def read_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """All pictures of the folder dataset `data` as uint8 (N, 28, 28) images and labels, and
+    """All pictures of the folder dataset `data` as uint8 (N, height, width) images and labels, and
     its manifest (classes, per-picture SHA-256, the folder's digest). Raises `DataError` naming
     the path and what is wrong: a class without enough pictures, a file that is not a picture."""
     root = Path(str(data.path))
-    classes = data.class_names
+    classes, shape = data.class_names, tuple(data.image_size)
     need = min_per_class(float(data.test_fraction or 0))
     images, labels, digests = [], [], {}
     for label, name in enumerate(classes):
@@ -71,7 +70,7 @@ def read_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any
                     f"data.path {root}: {rel} is not a picture read here ({exc}); a class "
                     "folder holds only PNG or JPEG files. Move it out of the folder."
                 ) from None
-            images.append(resize(gray))
+            images.append(resize(gray, shape))
             labels.append(label)
             digests[rel] = sha256_file(path)
     listing = "".join(f"{rel}\0{sha}\n" for rel, sha in sorted(digests.items()))
@@ -83,11 +82,3 @@ def read_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         "files": digests,
     }
     return np.stack(images), np.asarray(labels, dtype=np.uint8), manifest
-
-
-def resize(gray: np.ndarray) -> np.ndarray:
-    """A grayscale picture (0-255) as uint8 28x28, bilinear, aspect not kept."""
-    img = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), mode="L")
-    if img.size != IMAGE_SHAPE[::-1]:
-        img = img.resize(IMAGE_SHAPE[::-1], Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)

@@ -85,8 +85,11 @@ def _paper(rgba: Image.Image) -> str:
     return "black" if grey.mean() > 127 else "white"
 
 
-def normalize(gray: np.ndarray, name: str = "image") -> np.ndarray:
-    """A grayscale digit of any size and polarity -> float32 28x28 in 0-1, white on black."""
+def normalize(
+    gray: np.ndarray, name: str = "image", shape: tuple[int, int] = IMAGE_SHAPE
+) -> np.ndarray:
+    """A grayscale digit of any size and polarity -> float32 28x28 in 0-1, white on black
+    (then resized to `shape` for a model of another input size)."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     ink = background - gray if background > 127 else gray - background  # digit bright
@@ -109,13 +112,16 @@ def normalize(gray: np.ndarray, name: str = "image") -> np.ndarray:
     top, left = (SIZE - boxed.shape[0]) // 2, (SIZE - boxed.shape[1]) // 2
     canvas[top : top + boxed.shape[0], left : left + boxed.shape[1]] = boxed
     canvas = _centre_by_mass(canvas)
-    return canvas / canvas.max()
+    canvas = canvas / canvas.max()
+    if tuple(shape) != IMAGE_SHAPE:
+        canvas = resize(canvas * 255, shape) / np.float32(255)
+    return canvas
 
 
-def fit(gray: np.ndarray, name: str = "image") -> np.ndarray:
-    """A grayscale picture of one object (not handwriting) -> float32 28x28 in 0-1 on a dark
-    background, as Fashion-MNIST's: inverted when its border is light, padded to a square with
-    its background and scaled down whole; no cropping or centring."""
+def fit(gray: np.ndarray, name: str = "image", shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """A grayscale picture of one object (not handwriting) -> float32 28x28 (or `shape`) in 0-1
+    on a dark background, as Fashion-MNIST's: inverted when its border is light, padded to a
+    square with its background and scaled down whole; no cropping or centring."""
     if float(np.median(_border(gray))) > 127:
         gray = 255 - gray
     if gray.max() - gray.min() < MIN_CONTRAST:
@@ -128,8 +134,18 @@ def fit(gray: np.ndarray, name: str = "image") -> np.ndarray:
     square = np.full((side, side), float(np.median(_border(gray))), dtype=np.float32)
     top, left = (side - height) // 2, (side - width) // 2
     square[top : top + height, left : left + width] = gray
-    small = Image.fromarray(square).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    small = Image.fromarray(square).resize(tuple(shape)[::-1], Image.Resampling.LANCZOS)
     return np.clip(np.asarray(small, dtype=np.float32) / 255.0, 0.0, 1.0)
+
+
+def resize(gray: np.ndarray, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """A grayscale picture (0-255) -> uint8 of `shape` (height, width), bilinear, aspect not
+    kept, as Keras resizes: how a folder dataset's pictures become its images, and how predict
+    and the web app read a picture for a model trained on one."""
+    img = Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8), mode="L")
+    if img.size != tuple(shape)[::-1]:
+        img = img.resize(tuple(shape)[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _border(gray: np.ndarray) -> np.ndarray:

@@ -27,12 +27,14 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, validation included
 
 
-def build_mlp(hidden_units: int, num_classes: int = NUM_CLASSES) -> keras.Model:
-    """Flatten(28x28) -> Dense(hidden_units, relu) -> Dense(num_classes, softmax): the seed
-    model."""
+def build_mlp(
+    hidden_units: int, num_classes: int = NUM_CLASSES, shape: tuple[int, int] = IMAGE_SHAPE
+) -> keras.Model:
+    """Flatten(28x28, or `shape`) -> Dense(hidden_units, relu) -> Dense(num_classes, softmax):
+    the seed model."""
     return keras.Sequential(
         [
-            keras.Input(shape=IMAGE_SHAPE),
+            keras.Input(shape=shape),
             keras.layers.Flatten(),
             keras.layers.Dense(hidden_units, activation="relu"),
             keras.layers.Dense(num_classes, activation="softmax"),
@@ -47,11 +49,13 @@ def build_cnn(
     hidden_units: int,
     dropout: float,
     num_classes: int = NUM_CLASSES,
+    shape: tuple[int, int] = IMAGE_SHAPE,
 ) -> keras.Model:
-    """A small convnet: per entry of `filters` a conv + 2x2 max-pool block, then a dense head."""
+    """A small convnet on `shape` grayscale images: per entry of `filters` a conv + 2x2
+    max-pool block, then a dense head."""
     layers: list[keras.layers.Layer] = [
-        keras.Input(shape=IMAGE_SHAPE),
-        keras.layers.Reshape((*IMAGE_SHAPE, 1)),
+        keras.Input(shape=shape),
+        keras.layers.Reshape((*shape, 1)),
     ]
     for n in filters:
         layers += [
@@ -70,10 +74,13 @@ def build_cnn(
 BUILDERS: dict[str, Callable[..., keras.Model]] = {"mlp": build_mlp, "cnn": build_cnn}
 
 
-def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> keras.Model:
-    """Build the model `cfg.name` names for `num_classes` classes, passing it the rest of `cfg`
-    as arguments."""
-    return BUILDERS[cfg.name](**cfg.model_dump(exclude={"name"}), num_classes=num_classes)
+def build_model(
+    cfg: ModelConfig, num_classes: int = NUM_CLASSES, shape: tuple[int, int] = IMAGE_SHAPE
+) -> keras.Model:
+    """Build the model `cfg.name` names for `num_classes` classes of `shape` images, passing it
+    the rest of `cfg` as arguments."""
+    options = cfg.model_dump(exclude={"name"})
+    return BUILDERS[cfg.name](**options, num_classes=num_classes, shape=tuple(shape))
 
 
 def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
@@ -105,7 +112,10 @@ _last: _Compiled | None = None
 
 
 def compiled_model(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, num_classes: int = NUM_CLASSES
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    num_classes: int = NUM_CLASSES,
+    shape: tuple[int, int] = IMAGE_SHAPE,
 ) -> keras.Model:
     """A compiled model to train, in the state a new one built now would have.
 
@@ -118,13 +128,14 @@ def compiled_model(
     """
     global _last
     key = json.dumps(
-        [model_cfg.model_dump(), train_cfg.model_dump(exclude={"epochs"}), num_classes]
+        [model_cfg.model_dump(), train_cfg.model_dump(exclude={"epochs"}), num_classes, shape]
     )
     if _last is None or _last.key != key or _last.steps is None:
         _last = None  # let the last model and its compiled steps go
-        _last = _Compiled(key, compile_model(build_model(model_cfg, num_classes), train_cfg))
+        built = build_model(model_cfg, num_classes, shape)
+        _last = _Compiled(key, compile_model(built, train_cfg))
         return _last.model
-    new = build_model(model_cfg, num_classes)
+    new = build_model(model_cfg, num_classes, shape)
     if len(new.layers) != len(_last.model.layers):
         raise PipelineError(
             f"model {model_cfg.name} built {len(new.layers)} layers, then "

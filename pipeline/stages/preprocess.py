@@ -2,7 +2,8 @@
 
 Inputs: data/raw/ (from fetch); `data.files`, `data.val_fraction` and `seed` from params.yaml.
 A folder dataset's pictures are split first: `data.test_fraction` of each class is the test set.
-Outputs: data/processed/{train,val,test}.npz (x: float32 28x28 images in 0-1, y: uint8 labels)
+Outputs: data/processed/{train,val,test}.npz (x: float32 images of `data.image_size` in 0-1,
+y: uint8 labels)
 and reports/data.json (examples per class per split).
 Command: `uv run dvc repro preprocess` (or `uv run python -m pipeline.preprocess`).
 """
@@ -30,15 +31,15 @@ def main(argv: list[str]) -> None:
     cfg = load_params()
     root = project_root()
     files = {key: root / RAW_DIR / name for key, name in cfg.data.raw_files.items()}
-    n = len(cfg.data.class_names)
+    n, shape = len(cfg.data.class_names), tuple(cfg.data.image_size)
     if cfg.data.format == "folder":
-        x, y = read_mnist_pair(files["images"], files["labels"], n)
+        x, y = read_mnist_pair(files["images"], files["labels"], n, shape)
         (x_train, y_train), (x_test, y_test) = split_by_class(
             x, y, cfg.data.test_fraction, cfg.seed
         )
     else:
-        x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"], n)
-        x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"], n)
+        x_train, y_train = read_mnist_pair(files["train_images"], files["train_labels"], n, shape)
+        x_test, y_test = read_mnist_pair(files["test_images"], files["test_labels"], n, shape)
     train, val = split_validation(scale(x_train), y_train, cfg.data.val_fraction, cfg.seed)
     splits = {"train": train, "val": val, "test": (scale(x_test), y_test)}
     report = {}

@@ -5,8 +5,9 @@ models/model.keras), `--run RUN_ID` (the model that run logged) or `--model-uri 
 (models:/NAME@ALIAS). A model from the store is loaded only if its folder holds nothing but
 the `.keras` file (see tracking/models.py) and that file has the digest its run recorded.
 Outputs: per image the digit and the top-3 probabilities; `--json` prints one JSON object per
-line; `--save-normalized DIR` writes the 28x28 images the model was fed. A file that is not an
-image, unreadable or blank gets an error, the others are still predicted, and the exit status is 1.
+line; `--save-normalized DIR` writes the images the model was fed (28x28 for MNIST). A file that
+is not an image, unreadable or blank gets an error, the others are still predicted, and the exit
+status is 1.
 Command: `uv run python -m pipeline.predict IMAGE [IMAGE ...]`.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from pipeline.core.console import load_keras
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
-from pipeline.core.images import FORMATS, fit, load_image, normalize, save_png
+from pipeline.core.images import FORMATS, fit, load_image, normalize, resize, save_png
 from pipeline.core.paths import MODEL_PATH, project_root
 from pipeline.tracking import names
 
@@ -40,6 +41,18 @@ class Chosen:
     def classes(self) -> list[str]:
         """The model's class names in label order (its dataset's `data.classes`)."""
         return self.about.get("classes") or [str(c) for c in range(self.model.output_shape[-1])]
+
+    def to_input(self, gray: np.ndarray, name: str) -> np.ndarray:
+        """A grayscale picture -> this model's input (28x28, or its dataset's `image_size`):
+        handwriting is cropped and centred as MNIST's digits are (`normalize`); for a model of
+        a folder dataset it is resized as that folder's pictures were (`resize`); another
+        picture of an object is scaled down whole (`fit`)."""
+        shape = tuple(self.model.input_shape[1:3])
+        if self.about.get("format") == "folder":
+            return resize(gray, shape).astype(np.float32) / np.float32(255)
+        if self.about.get("handwriting", True):
+            return normalize(gray, name, shape)
+        return fit(gray, name, shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(n, 28, 28) float32 images -> (n, 10) probabilities, one image at a time: an image's
@@ -109,6 +122,7 @@ def _dataset() -> dict[str, Any]:
         "description": data.description,
         "classes": data.class_names,
         "handwriting": data.handwriting,
+        "format": data.format,
     }
 
 
@@ -130,6 +144,7 @@ def _describe(run_id: str | None) -> dict[str, Any]:
         "description": tags.get(names.DESCRIPTION_TAG),
         "classes": classes,
         "handwriting": tags.get(names.HANDWRITING_TAG, "true") == "true",  # older runs: MNIST
+        "format": run.data.params.get("data.format", "idx"),
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "experiment_id": run.info.experiment_id,
@@ -157,19 +172,13 @@ def _run_model_uri(run_id: str) -> str:
 def read_digit(
     source: Path | BinaryIO,
     name: str,
+    chosen: Chosen,
     max_pixels: int | None = None,
     formats: tuple[str, ...] = FORMATS,
-    handwriting: bool = True,
 ) -> np.ndarray:
-    """An image file -> the 28x28 0-1 input the model reads: the one path from picture to
-    model input, for this command and the web app. Handwriting is cropped and centred as MNIST's
-    digits are (`normalize`); a picture of an object is scaled down whole (`fit`)."""
-    return to_input(load_image(source, name, max_pixels, formats), name, handwriting)
-
-
-def to_input(gray: np.ndarray, name: str, handwriting: bool = True) -> np.ndarray:
-    """A grayscale picture -> the model's 28x28 input (see `read_digit`)."""
-    return normalize(gray, name) if handwriting else fit(gray, name)
+    """An image file -> the 0-1 input `chosen`'s model reads: the one path from picture to
+    model input, for this command and the web app (see `Chosen.to_input`)."""
+    return chosen.to_input(load_image(source, name, max_pixels, formats), name)
 
 
 def top3(probs: np.ndarray, classes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -206,8 +215,8 @@ def main(argv: list[str]) -> None:
             failed += 1
     chosen = choose_model(args.model, args.run, args.model_uri) if pictures else None
     for path, gray in pictures.items():
-        try:  # handwriting is cropped and centred, a picture of an object scaled whole
-            inputs[path] = to_input(gray, str(path), chosen.about.get("handwriting", True))
+        try:
+            inputs[path] = chosen.to_input(gray, str(path))
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
