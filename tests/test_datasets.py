@@ -241,6 +241,16 @@ def test_fetch_stops_on_a_bad_picture_before_anything_is_written(tmp_path: Path)
     assert not (project / "data/raw/images-idx3-ubyte").exists()
     assert not (project / "data/processed").exists() and not (project / "mlflow.db").exists()
 
+    # Without data.path, DVC gets as far as the stage, which says what is missing.
+    run(["git", "checkout", "-q", "params.yaml"], project)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "data=folder"], cwd=project,
+        env=run_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "data.path must be set for a dataset of format 'folder'" in proc.stderr, proc.stderr
+    assert not (project / "mlflow.db").exists()
+
 
 @pytest.mark.slow
 def test_a_folder_of_real_digits_runs_end_to_end(mnist: dict, tmp_path: Path) -> None:

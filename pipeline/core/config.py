@@ -341,10 +341,10 @@ def check_dataset(data: DataConfig) -> None:
     """The keys the dataset's format needs are set, and a folder dataset's folder has at least
     two class subfolders (the pictures in them are checked when the fetch stage reads them)."""
     for key in NEEDS[data.format]:
-        if getattr(data, key) is None:
+        if getattr(data, key) in (None, "???"):  # "???": Hydra's mandatory value, not given
             raise ConfigError(
                 f"data.{key} must be set for a dataset of format {data.format!r}, "
-                f"received None. {HOW}"
+                f"received {getattr(data, key)!r}. {HOW}"
             )
     if data.format == "idx":
         return
