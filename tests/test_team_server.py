@@ -190,3 +190,11 @@ def test_eight_jobs_log_to_the_team_server_at_once(project: Path, team: str) -> 
     assert parent.info.status == "FINISHED" and len(children) == 8
     for child in children:
         assert_complete_child(child, parent.info.run_id, epochs=2, examples=500)
+    # The best configuration is registered; compare reads the same server.
+    best = max(children, key=lambda c: c.data.metrics["val_accuracy"])
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{MODEL}'")
+    assert best.info.run_id in {v.run_id for v in versions}
+    compare = ["python", "-m", "pipeline.compare", "--experiment", "team-sweep"]
+    board = run(compare, project, **as_user(READER))  # reading is enough
+    listed = {line.split()[0] for line in board.stdout.splitlines()[2:]}
+    assert listed == {c.info.run_name for c in children}
