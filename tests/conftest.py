@@ -38,12 +38,12 @@ from pipeline.core.data import write_idx
 
 # Fixtures that train on real MNIST or start a server, a browser or a database: a test that uses
 # one, directly or through another fixture, is in the slow tier.
-SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "postgres", "browser"}
+SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "prepared", "postgres", "browser"}
 # The longest files first: pytest-xdist (`-n auto --dist loadfile`, pyproject.toml) hands each file
 # to one worker in this order, so the short ones fill in around them and the workers end together.
 LONGEST_FIRST = (
-    "test_team_server.py", "test_scaling.py", "test_sweep.py", "test_launchers.py",
-    "test_reproduce.py",
+    "test_team_server.py", "test_scaling.py", "test_sweep.py", "test_sweep_dvc.py",
+    "test_launchers.py", "test_search.py", "test_reproduce.py",
 )  # fmt: skip
 
 
@@ -128,6 +128,16 @@ def swept_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run([*sweep, "train.epochs=1", "train.max_examples=1000"], project)
 
     return shared(tmp_path_factory, "swept", make) / "project"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with its data prepared (`dvc repro preprocess`) and no store yet, for the
+    sweeps of one test file."""
+    root = copy_project(tmp_path_factory.mktemp("prepared"))
+    run(["dvc", "repro", "preprocess"], root)
+    assert not (root / "mlflow.db").exists()
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -311,6 +311,29 @@ def runs_in(store_uri: str, experiment: str) -> list:
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
+QUICK_SWEEP = ["train.max_examples=1000"]  # what the sweep tests train each job on
+
+
+def sweep_in(project: Path, experiment: str, *overrides: str, check: bool = True):
+    """`python -m pipeline.sweep -m OVERRIDES` in `project`, into `experiment`, on 1,000 digits."""
+    args = ["python", "-m", "pipeline.sweep", "-m", *overrides, *QUICK_SWEEP]
+    return run([*args, f"tracking.experiment_name={experiment}"], project, check=check)
+
+
+def sweep_runs_in(project: Path, experiment: str) -> tuple[list, list]:
+    """(parent runs, child runs) of `experiment` in the project's own store."""
+    return sweep_runs(f"sqlite:///{project}/mlflow.db", experiment)
+
+
+def parent_artifacts(parent) -> set[str]:
+    """The artifacts of a sweep's parent run, and those in its figures/ folder."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    return top | {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+
+
 def sweep_runs(store_uri: str, experiment: str) -> tuple[list, list]:
     """(parent runs, child runs) of the sweeps of `experiment` in the store at `store_uri`."""
     found = runs_in(store_uri, experiment)
