@@ -120,9 +120,10 @@ def test_server_stopped_mid_sweep(postgres: str, tmp_path: Path) -> None:
     process.wait(timeout=300)
     took = time.monotonic() - stopped
     err = (tmp_path / "sweep.err").read_text()
-    # 14 s here: the request in flight pays its retries, what waits for the server fails at
-    # its health check.
-    assert process.returncode == 1 and took < 45, (took, err[-2000:])
+    # 14 s on an idle machine: the request in flight pays its retries, what waits for the
+    # server fails at its health check. Under the whole suite's other workers, 108 s once: the
+    # models' background evaluation, at the lowest CPU priority, waits for the CPU they hold.
+    assert process.returncode == 1 and took < 180, (took, err[-2000:])
     assert "jobs failed:" in err and "does not answer" in err, err[-3000:]
     assert "Traceback" not in err and "MlflowException" not in err, err[-3000:]
     print(f"the sweep ended {took:.1f} s after the server stopped")
