@@ -32,14 +32,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
 
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
-from pipeline.core.images import ImageTooLarge
+from pipeline.core.images import MAX_PIXELS, PNG_OR_JPEG, ImageTooLarge
 from pipeline.tools.predict import Chosen, choose_model, read_digit, top3
 
 WEB = Path(__file__).parent / "web"
 MAX_BYTES = 10 * 1024 * 1024  # a request body larger than this is refused as it streams in
-MAX_PIXELS = 16_000_000  # and a picture with more pixels than this, before it is decoded
 IMAGE_TYPES = ("image/png", "image/jpeg")
-FORMATS = ("PNG", "JPEG")  # what Pillow may open: no format that calls other programs
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # MLflow's run ids: nothing else reaches the store
 FIGURES = {  # the figures compared, in page order: file under the run's figures/ -> title
     "confusion_matrix.png": "Confusion matrix",
@@ -263,7 +261,7 @@ def create_app(
         return {**answer, "model": about}
 
     def read_and_predict(data: bytes, name: str) -> dict[str, Any]:
-        x = read_digit(io.BytesIO(data), name, chosen, MAX_PIXELS, FORMATS)
+        x = read_digit(io.BytesIO(data), name, chosen, MAX_PIXELS, PNG_OR_JPEG)
         with lock:
             probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
         best = top3(probs, classes)

@@ -10,6 +10,7 @@ Command: `uv run python -m pipeline.config` regenerates `params.yaml` from `conf
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -139,9 +140,10 @@ class DataConfig(Section):
     ]
     val_fraction: Fraction
 
-    @property
+    @functools.cached_property
     def class_names(self) -> list[str]:
-        """The class names in label order: `classes`, or a folder dataset's subfolders."""
+        """The class names in label order: `classes`, or a folder dataset's subfolders (listed
+        once: a process keeps the classes it started with)."""
         if self.classes is not None:
             return list(self.classes)
         return class_folders(Path(self.path or "."))

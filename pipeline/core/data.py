@@ -41,10 +41,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write `data` as JSON to `path` atomically: a crash mid-write leaves the old file or none,
     never half of one (a sweep reads job outcomes from such files)."""
-    text = json.dumps(data, indent=indent) + "\n"
+    write_atomically(path, (json.dumps(data, indent=indent) + "\n").encode("utf-8"))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file renamed over it: readers see the old
+    file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -69,12 +74,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">BBBB", 0, 0, UBYTE, array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(header + array.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, header + array.tobytes())
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:

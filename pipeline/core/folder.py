@@ -11,18 +11,15 @@ into a manifest whose own digest stands for the folder in the run's provenance.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.core.config import DataConfig
-from pipeline.core.data import sha256_file
 from pipeline.core.errors import DataError
-from pipeline.core.images import load_image, resize
-
-FORMATS = ("PNG", "JPEG")
-MAX_PIXELS = 16_000_000  # per picture, checked before it is decoded
+from pipeline.core.images import MAX_PIXELS, PNG_OR_JPEG, load_image, resize
 
 
 def pictures(folder: Path) -> list[Path]:
@@ -63,8 +60,9 @@ def read_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any
             )
         for path in files:
             rel = path.relative_to(root).as_posix()
+            raw = path.read_bytes()  # read once: digested and decoded
             try:
-                gray = load_image(path, name=str(path), max_pixels=MAX_PIXELS, formats=FORMATS)
+                gray = load_image(io.BytesIO(raw), str(path), MAX_PIXELS, PNG_OR_JPEG)
             except DataError as exc:
                 raise DataError(
                     f"data.path {root}: {rel} is not a picture read here ({exc}); a class "
@@ -72,7 +70,7 @@ def read_folder(data: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any
                 ) from None
             images.append(resize(gray, shape))
             labels.append(label)
-            digests[rel] = sha256_file(path)
+            digests[rel] = hashlib.sha256(raw).hexdigest()
     listing = "".join(f"{rel}\0{sha}\n" for rel, sha in sorted(digests.items()))
     manifest = {
         "path": str(root),

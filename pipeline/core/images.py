@@ -21,6 +21,8 @@ SIZE = IMAGE_SHAPE[0]  # ... centred by mass in 28x28
 MIN_CONTRAST = 32  # grey levels between background and ink below which an image is blank
 # Formats opened: none whose reader calls other programs (Pillow's EPS runs Ghostscript).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+PNG_OR_JPEG = ("PNG", "JPEG")  # what the web app and a folder dataset take
+MAX_PIXELS = 16_000_000  # an uploaded or folder picture with more is refused before decoding
 # A large picture is shrunk by a whole factor (JPEGs while they are decoded) keeping both sides
 # at least this long: the digit ends up 20 pixels tall, and a photo costs a fraction of its size.
 DRAFT = 512

@@ -7,9 +7,9 @@ before the mirrors. Outputs data/raw/<name> for each file, decompressed, its siz
 checked; a file already present and verified is kept (see download.py).
 
 A folder dataset (`data.format: folder`): every picture of `data.path`'s class subfolders, as
-28x28 grayscale, into data/raw/images-idx3-ubyte and labels-idx1-ubyte, with folder.json (the
-classes, each picture's SHA-256 and the folder's digest). A file that is not a PNG or JPEG
-picture, or a class with too few pictures, stops it before anything is written.
+grayscale of `data.image_size`, into data/raw/images-idx3-ubyte and labels-idx1-ubyte, with
+folder.json (the classes, each picture's SHA-256 and the folder's digest). A file that is not a
+PNG or JPEG picture, or a class with too few pictures, stops it before anything is written.
 
 Command: `uv run dvc repro fetch` (or `uv run python -m pipeline.fetch`).
 """
