@@ -58,6 +58,27 @@ def test_misclassified_gallery_shows_most_confident_mistakes_first(tmp_path: Pat
     assert captions(fig) == [("8 (2) 0.95", plots.WRONG), ("9 (3) 0.70", plots.WRONG)]
     assert "3 digits, the 2 most confident shown" in fig.get_suptitle()
     assert rendered(fig, tmp_path / "wrong.png") > 1000
+    # Only the worst mistakes, with the count of all of them: the same figure.
+    worst = plots.worst_mistakes(y_true, y_pred, confidence, limit=2)
+    np.testing.assert_array_equal(worst, [2, 3])
+    some = plots.misclassified_gallery(
+        np.zeros((2, 28, 28)), y_true[worst], y_pred[worst], confidence[worst], mistakes=3
+    )
+    assert captions(some) == captions(fig)
+    assert some.get_suptitle() == fig.get_suptitle()
+
+
+def test_save_figures_draws_each_one_into_its_file(tmp_path: Path) -> None:
+    history = {"loss": [0.5, 0.3], "val_loss": [0.4, 0.35], "accuracy": [0.8, 0.9]}
+    history["val_accuracy"] = [0.85, 0.88]
+    drawings = {
+        "curves.png": (plots.learning_curves, (history,), {}),
+        "cm.png": (plots.confusion_heatmap, (np.eye(3, dtype=int) * 5,), {"classes": list("abc")}),
+    }
+    plots.save_figures(tmp_path / "figures", drawings, dpi=40)
+    saved = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert saved == ["cm.png", "curves.png"]
+    assert all((tmp_path / "figures" / n).read_bytes()[:4] == b"\x89PNG" for n in saved)
 
 
 def test_confusion_heatmap_writes_every_count(tmp_path: Path) -> None:

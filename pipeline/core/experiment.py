@@ -96,6 +96,11 @@ def now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     return future
 
 
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """The default `draw`: `fn(*args)`, here."""
+    return fn(*args)
+
+
 # Short labels in run names; other keys go by their last part (`momentum0.9`).
 LABELS = {
     "model.hidden_units": "h",
@@ -280,11 +285,13 @@ def evaluate_model(
     probs: np.ndarray,
     model_uri: str,
     history: dict[str, list[float]],
+    draw: Callable[..., Any] = call,
 ) -> Evaluated:
     """Score the model's class probabilities `probs` for the project's test split; write
-    metrics, predictions and figures under `where.out` and log them to `run_id`. A stage's model
-    is registered (`registry.register`, judged on its validation accuracy); a sweep registers
-    only its best configuration's, at its end."""
+    metrics, predictions and figures under `where.out` and log them to `run_id`. The figures
+    are drawn by `draw(plots.save_figures, folder, drawings)`: here, or where a sweep draws
+    them. A stage's model is registered (`registry.register`, judged on its validation
+    accuracy); a sweep registers only its best configuration's, at its end."""
     from pipeline.core import metrics, plots  # matplotlib: only where figures are drawn
 
     out = where.out
@@ -294,22 +301,27 @@ def evaluate_model(
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
     shown = plots.showcase(y, y_pred, GRID)
+    confidence = probs.max(axis=1)
+    worst = plots.worst_mistakes(y, y_pred, confidence)  # only they go to `draw`
     classes = cfg.data.class_names
     cm = metrics.confusion_matrix(y, y_pred, len(classes))
-    figures = {
-        "predictions.png": plots.prediction_grid(
-            x[shown], y[shown], y_pred[shown], classes=classes
+    with_classes = {"classes": classes}
+    drawings: dict[str, plots.Drawing] = {
+        "predictions.png": (
+            plots.prediction_grid,
+            (x[shown], y[shown], y_pred[shown]),
+            with_classes,
         ),
-        "misclassified.png": plots.misclassified_gallery(
-            x, y, y_pred, probs.max(axis=1), classes=classes
+        "misclassified.png": (
+            plots.misclassified_gallery,
+            (x[worst], y[worst], y_pred[worst], confidence[worst]),
+            {**with_classes, "mistakes": int((y != y_pred).sum())},
         ),
-        "confusion_matrix.png": plots.confusion_heatmap(cm, classes),
-        "learning_curves.png": plots.learning_curves(history),
+        "confusion_matrix.png": (plots.confusion_heatmap, (cm, classes), {}),
+        "learning_curves.png": (plots.learning_curves, (history,), {}),
     }
     figures_dir = out / FIGURES_DIR
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for name, fig in figures.items():
-        fig.savefig(figures_dir / name, dpi=100)
+    draw(plots.save_figures, figures_dir, drawings)
     write_json(out / METRICS_JSON, report)
     write_predictions(y, y_pred, out / PREDICTIONS_CSV)
     scores = {k: report[k] for k in (names.TEST_ACCURACY, names.TEST_LOSS, names.MACRO_F1)}

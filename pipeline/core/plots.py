@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -70,6 +72,14 @@ def showcase(y_true: np.ndarray, y_pred: np.ndarray, n: int = 32) -> np.ndarray:
     return np.sort(np.concatenate([wrong, right]))
 
 
+def worst_mistakes(
+    y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, limit: int = 40
+) -> np.ndarray:
+    """Indices of the `limit` most confident mistakes, most confident first."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+
+
 def misclassified_gallery(
     images: np.ndarray,
     y_true: np.ndarray,
@@ -78,18 +88,31 @@ def misclassified_gallery(
     limit: int = 40,
     cols: int = 8,
     classes: Sequence[str] | None = None,
+    mistakes: int | None = None,
 ) -> Figure:
-    """The most confidently misclassified images, titled 'pred (true) confidence'."""
-    wrong = np.flatnonzero(y_true != y_pred)
-    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    """The most confidently misclassified images, titled 'pred (true) confidence'. `mistakes`
+    is how many there are in all when the arrays hold only some of them (`worst_mistakes`)."""
+    worst = worst_mistakes(y_true, y_pred, confidence, limit)
+    total = int((y_true != y_pred).sum()) if mistakes is None else mistakes
     titles = [_caption(y_pred[i], y_true[i], classes, f" {confidence[i]:.2f}") for i in worst]
     return _digit_grid(
         images[worst],
         titles,
         [WRONG] * len(worst),
         cols,
-        f"Misclassified: {len(wrong)} digits, the {len(worst)} most confident shown",
+        f"Misclassified: {total} digits, the {len(worst)} most confident shown",
     )
+
+
+Drawing = tuple[Callable[..., Figure], tuple[Any, ...], dict[str, Any]]  # a figure to draw
+
+
+def save_figures(folder: Path, drawings: Mapping[str, Drawing], dpi: int = 100) -> None:
+    """Draw each figure (file name -> (function, args, kwargs)) and save it under `folder`.
+    Plain data in, files out: it can run in another process (a sweep's figure process)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (draw, args, kwargs) in drawings.items():
+        draw(*args, **kwargs).savefig(folder / name, dpi=dpi)
 
 
 def confusion_heatmap(cm: np.ndarray, classes: Sequence[str] | None = None) -> Figure:

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Any
 
 
@@ -42,17 +51,21 @@ class Finishing:
     One worker thread takes them in order; at most `LIMIT` models wait for it, beyond that
     training waits. Other work queued with `then` (a job's outcome) runs after the models queued
     before it. With `low_priority` the thread runs at the lowest CPU priority, on the CPU time
-    training leaves: right where the process runs the whole sweep, not in one of a launcher's
-    workers, whose jobs wait for their models at their end while other workers train.
+    training leaves, and the figures are drawn by a process of the same priority (`draw`):
+    drawing them in this process would hold its interpreter lock while training needs it. That
+    is right where the process runs the whole sweep, not in one of a launcher's workers, whose
+    jobs wait for their models at their end while other workers train.
     """
 
-    LIMIT = 2
+    LIMIT = 8
 
     def __init__(self, low_priority: bool = True) -> None:
         start = _lowest_priority if low_priority else None
         self._pool = ThreadPoolExecutor(1, "finishing", initializer=start)
         self._models: list[Future] = []
         self._runs: dict[Future, str] = {}  # each queued model's future -> its open run
+        self._low_priority = low_priority
+        self._figures: ProcessPoolExecutor | None = None  # made by the first `draw`
 
     def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
         """Queue `evaluate` for the open run `run_id`, then its closing."""
@@ -65,6 +78,18 @@ class Finishing:
         self._runs[future] = run_id
         return future
 
+    def draw(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` (an evaluation's `draw`): in the figure process with `low_priority`,
+        here otherwise. `fn` and its arguments are plain data, sent to the process."""
+        if not self._low_priority:
+            return fn(*args)
+        if self._figures is None:
+            spawn = multiprocessing.get_context("spawn")  # TensorFlow's threads: no fork
+            self._figures = ProcessPoolExecutor(
+                1, spawn, initializer=_figure_process, initargs=(os.getpid(),)
+            )
+        return self._figures.submit(fn, *args).result()
+
     def then(self, work: Callable[[], Any]) -> Future:
         """Queue `work` after everything queued so far."""
         return self._pool.submit(work)
@@ -72,6 +97,13 @@ class Finishing:
     def wait(self) -> None:
         """Return once everything queued so far is done."""
         self.then(lambda: None).result()
+
+    def stop_drawing(self) -> None:
+        """End the figure process, if any (the sweep exits without the interpreter's
+        teardown, which would otherwise end it)."""
+        if self._figures is not None:
+            self._figures.shutdown(wait=True, cancel_futures=True)
+            self._figures = None
 
     def abandon(self, reason: BaseException) -> None:
         """Drop the models not yet started and close their runs KILLED (or FAILED) with
@@ -83,12 +115,29 @@ class Finishing:
                 with contextlib.suppress(Exception):  # a store that is gone: runs --cleanup
                     runs.close_run(run_id, reason)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.stop_drawing()
 
 
 def _lowest_priority() -> None:
     """Give the calling thread the lowest CPU priority (Linux keeps one per thread)."""
     with contextlib.suppress(AttributeError, OSError):  # elsewhere: the process's priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _figure_process(parent: int) -> None:
+    """The figure process: lowest CPU priority; an interrupt is for the sweep's process, which
+    stops the models it was drawing for; it exits when that process is gone, however it ended
+    (so it never holds the sweep's output open)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 def _finish(run_id: str, evaluate: Callable[[], Any]) -> None:
@@ -125,6 +174,7 @@ def finished() -> None:
     """Wait for the models this process evaluates in the background (none if it ran no job)."""
     if _finishing is not None:
         _finishing.wait()
+        _finishing.stop_drawing()
 
 
 def abandon(reason: BaseException) -> None:

@@ -181,7 +181,13 @@ def _train_model(config: Config, where: Any, background: Finishing) -> tuple[flo
         def finish() -> None:
             deferred.replay()
             experiment.evaluate_model(
-                config, where, run_id, probs, trained.model_uri, trained.history
+                config,
+                where,
+                run_id,
+                probs,
+                trained.model_uri,
+                trained.history,
+                draw=background.draw,
             )
 
         future = background.model(run_id, finish)

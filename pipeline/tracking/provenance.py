@@ -57,10 +57,11 @@ def git_state(root: Path) -> dict[str, str]:
     }
 
 
-def source(root: Path, entry_point: str) -> dict[str, str]:
-    """MLflow's standard source tags: the commit and branch of the code at `root`, the entry
-    point that made the run, its type and the user."""
-    state = git_state(root)
+def source(root: Path, entry_point: str, state: Mapping[str, str] | None = None) -> dict[str, str]:
+    """MLflow's standard source tags: the commit and branch of the code at `root` (its
+    `git_state`, when the caller has it), the entry point that made the run, its type and the
+    user."""
+    state = git_state(root) if state is None else state
     tags = {names.SOURCE_NAME: entry_point, names.SOURCE_TYPE: "LOCAL", names.USER: _user()}
     if state[names.GIT_COMMIT] != names.NOT_IN_GIT:
         tags[names.SOURCE_COMMIT] = state[names.GIT_COMMIT]
@@ -117,7 +118,8 @@ def provenance(
     DVC experiment, the run it reproduces, the SHA-256 of the resolved config, of uv.lock and of
     each data file, and the environment.
     """
-    tags = git_state(code_dir) | source(code_dir, entry_point)
+    state = git_state(code_dir)
+    tags = {**state, **source(code_dir, entry_point, state)}
     tags[names.PARAMS_SHA256] = sha256_text(config_text)
     lock = code_dir / "uv.lock"
     if lock.is_file():
