@@ -8,7 +8,6 @@ by one.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -52,16 +51,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker more than the CPUs. The tests wait on servers, browsers and the
     processes they start about a fifth of the time, which the extra worker fills."""
     return (os.cpu_count() or 1) + 1
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Each pytest-xdist worker is a session of its own, as each command a user runs from a
-    terminal is. Linux shares the CPU between sessions first (autogroup), so a sweep's
-    lowest-priority evaluation competes with the training of its own sweep, as on a user's
-    machine, not with the other workers' tests, which would starve it for minutes."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        with contextlib.suppress(OSError):  # already a session leader
-            os.setsid()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
