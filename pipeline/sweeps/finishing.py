@@ -26,14 +26,26 @@ from concurrent.futures import (
 from typing import Any
 
 
+def _nothing() -> None:
+    pass
+
+
 class Deferred:
     """Calls on a model's run held back, to be made in order by `replay`: passed to
-    `experiment.train_model` as its `record`, so the next model starts training at once."""
+    `experiment.train_model` as its `record`, so the next model starts training at once.
 
-    def __init__(self) -> None:
+    `started` is called with the first held call (training's first call on the run comes as
+    it starts fitting); `turn` before each call `replay` makes (`Finishing.deferred`)."""
+
+    def __init__(
+        self, started: Callable[[], None] = _nothing, turn: Callable[[], None] = _nothing
+    ) -> None:
         self._calls: list[tuple[Future, Callable[[], Any]]] = []
+        self._started, self._turn = started, turn
 
     def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        if not self._calls:
+            self._started()
         future: Future = Future()
         self._calls.append((future, functools.partial(fn, *args, **kwargs)))
         return future
@@ -42,6 +54,7 @@ class Deferred:
         """Make the held calls in order. The first that fails raises; the rest are dropped."""
         calls, self._calls = self._calls, []
         for future, call in calls:
+            self._turn()
             future.set_result(call())
 
 
@@ -50,33 +63,60 @@ class Finishing:
 
     One worker thread takes them in order; at most `LIMIT` models wait for it, beyond that
     training waits. Other work queued with `then` (a job's outcome) runs after the models queued
-    before it. With `low_priority` the thread runs at the lowest CPU priority, on the CPU time
-    training leaves, and the figures are drawn by a process of the same priority (`draw`):
+    before it. With `low_priority` the thread runs at a low CPU priority (`NICENESS`), mostly on
+    the CPU time training leaves, and the figures are drawn by a process of the same priority
+    (`draw`):
     drawing them in this process would hold its interpreter lock while training needs it. That
     is right where the process runs the whole sweep, not in one of a launcher's workers, whose
     jobs wait for their models at their end while other workers train.
+
+    The lock is shared all the same: with `low_priority` the thread takes its turns (`_turn`)
+    while the sweep's thread fits a model, which runs in TensorFlow without the lock, or waits
+    for this one; not while it runs Python between two models' training (at most
+    `TURN_SECONDS` per step, so the evaluation always goes on).
     """
 
     LIMIT = 8
+    TURN_SECONDS = 2.0
 
     def __init__(self, low_priority: bool = True) -> None:
-        start = _lowest_priority if low_priority else None
+        start = _low_priority if low_priority else None
         self._pool = ThreadPoolExecutor(1, "finishing", initializer=start)
         self._models: list[Future] = []
         self._runs: dict[Future, str] = {}  # each queued model's future -> its open run
         self._low_priority = low_priority
         self._figures: ProcessPoolExecutor | None = None  # made by the first `draw`
+        self._idle = threading.Event()  # set: the sweep's thread needs no interpreter time
+        self._idle.set()
+
+    def deferred(self) -> Deferred:
+        """A model's `Deferred`: the sweep's thread is idle from its first call (the model
+        starts fitting), and its replay takes turns."""
+        return Deferred(self._idle.set, self._turn)
 
     def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
-        """Queue `evaluate` for the open run `run_id`, then its closing."""
+        """Queue `evaluate` for the open run `run_id`, then its closing. Called by the sweep's
+        thread once the model is trained, before it goes on to the next (no longer idle)."""
         self._models = [f for f in self._models if not f.done()]
         while len(self._models) >= self.LIMIT:
+            self._idle.set()
             wait(self._models, return_when=FIRST_COMPLETED)
             self._models = [f for f in self._models if not f.done()]
-        future = self._pool.submit(_finish, run_id, evaluate)
+        future = self._pool.submit(_finish, run_id, evaluate, self._turn)
         self._models.append(future)
         self._runs[future] = run_id
+        self._idle.clear()
         return future
+
+    def outcome(self, future: Future) -> Any:
+        """`future`'s result, the sweep's thread idle while it waits."""
+        self._idle.set()
+        return future.result()
+
+    def _turn(self) -> None:
+        """In the background thread: wait while the sweep's thread runs Python."""
+        if self._low_priority:
+            self._idle.wait(self.TURN_SECONDS)
 
     def draw(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` (an evaluation's `draw`): in the figure process with `low_priority`,
@@ -88,7 +128,9 @@ class Finishing:
             self._figures = ProcessPoolExecutor(
                 1, spawn, initializer=_figure_process, initargs=(os.getpid(),)
             )
-        return self._figures.submit(fn, *args).result()
+        drawn = self._figures.submit(fn, *args).result()
+        self._turn()
+        return drawn
 
     def then(self, work: Callable[[], Any]) -> Future:
         """Queue `work` after everything queued so far."""
@@ -96,7 +138,7 @@ class Finishing:
 
     def wait(self) -> None:
         """Return once everything queued so far is done."""
-        self.then(lambda: None).result()
+        self.outcome(self.then(_nothing))
 
     def stop_drawing(self) -> None:
         """End the figure process, if any (the sweep exits without the interpreter's
@@ -118,18 +160,23 @@ class Finishing:
         self.stop_drawing()
 
 
-def _lowest_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux keeps one per thread)."""
+# The background's niceness: below training, not the lowest (19), at which other busy processes
+# on the machine (a test suite's, say) starve it for minutes while the sweep waits for it.
+NICENESS = 10
+
+
+def _low_priority() -> None:
+    """Give the calling thread the background's CPU priority (Linux keeps one per thread)."""
     with contextlib.suppress(AttributeError, OSError):  # elsewhere: the process's priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
 
 
 def _figure_process(parent: int) -> None:
-    """The figure process: lowest CPU priority; an interrupt is for the sweep's process, which
-    stops the models it was drawing for; it exits when that process is gone, however it ended
-    (so it never holds the sweep's output open)."""
+    """The figure process: the background's CPU priority; an interrupt is for the sweep's
+    process, which stops the models it was drawing for; it exits when that process is gone,
+    however it ended (so it never holds the sweep's output open)."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
+        os.setpriority(os.PRIO_PROCESS, 0, NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
 
@@ -140,8 +187,10 @@ def _exit_without(parent: int) -> None:
     os._exit(0)
 
 
-def _finish(run_id: str, evaluate: Callable[[], Any]) -> None:
+def _finish(run_id: str, evaluate: Callable[[], Any], turn: Callable[[], None]) -> None:
     from pipeline.tracking import runs, store
+
+    turn()
 
     # A server that stopped answering fails the model here, in a moment: its run, which could
     # not be closed either, is left for `pipeline.runs --cleanup`.

@@ -28,7 +28,7 @@ from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import PARAMS_FILE
 from pipeline.sweeps import search
-from pipeline.sweeps.finishing import Deferred, Finishing, finishing
+from pipeline.sweeps.finishing import Finishing, finishing
 from pipeline.tracking import names
 
 
@@ -141,7 +141,7 @@ def run_job(cfg: DictConfig) -> float | None:
         ended = background.then(functools.partial(_record, outcome, models, out))
     if sweep_process and not search.is_search(hc.sweeper):
         return objective
-    return objective if ended.result()["status"] == "FINISHED" else None
+    return objective if background.outcome(ended)["status"] == "FINISHED" else None
 
 
 def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def _train_model(config: Config, where: Any, background: Finishing) -> tuple[flo
     from pipeline.core import experiment, model
     from pipeline.core.data import prepared
 
-    deferred = Deferred()
+    deferred = background.deferred()
     # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
     # process share them (`model.compiled_model`).
     with experiment.model_run(config, where, close=False) as run_id:  # `background` closes it
