@@ -77,7 +77,7 @@ class Finishing:
     """
 
     LIMIT = 8
-    TURN_SECONDS = 2.0
+    TURN_SECONDS = 0.25
 
     def __init__(self, low_priority: bool = True) -> None:
         start = _low_priority if low_priority else None
