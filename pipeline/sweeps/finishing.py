@@ -65,10 +65,9 @@ class Finishing:
     training waits. Other work queued with `then` (a job's outcome) runs after the models queued
     before it. With `low_priority` the thread runs at a low CPU priority (`NICENESS`), mostly on
     the CPU time training leaves, and the figures are drawn by a process of the same priority
-    (`draw`):
-    drawing them in this process would hold its interpreter lock while training needs it. That
-    is right where the process runs the whole sweep, not in one of a launcher's workers, whose
-    jobs wait for their models at their end while other workers train.
+    (`draw`): drawing them in this process would hold its interpreter lock while training needs
+    it. That is right where the process runs the whole sweep, not in one of a launcher's
+    workers, whose jobs wait for their models at their end while other workers train.
 
     The lock is shared all the same: with `low_priority` the thread takes its turns (`_turn`)
     while the sweep's thread fits a model, which runs in TensorFlow without the lock, or waits
@@ -165,18 +164,19 @@ class Finishing:
 NICENESS = 10
 
 
-def _low_priority() -> None:
-    """Give the calling thread the background's CPU priority (Linux keeps one per thread)."""
+def _low_priority(who: int | None = None) -> None:
+    """Give thread `who` (the calling one by default; 0: the whole process) the background's
+    CPU priority (Linux keeps one per thread)."""
+    who = threading.get_native_id() if who is None else who
     with contextlib.suppress(AttributeError, OSError):  # elsewhere: the process's priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+        os.setpriority(os.PRIO_PROCESS, who, NICENESS)
 
 
 def _figure_process(parent: int) -> None:
     """The figure process: the background's CPU priority; an interrupt is for the sweep's
     process, which stops the models it was drawing for; it exits when that process is gone,
     however it ended (so it never holds the sweep's output open)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, NICENESS)
+    _low_priority(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
 
