@@ -35,6 +35,7 @@ from helpers import (
 )
 from pipeline.core.config import compose, validate
 from pipeline.core.data import write_idx
+from pipeline.sweeps.finishing import NICENESS
 
 # Fixtures that train on real MNIST or start a server, a browser or a database: a test that uses
 # one, directly or through another fixture, is in the slow tier.
@@ -45,6 +46,13 @@ LONGEST_FIRST = (
     "test_team_server.py", "test_scaling.py", "test_sweep.py", "test_sweep_dvc.py",
     "test_launchers.py", "test_search.py", "test_reproduce.py",
 )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests run at the niceness of a sweep's background evaluation (NICENESS). Niceness
+    holds across the machine: below the other workers' training, a sweep's background would
+    wait for all of it, and its test with it, minutes at a time."""
+    os.nice(max(0, NICENESS - os.nice(0)))
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -52,6 +52,7 @@ def team(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         f"database_uri = {postgres.rsplit('/', 1)[0]}/mlflow_auth\n"
         f"admin_username = {ADMIN[0]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"
     )
     env = {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),

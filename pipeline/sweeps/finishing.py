@@ -160,16 +160,18 @@ class Finishing:
 
 
 # The background's niceness: below training, not the lowest (19), at which other busy processes
-# on the machine (a test suite's, say) starve it for minutes while the sweep waits for it.
+# on the machine starve it for minutes while the sweep waits for it.
 NICENESS = 10
 
 
 def _low_priority(who: int | None = None) -> None:
     """Give thread `who` (the calling one by default; 0: the whole process) the background's
-    CPU priority (Linux keeps one per thread)."""
+    CPU priority (Linux keeps one per thread), never a higher one than it has: a sweep started
+    with `nice -n 15` keeps 15."""
     who = threading.get_native_id() if who is None else who
     with contextlib.suppress(AttributeError, OSError):  # elsewhere: the process's priority
-        os.setpriority(os.PRIO_PROCESS, who, NICENESS)
+        niceness = max(NICENESS, os.getpriority(os.PRIO_PROCESS, who))
+        os.setpriority(os.PRIO_PROCESS, who, niceness)
 
 
 def _figure_process(parent: int) -> None:
