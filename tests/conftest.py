@@ -40,11 +40,14 @@ from pipeline.sweeps.finishing import NICENESS
 # Fixtures that train on real MNIST or start a server, a browser or a database: a test that uses
 # one, directly or through another fixture, is in the slow tier.
 SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "prepared", "postgres", "browser"}
-# The longest files first: pytest-xdist (`-n auto --dist loadfile`, pyproject.toml) hands each file
-# to one worker in this order, so the short ones fill in around them and the workers end together.
+# The longest files first (as measured in CI): pytest-xdist (`-n auto --dist loadfile
+# --no-loadscope-reorder`, pyproject.toml) hands each file to one worker in this order, so the
+# short ones fill in around them and the workers end together.
 LONGEST_FIRST = (
-    "test_team_server.py", "test_scaling.py", "test_sweep.py", "test_sweep_dvc.py",
-    "test_launchers.py", "test_search.py", "test_reproduce.py",
+    "test_scaling.py", "test_sweep.py", "test_reproduce.py", "test_team_server.py",
+    "test_launchers.py", "test_faults.py", "test_model.py", "test_sweep_dvc.py",
+    "test_datasets.py", "test_predict.py", "test_search.py", "test_pipeline_e2e.py",
+    "test_dvc_remote.py", "test_tracking.py", "test_app.py", "test_ui.py",
 )  # fmt: skip
 
 

@@ -27,8 +27,9 @@ def test_slurm_preset_composes_the_submitit_launcher() -> None:
 
 
 @pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[str]:
-    """A local Ray head on 127.0.0.1, started as a team would (`ray start`); yields its address."""
+def ray_head(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local Ray head on 127.0.0.1, started as a team would (`ray start`); yields its address
+    and its temporary folder."""
     # Short, because Ray's socket paths must fit in 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="ray-"))
     address = f"127.0.0.1:{free_port()}"
@@ -43,20 +44,23 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
     env = run_env(RAY_AUTH_MODE="disabled")
     subprocess.run(start, cwd=temp, env=env, check=True, capture_output=True, timeout=180)
     try:
-        yield address
+        yield address, temp
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_sweep_runs_as_ray_tasks_on_a_running_cluster(ray_head: str, tmp_path: Path) -> None:
+def test_sweep_runs_as_ray_tasks_on_a_running_cluster(
+    ray_head: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, temp = ray_head
     project = copy_project(tmp_path)
     sweep = [
         "python", "-m", "pipeline.sweep", "-m",
         "model.hidden_units=16,32", "train.epochs=1", "train.max_examples=1000",
         "hydra/launcher=ray_cluster", "tracking.experiment_name=ray",
     ]  # fmt: skip
-    proc = run(sweep, project, RAY_ADDRESS=ray_head, RAY_AUTH_MODE="disabled")
+    proc = run(sweep, project, RAY_ADDRESS=address, RAY_AUTH_MODE="disabled")
     assert "2 runs, 2 configurations, best first" in proc.stdout
     use_store(f"sqlite:///{project}/mlflow.db")
     found = mlflow.search_runs(experiment_names=["ray"], output_format="list")
@@ -67,3 +71,6 @@ def test_sweep_runs_as_ray_tasks_on_a_running_cluster(ray_head: str, tmp_path: P
         assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
     # Each job ran in a Ray worker process, not in the sweep's own.
     assert parent.data.tags["pid"] not in {c.data.tags["pid"] for c in children}
+    # In the project folder and environment the nodes share: Ray's `uv run` hook (the tests
+    # run under `uv run`) shipped them no copy of the project to install an environment into.
+    assert not list(temp.glob("session_*/runtime_resources/working_dir_files/*"))

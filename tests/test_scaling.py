@@ -99,7 +99,7 @@ def test_server_stopped_mid_sweep(postgres: str, tmp_path: Path) -> None:
     port = free_port()
     server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres,
               "--artifacts-destination", str(tmp_path / "artifacts"),
-              "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+              "--workers", "1", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     project = copy_project(tmp_path / "project")
     url = f"http://127.0.0.1:{port}"
     overrides = ["tracking=server", f"tracking.uri={url}", "tracking.experiment_name=stopped"]

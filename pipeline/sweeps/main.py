@@ -23,6 +23,7 @@ Hydra's own options: --cfg job (print the composed config), --hydra-help, --info
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -63,6 +64,10 @@ def _run() -> None:
 
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
     quiet()
+    # Under `uv run`, Ray would ship each job a copy of the project, without its git-ignored,
+    # DVC-tracked data, and install an environment into it. Jobs use the project folder and the
+    # environment the nodes share instead (conf/hydra/launcher/ray_cluster.yaml).
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # SIGTERM interrupts like Ctrl-C for the whole sweep, between jobs and in its summary too:
     # the runs it opened are then closed, never left RUNNING by a process that just vanished.
     signal.signal(signal.SIGTERM, _interrupted)
