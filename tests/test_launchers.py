@@ -41,7 +41,9 @@ def ray_head(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ]  # fmt: skip
     # From a folder without the project in it: tasks must find it through the preset.
     # Token auth is off on both sides, whatever token an earlier local Ray left in ~/.ray.
-    env = run_env(RAY_AUTH_MODE="disabled")
+    # Ray runs its workers 15 steps nicer than `ray start` (worker_niceness): on a node they
+    # have to themselves that costs nothing, beside the other tests' training it starves them.
+    env = run_env(RAY_AUTH_MODE="disabled", RAY_worker_niceness="0")
     subprocess.run(start, cwd=temp, env=env, check=True, capture_output=True, timeout=180)
     try:
         yield address, temp
