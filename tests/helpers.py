@@ -10,10 +10,12 @@ import glob
 import gzip
 import http.server
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -499,3 +501,25 @@ def started_until(
             return proc, line
     errors = proc.stderr.read() if proc.stderr else ""
     raise AssertionError(f"{cmd[2]} ended before printing {prefix!r}, exit {proc.wait()} {errors}")
+
+
+@contextmanager
+def team_stack(project: Path, *options: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """`python -m pipeline.stack up --port auto OPTIONS` run in `project`, as a user starts it,
+    in a folder of its own outside pytest's (PostgreSQL's user must reach it); yields the folder
+    and the exports `up` printed. `down` and the folder's removal end the block."""
+    import shlex
+
+    folder = Path(tempfile.mkdtemp(prefix="mnist-stack-"))
+    stack = [sys.executable, "-m", "pipeline.stack"]
+    place = ["--dir", str(folder)]
+    try:
+        up = run([*stack, "up", *place, "--port", "auto", *options], project)
+        exports = {
+            key: shlex.split(value)[0]
+            for key, value in re.findall(r"^export (\w+)=(.*)$", up.stdout, re.MULTILINE)
+        }
+        yield folder, exports
+    finally:
+        run([*stack, "down", *place], project, check=False)
+        shutil.rmtree(folder, ignore_errors=True)

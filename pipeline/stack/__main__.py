@@ -1,0 +1,91 @@
+"""`uv run python -m pipeline.stack up|status|env|down`: the team's stack on 127.0.0.1.
+
+up      starts PostgreSQL (runs, registry, users), the S3 object store (SeaweedFS, bucket
+        team-bucket) and `mlflow server --app-name basic-auth` storing artifacts in
+        s3://team-bucket/mlflow; adds the DVC remote `stack` (s3://team-bucket/dvc) to this
+        project's .dvc/config.local; prints the export lines a shell needs:
+            eval "$(uv run python -m pipeline.stack up)"
+        Every password and key is generated once and kept in DIR (mode 0600). On a folder that
+        holds a stack, it starts what is not running, with the same data.
+status  each service, its port and process, and whether it answers (exit 1 if one does not).
+env     the export lines again.
+down    stops every process the stack started; the data stays in DIR for the next `up`.
+
+Ports: the MLflow server on --port (5000), the object store's S3 gateway on the next, its own
+servers on the four after (and 10,000 above), PostgreSQL on --port + 6. --port auto picks a free
+run. --tls serves S3 and MLflow over https with a CA made in DIR/tls.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from pipeline.core.errors import command_parser, run_cli
+from pipeline.core.paths import project_root
+from pipeline.stack.team import REMOTE, Stack, free_port_base
+
+DEFAULT_DIR = Path(".stack")
+
+
+def add_dvc_remote(stack: Stack, project: Path) -> bool:
+    """The remote `stack` in `project`'s .dvc/config.local (git-ignored), if it is a DVC repo."""
+    if not (project / ".dvc").is_dir():
+        return False
+    from dvc.config import Config
+
+    with Config(dvc_dir=str(project / ".dvc"), validate=False).edit("local") as config:
+        config["remote"][REMOTE] = stack.dvc_remote()
+    return True
+
+
+def shell_lines(env: dict[str, str]) -> str:
+    import shlex
+
+    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+
+
+def main(argv: list[str]) -> None:
+    parser = command_parser("stack", __doc__)
+    parser.add_argument("action", choices=("up", "status", "env", "down"))
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the stack's folder")
+    parser.add_argument("--port", help="the MLflow server's port (5000), or auto")
+    parser.add_argument("--tls", action="store_true", default=None, help="https for S3, MLflow")
+    args = parser.parse_args(argv)
+    folder = args.dir if args.dir.is_absolute() else project_root() / args.dir
+    port = None
+    if args.port == "auto":
+        port = None if (folder / "stack.json").is_file() else free_port_base(folder)
+    elif args.port is not None:
+        if not args.port.isdigit():
+            parser.error(f"--port takes a number or auto, received {args.port!r}")
+        port = int(args.port)
+    if args.action != "up" and not (folder / "stack.json").is_file():
+        parser.exit(1, f"error: there is no stack in {folder}: start one with `up`.\n")
+    stack = Stack(folder, port=port, tls=args.tls)
+    if args.action == "up":
+        started = time.monotonic()
+        stack.up()
+        for row in stack.status():
+            print(f"{row['service']}: port {row['port']}, pid {row['pid']}", file=sys.stderr)
+        if add_dvc_remote(stack, project_root()):
+            print(f"DVC remote '{REMOTE}' in .dvc/config.local", file=sys.stderr)
+        print(f"stack up in {time.monotonic() - started:.1f} s ({folder})", file=sys.stderr)
+        print(shell_lines(stack.exports()))
+    elif args.action == "env":
+        print(shell_lines(stack.exports()))
+    elif args.action == "status":
+        rows = stack.status()
+        for row in rows:
+            answers = "answers" if row["answers"] else "does not answer"
+            print(f"{row['service']:<22} port {row['port']:<6} pid {row['pid']!s:<8} {answers}")
+        if not all(row["answers"] for row in rows):
+            sys.exit(1)
+    else:
+        stack.down()
+        print(f"stack in {folder} stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,206 @@
+"""The team's stack as production runs it, started with `python -m pipeline.stack up` as a user
+does: PostgreSQL, the S3 object store (SeaweedFS) and the authenticated MLflow server, with DVC's
+remote in the same bucket. Every command below gets only the exports `up` printed."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from helpers import (
+    ROOT,
+    copy_project,
+    free_port,
+    run,
+    serving,
+    team_stack,
+    use_store,
+)
+from pipeline.core.config import params_yaml_text
+
+pytestmark = pytest.mark.slow  # PostgreSQL, an object store, an MLflow server, training
+
+QUICK = ["train.max_examples=2000", "train.epochs=1"]
+STACK = [sys.executable, "-m", "pipeline.stack"]
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, dict]]:
+    """A project copy with a stack up for it; yields (project, stack folder, exports)."""
+    project = copy_project(tmp_path_factory.mktemp("stack-project"))
+    (project / "params.yaml").write_text(params_yaml_text(QUICK))
+    run(["git", "commit", "-qam", "a quick run"], project)
+    with team_stack(project) as (folder, exports):
+        yield project, folder, exports
+
+
+def bucket(folder: Path):
+    """A boto3 client for the stack's bucket, with its keys (as a team's admin would have)."""
+    from pipeline.stack.team import Stack
+
+    return Stack(folder).services[1].client()
+
+
+def keys_in_bucket(folder: Path) -> list[str]:
+    client, found = bucket(folder), []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="team-bucket"):
+        found += [item["Key"] for item in page.get("Contents", [])]
+    return found
+
+
+def test_up_writes_secrets_for_its_owner_only_and_the_remote_to_config_local(
+    stacked: tuple[Path, Path, dict],
+) -> None:
+    project, folder, exports = stacked
+    assert exports["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+    assert exports["MLFLOW_TRACKING_USERNAME"] == "team"
+    status = run([*STACK, "status", "--dir", str(folder)], project)
+    assert status.stdout.count("answers") == 3 and "does not" not in status.stdout
+    assert (folder / "secrets.json").stat().st_mode & 0o077 == 0
+    local = configparser.ConfigParser()
+    local.read(project / ".dvc" / "config.local")
+    remote = local['remote "stack"']
+    assert remote["url"] == "s3://team-bucket/dvc" and remote["endpointurl"].startswith("http")
+    assert "stack" not in (project / ".dvc" / "config").read_text()
+    assert not run(["git", "status", "--porcelain"], project).stdout.strip()
+
+
+def test_up_again_keeps_what_runs_and_a_taken_port_is_one_line(
+    stacked: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    project, folder, _ = stacked
+    before = json.loads((folder / "stack.json").read_text())
+    run([*STACK, "up", "--dir", str(folder)], project)  # all running: nothing restarted
+    assert json.loads((folder / "stack.json").read_text()) == before
+    other = run(
+        [*STACK, "up", "--dir", str(tmp_path / "other"), "--port", str(before["port"])],
+        project,
+        check=False,
+    )
+    assert other.returncode == 1
+    assert re.fullmatch(r"error: port \d+ on 127\.0\.0\.1, which .* is in use: .*\n", other.stderr)
+    assert not (tmp_path / "other" / "postgres").exists()
+    moved = run([*STACK, "up", "--dir", str(folder), "--port", "1"], project, check=False)
+    assert moved.returncode == 1 and "holds a stack with port=" in moved.stderr
+
+
+def test_pipeline_on_the_stack_keeps_every_artifact_in_the_bucket(
+    stacked: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    project, folder, env = stacked
+    run(["dvc", "repro"], project, **env)
+    run_id = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    use_store(env["MLFLOW_TRACKING_URI"])
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        trained = mlflow.get_run(run_id)
+        assert trained.info.status == "FINISHED"
+        assert trained.data.metrics["test_accuracy"] > 0.8
+        assert trained.info.artifact_uri.startswith("mlflow-artifacts:")
+
+    digit = ROOT / "docs" / "images" / "confusion-matrix.png"  # any picture is read
+    predicted = run(
+        ["python", "-m", "pipeline.predict", str(digit), "--json",
+         "--model-uri", "models:/mnist-digits@champion"],
+        project, **env,
+    )  # fmt: skip
+    assert json.loads(predicted.stdout.splitlines()[0])["digit"] in range(10)
+    sweep = run(
+        ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.max_examples=1000"],
+        project, **env,
+    )  # fmt: skip
+    assert sweep.returncode == 0
+    compared = run(["python", "-m", "pipeline.compare"], project, **env)
+    assert run_id[:8] in compared.stdout or "hidden_units" in compared.stdout
+    port = free_port()
+    app = [sys.executable, "-m", "pipeline.app", "--model-uri", "models:/mnist-digits@champion"]
+    with serving([*app, "--port", str(port)], port, "/api/model", tmp_path / "app.log", project,
+                 env) as url:  # fmt: skip
+        answer = requests.post(
+            f"{url}/api/predict",
+            files={"image": ("d.png", digit.read_bytes(), "image/png")},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+    reproduced = run(["python", "-m", "pipeline.reproduce", run_id], project, check=False, **env)
+    assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
+
+    keys = keys_in_bucket(folder)
+    ours = [k for k in keys if f"/{run_id}/" in k]
+    assert any(k.endswith("MLmodel") for k in keys), "no model in the bucket"
+    assert any("figures/confusion_matrix.png" in k for k in ours)
+    assert any(k.endswith("config.yaml") for k in ours) or any("config" in k for k in ours)
+    assert not (project / "mlruns").exists() and not (project / "mlartifacts").exists()
+
+
+def test_dvc_push_then_a_fresh_clone_pulls_and_has_nothing_to_run(
+    stacked: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    project, folder, env = stacked
+    if not (project / "models" / "model.keras").exists():
+        run(["dvc", "repro"], project, **env)
+    run(["git", "add", "dvc.lock"], project)
+    run(["git", "commit", "-qm", "trained on the stack", "--allow-empty"], project)
+    run(["dvc", "push", "-r", "stack"], project)
+    assert any(k.startswith("dvc/") for k in keys_in_bucket(folder))
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    shutil.copy(project / ".dvc" / "config.local", clone / ".dvc" / "config.local")
+    run(["dvc", "pull", "-r", "stack"], clone)
+    assert (clone / "models" / "model.keras").read_bytes() == (
+        project / "models" / "model.keras"
+    ).read_bytes()
+    status = run(["dvc", "status"], clone)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+
+
+def test_a_wrong_secret_is_dvcs_own_error(stacked: tuple[Path, Path, dict]) -> None:
+    project, _, _ = stacked
+    config = project / ".dvc" / "config.local"
+    kept = config.read_text()
+    try:
+        run(["dvc", "remote", "modify", "--local", "stack", "secret_access_key", "wrong"], project)
+        pushed = run(["dvc", "push", "-r", "stack"], project, check=False)
+    finally:
+        config.write_text(kept)
+    assert pushed.returncode != 0
+    assert "ERROR:" in pushed.stderr and "Traceback" not in pushed.stderr + pushed.stdout
+
+
+def test_no_secret_in_runs_logs_or_tracked_files(stacked: tuple[Path, Path, dict]) -> None:
+    project, folder, env = stacked
+    secrets = json.loads((folder / "secrets.json").read_text()).values()
+    use_store(env["MLFLOW_TRACKING_URI"])
+    places: dict[str, str] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        for found in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+            places[f"run {found.info.run_id}"] = json.dumps(
+                [found.data.params, found.data.tags, found.data.metrics]
+            )
+    client = bucket(folder)
+    for key in keys_in_bucket(folder):
+        if key.endswith((".yaml", ".json", ".txt", ".diff", ".csv", "MLmodel")):
+            body = client.get_object(Bucket="team-bucket", Key=key)["Body"].read()
+            places[key] = body.decode(errors="replace")
+    for log in (folder / "logs").iterdir():
+        places[str(log)] = log.read_text(errors="replace")
+    tracked = run(["git", "ls-files"], project).stdout.split()
+    for name in tracked:
+        if (project / name).is_file():
+            places[name] = (project / name).read_text(errors="replace")
+    leaks = [(where, s[:4]) for where, text in places.items() for s in secrets if s in text]
+    assert not leaks
+    assert len(places) > 20
