@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +24,12 @@ from helpers import (
     free_port,
     run,
     serving,
+    started_until,
     team_stack,
     use_store,
 )
 from pipeline.core.config import params_yaml_text
+from pipeline.stack.processes import read_pid
 
 pytestmark = pytest.mark.slow  # PostgreSQL, an object store, an MLflow server, training
 
@@ -68,7 +72,7 @@ def test_up_writes_secrets_for_its_owner_only_and_the_remote_to_config_local(
     assert (folder / "secrets.json").stat().st_mode & 0o077 == 0
     local = configparser.ConfigParser()
     local.read(project / ".dvc" / "config.local")
-    remote = local['remote "stack"']
+    remote = local["'remote \"stack\"'"]  # as DVC writes a section name
     assert remote["url"] == "s3://team-bucket/dvc" and remote["endpointurl"].startswith("http")
     assert "stack" not in (project / ".dvc" / "config").read_text()
     assert not run(["git", "status", "--porcelain"], project).stdout.strip()
@@ -150,7 +154,7 @@ def test_dvc_push_then_a_fresh_clone_pulls_and_has_nothing_to_run(
     project, folder, env = stacked
     if not (project / "models" / "model.keras").exists():
         run(["dvc", "repro"], project, **env)
-    run(["git", "add", "dvc.lock"], project)
+    run(["git", "add", "-A"], project)  # dvc.lock and the reports DVC keeps in git
     run(["git", "commit", "-qm", "trained on the stack", "--allow-empty"], project)
     run(["dvc", "push", "-r", "stack"], project)
     assert any(k.startswith("dvc/") for k in keys_in_bucket(folder))
@@ -176,6 +180,41 @@ def test_a_wrong_secret_is_dvcs_own_error(stacked: tuple[Path, Path, dict]) -> N
         config.write_text(kept)
     assert pushed.returncode != 0
     assert "ERROR:" in pushed.stderr and "Traceback" not in pushed.stderr + pushed.stdout
+
+
+def newest_run(env: dict[str, str]):
+    use_store(env["MLFLOW_TRACKING_URI"])
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return mlflow.search_runs(
+            experiment_names=["mnist"], order_by=["attributes.start_time DESC"],
+            max_results=1, output_format="list",
+        )[0]  # fmt: skip
+
+
+def test_object_store_lost_while_a_run_uploads_its_model(stacked: tuple[Path, Path, dict]) -> None:
+    """The store is killed while the model trains: its upload fails, the run ends FAILED with
+    one line naming the server, the local model stays; once `up` brings the store back,
+    `dvc repro` completes."""
+    project, folder, env = stacked
+    longer = ["train.epochs=10", "model.hidden_units=256"]  # seconds of training after epoch 1
+    (project / "params.yaml").write_text(params_yaml_text(longer))
+    training, _ = started_until(["dvc", "repro", "train"], project, "Epoch 1/", **env)
+    os.killpg(read_pid(folder / "run" / "s3.pid"), signal.SIGKILL)
+    said, _ = training.communicate(timeout=600)
+    assert training.returncode != 0
+    assert "could not store the run's artifacts" in said and "Traceback" not in said, said
+    failed = newest_run(env)
+    assert failed.info.status == "FAILED"
+    assert "could not store the run's artifacts" in failed.data.tags["failure_reason"]
+    assert (project / "models" / "model.keras").is_file()  # the local output stays
+
+    run([*STACK, "up", "--dir", str(folder)], project)  # starts the store alone, same data
+    run(["dvc", "repro"], project, **env)
+    again = newest_run(env)
+    assert again.info.status == "FINISHED" and again.info.run_id != failed.info.run_id
+    assert json.loads((project / "models" / "run.json").read_text())["run_id"] == again.info.run_id
 
 
 def test_no_secret_in_runs_logs_or_tracked_files(stacked: tuple[Path, Path, dict]) -> None:

@@ -7,15 +7,16 @@ reason in its `failure_reason` tag.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -118,14 +119,45 @@ def model_run(
     made_of = provenance.provenance(code_dir, data_digests, config_text, entry_point)
     tags = {**made_of, **(tags or {})}
     with tracked_run(experiment_id, run_name, tags, None, parent_run_id, close) as run_id:
-        client = mlflow.MlflowClient()
-        client.log_text(run_id, config_text, names.CONFIG_ARTIFACT)
+        log_text(run_id, config_text, names.CONFIG_ARTIFACT)
         if tags.get(names.GIT_DIRTY) == "true":
-            client.log_text(run_id, provenance.uncommitted_diff(code_dir), names.DIFF_ARTIFACT)
+            log_text(run_id, provenance.uncommitted_diff(code_dir), names.DIFF_ARTIFACT)
         yield run_id
 
 
 # ---- logging to an explicit run ------------------------------------------------------------
+
+Call = TypeVar("Call", bound=Callable[..., Any])
+
+
+def stores_artifacts(fn: Call) -> Call:
+    """An upload that a tracking server fails to store (its artifact store, an S3 bucket say,
+    is down or refuses it) ends the command with one line naming the server and what to check,
+    instead of MLflow's traceback; the run ends FAILED with that line as its reason."""
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except mlflow.exceptions.MlflowException as exc:
+            uri = mlflow.get_tracking_uri()
+            if not uri.startswith(("http://", "https://")) or "mlflow-artifacts" not in str(exc):
+                raise
+            said = str(exc).splitlines()[0]
+            reason = said.rsplit("Caused by ", 1)[-1].strip("()") if "Caused by" in said else said
+            raise PipelineError(
+                f"the MLflow server at {uri} could not store the run's artifacts ({reason}): "
+                "the artifact store it writes to (its --artifacts-destination, such as an S3 "
+                "endpoint) is down or refused the upload, and the server's log names it. Bring "
+                "it back and run again; the outputs written here are kept."
+            ) from exc
+
+    return guarded  # type: ignore[return-value]
+
+
+@stores_artifacts
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    mlflow.MlflowClient().log_text(run_id, text, artifact_file)
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
@@ -202,19 +234,23 @@ def log_images(run_id: str, folder: Path) -> None:
             client.log_image(run_id, image.convert("RGB"), key=path.stem, step=0)
 
 
+@stores_artifacts
 def log_table(run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
     """A table (column -> values) the MLflow UI shows in the run's artifacts and can compare."""
     mlflow.MlflowClient().log_table(run_id, dict(columns), artifact_file)
 
 
+@stores_artifacts
 def log_artifacts(run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
     mlflow.MlflowClient().log_artifacts(run_id, str(local_dir), artifact_path)
 
 
+@stores_artifacts
 def log_artifact(run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
     mlflow.MlflowClient().log_artifact(run_id, str(local_file), artifact_path)
 
 
+@stores_artifacts
 def log_keras_model(run_id: str, model: Any, example: Any) -> str:
     """Log `model` to the run with a signature; return its URI. The run records the logged
     `.keras` file's SHA-256 (MLflow saves it again, so it is not models/model.keras's).

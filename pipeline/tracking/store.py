@@ -77,12 +77,27 @@ def configured_uri() -> str | None:
 
 # A server that stops answering fails a request within seconds, not the minutes of MLflow's
 # defaults (7 retries, backoff factor 2, 120 s timeout): the job fails and says so, the others
-# go on. Each is set only where the environment does not set it already.
-SERVER_RETRIES = {
+# go on. Artifacts go through the server both ways: a server whose artifacts are in S3 offers
+# clients presigned URLs to download straight from the bucket, which a client outside the
+# bucket's network (or without its CA) cannot use. Each is set only where the environment does
+# not set it already.
+SERVER_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
 }
+
+
+def server_tls():
+    """The TLS context MLflow's client uses for a server: the CA file in
+    MLFLOW_TRACKING_SERVER_CERT_PATH, or no check with MLFLOW_TRACKING_INSECURE_TLS=true."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()  # noqa: S323 - asked for, as MLflow's client does
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
@@ -91,7 +106,9 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):  # noqa: S310
+        with urllib.request.urlopen(  # noqa: S310
+            f"{uri.rstrip('/')}/health", timeout=timeout, context=server_tls()
+        ):
             pass
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -118,7 +135,7 @@ def connect(configured: str | None = None) -> str:
     uri = tracking_uri(configured)
     if is_server(uri):
         check_server(uri)
-        for key, value in SERVER_RETRIES.items():  # unless the user chose otherwise
+        for key, value in SERVER_SETTINGS.items():  # unless the user chose otherwise
             os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
