@@ -1,4 +1,4 @@
-"""Fixtures: small IDX files, real MNIST, a trained model, a swept project, a browser, PostgreSQL.
+"""Fixtures: small IDX files, real MNIST, a trained model, a swept project, a browser, the stack.
 
 The `slow` marker (pyproject.toml) is set on the tests that need a real training run on MNIST,
 a server, a browser, a database or several processes; `uv run pytest -m "not slow"` runs the rest.
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,15 +21,11 @@ from filelock import FileLock
 from helpers import (
     CHROMEDRIVER,
     CHROMIUM,
-    CLUSTERS,
-    as_postgres_user,
     chromium,
     copy_project,
-    free_port,
     mirror,
-    pg_ctl,
-    postgres_bin,
     run,
+    team_stack,
 )
 from pipeline.core.config import compose, validate
 from pipeline.core.data import write_idx
@@ -39,15 +33,16 @@ from pipeline.sweeps.finishing import NICENESS
 
 # Fixtures that train on real MNIST or start a server, a browser or a database: a test that uses
 # one, directly or through another fixture, is in the slow tier.
-SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "prepared", "postgres", "browser"}
+SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "prepared", "stack", "browser"}
 # The longest files first (as measured in CI): pytest-xdist (`-n auto --dist loadfile
 # --no-loadscope-reorder`, pyproject.toml) hands each file to one worker in this order, so the
 # short ones fill in around them and the workers end together.
 LONGEST_FIRST = (
-    "test_scaling.py", "test_sweep.py", "test_reproduce.py", "test_team_server.py",
-    "test_launchers.py", "test_faults.py", "test_model.py", "test_sweep_dvc.py",
+    "test_stack.py", "test_scaling.py", "test_sweep.py", "test_reproduce.py",
+    "test_team_server.py", "test_launchers.py", "test_faults.py", "test_model.py",
+    "test_sweep_dvc.py",
     "test_datasets.py", "test_predict.py", "test_search.py", "test_pipeline_e2e.py",
-    "test_dvc_remote.py", "test_tracking.py", "test_app.py", "test_ui.py",
+    "test_dvc_remote.py", "test_stack_tls.py", "test_tracking.py", "test_app.py", "test_ui.py",
 )  # fmt: skip
 
 
@@ -190,36 +185,12 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """A PostgreSQL server on 127.0.0.1 with a database `mlflow`; yields its SQLAlchemy URI."""
-    # Outside pytest's private temporary folder, which the postgres user cannot enter.
-    home = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
-    data, port = home / "data", free_port()
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-    subprocess.run(
-        as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-U", "mlflow", "-A", "trust"]),
-        check=True,
-        capture_output=True,
-    )
-    # Options and log are kept in the data directory, so that a restart keeps them.
-    (data / "postgresql.auto.conf").write_text(
-        f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
-    )
-    pg_ctl(data, "-l", str(home / "log"), "-w", "start")
-    uri = f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
-    CLUSTERS[uri] = data
-    try:
-        createdb = [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow"]
-        subprocess.run([*createdb, "mlflow"], check=True, capture_output=True)
-        yield uri
-    finally:
-        subprocess.run(
-            as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            capture_output=True,
-        )
-        CLUSTERS.pop(uri, None)
-        shutil.rmtree(home, ignore_errors=True)
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The team's stack (PostgreSQL, the S3 object store, the basic-auth MLflow server),
+    started with `python -m pipeline.stack up` as a user starts it; yields its folder and the
+    exports `up` printed (the server's URL, the `team` user and password)."""
+    with team_stack(tmp_path_factory.mktemp("stack-user")) as started:
+        yield started
 
 
 @pytest.fixture

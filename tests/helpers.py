@@ -6,7 +6,6 @@ Plain functions and context managers (the fixtures are in conftest.py). Each exi
 from __future__ import annotations
 
 import functools
-import glob
 import gzip
 import http.server
 import os
@@ -274,36 +273,15 @@ def render(digit: np.ndarray, i: int):
     return page
 
 
-def postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None
-    )
-    if found is None:
-        pytest.fail(
-            f"PostgreSQL's {name} not found: install Debian's postgresql package "
-            "(`apt-get install postgresql`; .ci/run does this)."
-        )
-    return found
-
-
-def as_postgres_user(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def pg_ctl(data: Path, *args: str) -> None:
-    """`pg_ctl -D data ARGS` as the user PostgreSQL runs as."""
-    cmd = as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), *args])
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-CLUSTERS: dict[str, Path] = {}  # a `postgres` fixture's URI -> its data directory
-
-
-def restart_postgres(uri: str) -> None:
-    """Restart the `postgres` fixture's server behind `uri`: every connection to it drops."""
-    data = CLUSTERS[uri]
-    pg_ctl(data, "-l", str(data.parent / "log"), "-m", "fast", "-w", "restart")
+@contextmanager
+def as_stack_user(env: dict[str, str]) -> Iterator[None]:
+    """For the block, this process's MLflow client talks to the server of `env` (a stack's
+    exports) as its user."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        use_store(env["MLFLOW_TRACKING_URI"])
+        yield
 
 
 def runs_in(store_uri: str, experiment: str) -> list:
@@ -514,12 +492,12 @@ def team_stack(project: Path, *options: str) -> Iterator[tuple[Path, dict[str, s
     stack = [sys.executable, "-m", "pipeline.stack"]
     place = ["--dir", str(folder)]
     try:
-        up = run([*stack, "up", *place, "--port", "auto", *options], project)
+        up = run([*stack, "up", *place, "--port", "auto", *options], project, PYTHONPATH=str(ROOT))
         exports = {
             key: shlex.split(value)[0]
             for key, value in re.findall(r"^export (\w+)=(.*)$", up.stdout, re.MULTILINE)
         }
         yield folder, exports
     finally:
-        run([*stack, "down", *place], project, check=False)
+        run([*stack, "down", *place], project, check=False, PYTHONPATH=str(ROOT))
         shutil.rmtree(folder, ignore_errors=True)

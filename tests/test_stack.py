@@ -20,13 +20,13 @@ import requests
 
 from helpers import (
     ROOT,
+    as_stack_user,
     copy_project,
     free_port,
     run,
     serving,
     started_until,
     team_stack,
-    use_store,
 )
 from pipeline.core.config import params_yaml_text
 from pipeline.stack.processes import read_pid
@@ -51,7 +51,7 @@ def bucket(folder: Path):
     """A boto3 client for the stack's bucket, with its keys (as a team's admin would have)."""
     from pipeline.stack.team import Stack
 
-    return Stack(folder).services[1].client()
+    return Stack(folder).object_store.client()
 
 
 def keys_in_bucket(folder: Path) -> list[str]:
@@ -103,14 +103,14 @@ def test_pipeline_on_the_stack_keeps_every_artifact_in_the_bucket(
     project, folder, env = stacked
     run(["dvc", "repro"], project, **env)
     run_id = json.loads((project / "models" / "run.json").read_text())["run_id"]
-    use_store(env["MLFLOW_TRACKING_URI"])
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
+    with as_stack_user(env):
         trained = mlflow.get_run(run_id)
+        client = mlflow.MlflowClient()
         assert trained.info.status == "FINISHED"
         assert trained.data.metrics["test_accuracy"] > 0.8
+        assert len(client.get_metric_history(run_id, "val_accuracy")) == 1
         assert trained.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert client.get_model_version_by_alias("mnist-digits", "champion").run_id == run_id
 
     digit = ROOT / "docs" / "images" / "confusion-matrix.png"  # any picture is read
     predicted = run(
@@ -183,10 +183,7 @@ def test_a_wrong_secret_is_dvcs_own_error(stacked: tuple[Path, Path, dict]) -> N
 
 
 def newest_run(env: dict[str, str]):
-    use_store(env["MLFLOW_TRACKING_URI"])
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
+    with as_stack_user(env):
         return mlflow.search_runs(
             experiment_names=["mnist"], order_by=["attributes.start_time DESC"],
             max_results=1, output_format="list",
@@ -220,11 +217,8 @@ def test_object_store_lost_while_a_run_uploads_its_model(stacked: tuple[Path, Pa
 def test_no_secret_in_runs_logs_or_tracked_files(stacked: tuple[Path, Path, dict]) -> None:
     project, folder, env = stacked
     secrets = json.loads((folder / "secrets.json").read_text()).values()
-    use_store(env["MLFLOW_TRACKING_URI"])
     places: dict[str, str] = {}
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
+    with as_stack_user(env):
         for found in mlflow.search_runs(search_all_experiments=True, output_format="list"):
             places[f"run {found.info.run_id}"] = json.dumps(
                 [found.data.params, found.data.tags, found.data.metrics]

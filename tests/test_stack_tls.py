@@ -35,7 +35,7 @@ def test_repro_and_push_over_https(tmp_path: Path) -> None:
 
         from pipeline.stack.team import Stack
 
-        client = Stack(folder).services[1].client()  # over https, trusting the stack's CA
+        client = Stack(folder).object_store.client()  # over https, trusting the stack's CA
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="team-bucket")["Contents"]]
         assert any(k.startswith("dvc/") for k in keys)
         assert any(k.startswith("mlflow/") and k.endswith("model.keras") for k in keys)

@@ -1,17 +1,15 @@
-"""A team server that lets in only who belongs: `mlflow server --app-name basic-auth` on a real
-PostgreSQL (runs in one database, users and permissions in another), both on 127.0.0.1, started
-here and stopped after the tests. Users: an admin (who makes the experiment), an editor with
-EDIT on it, and a reader with the default READ."""
+"""A team server that lets in only who belongs: the stack's `mlflow server --app-name basic-auth`
+on its PostgreSQL (runs in one database, users and permissions in another), started with
+`pipeline.stack up` and stopped after the tests. Users: the stack's admin (who makes the
+experiment), an editor with EDIT on it, and a reader with the default READ."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 import mlflow.server
@@ -21,61 +19,40 @@ import requests
 from helpers import (
     assert_complete_child,
     copy_project,
-    mlflow_server,
-    postgres_bin,
     run,
     sweep_runs,
     use_store,
 )
 from pipeline.core.config import params_yaml_text
+from pipeline.stack.team import Stack
 
 pytestmark = pytest.mark.slow  # an authenticated MLflow server on PostgreSQL
 
 EXPERIMENT, MODEL = "team", "team-digits"
-ADMIN = ("admin", secrets.token_urlsafe(18))
 EDITOR = ("editor", secrets.token_urlsafe(18))
 READER = ("reader", secrets.token_urlsafe(18))
 QUICK = ["train.max_examples=2000", "train.epochs=1"]
 
 
 @pytest.fixture(scope="module")
-def team(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The basic-auth server on PostgreSQL with its three users; yields its URL. The test
+def team(stack: tuple[Path, dict[str, str]]) -> Iterator[str]:
+    """The stack's server with two more users, made by its admin; yields its URL. The test
     process talks to it as the admin."""
-    folder = tmp_path_factory.mktemp("team-server")
-    db = urlparse(postgres.replace("postgresql+psycopg", "postgresql"))
-    createdb = [postgres_bin("createdb"), "-h", db.hostname, "-p", str(db.port), "-U", "mlflow"]
-    subprocess.run([*createdb, "mlflow_auth"], check=True, capture_output=True)
-    config = folder / "basic_auth.ini"
-    config.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = {postgres.rsplit('/', 1)[0]}/mlflow_auth\n"
-        f"admin_username = {ADMIN[0]}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "auth_cache_ttl_seconds = 60\n"
-    )
-    env = {
-        "MLFLOW_AUTH_CONFIG_PATH": str(config),
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],  # from the environment only, never a file
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-    }
-    args = [
-        "server", "--app-name", "basic-auth", "--backend-store-uri", postgres,
-        "--artifacts-destination", str(folder / "artifacts"), "--workers", "2",
-    ]  # fmt: skip
-    with mlflow_server(*args, log=folder / "server.log", env=env) as url:
-        os.environ.update(as_user(ADMIN))  # run_env keeps it from the commands under test
-        try:
-            users = mlflow.server.get_app_client("basic-auth", tracking_uri=url)
-            for name, password in (EDITOR, READER):
-                users.create_user(name, password)
-            use_store(url)
-            experiment_id = mlflow.MlflowClient().create_experiment(EXPERIMENT)
-            users.grant_user_permission(EDITOR[0], "experiment", experiment_id, "EDIT")
-            yield url
-        finally:
-            for key in as_user(ADMIN):
-                os.environ.pop(key, None)
+    folder, exports = stack
+    url = exports["MLFLOW_TRACKING_URI"]
+    admin = ("admin", Stack(folder).secrets["admin_password"])
+    os.environ.update(as_user(admin))  # run_env keeps it from the commands under test
+    try:
+        users = mlflow.server.get_app_client("basic-auth", tracking_uri=url)
+        for name, password in (EDITOR, READER):
+            users.create_user(name, password)
+        use_store(url)
+        experiment_id = mlflow.MlflowClient().create_experiment(EXPERIMENT)
+        users.grant_user_permission(EDITOR[0], "experiment", experiment_id, "EDIT")
+        yield url
+    finally:
+        for key in as_user(admin):
+            os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="module")

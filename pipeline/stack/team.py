@@ -57,7 +57,9 @@ class Stack:
                 f"--port must be between 1024 and {HIGHEST_PORT}, received {self.port}."
             )
         self.ports = {name: self.port + offset for name, offset in OFFSETS.items()}
-        self.services: list[Service] = [Postgres(self), ObjectStore(self), MlflowServer(self)]
+        self.postgres, self.object_store = Postgres(self), ObjectStore(self)
+        self.server = MlflowServer(self)
+        self.services: list[Service] = [self.postgres, self.object_store, self.server]
         self._secrets: dict[str, str] | None = None
 
     def _saved(self) -> dict | None:
