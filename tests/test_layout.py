@@ -27,11 +27,12 @@ RANKS = {
     "pipeline.sweeps": 4,
     "pipeline.tools": 5,
     "pipeline.app": 6,
+    "pipeline.stack": 6,  # the team's services: a driver, like the app
     "pipeline": 7,  # the one-line commands
 }
 COMMANDS = (
     "fetch", "preprocess", "train", "evaluate", "sweep", "compare", "runs", "predict",
-    "reproduce", "app", "config",
+    "reproduce", "app", "config", "stack",
 )  # fmt: skip
 
 
