@@ -71,8 +71,9 @@ def main() -> None:
         big.write_bytes(os.urandom(64 * 2**20))
         upload = (
             "import mlflow, sys, time; c = mlflow.MlflowClient(); "
-            "r = c.create_run(c.create_experiment('upload')).info.run_id; t = time.perf_counter(); "
-            "c.log_artifact(r, sys.argv[1]); print(time.perf_counter() - t)"
+            "r = c.create_run(c.create_experiment('upload')).info.run_id; "
+            "t = time.perf_counter(); c.log_artifact(r, sys.argv[1]); "
+            "print(time.perf_counter() - t)"
         )
         _, _, out = timed([sys.executable, "-c", upload, str(big)], project, {**env, **exports})
         results["artifact_upload_mb_s"] = round(64 / float(out.strip().splitlines()[-1]), 1)
