@@ -11,6 +11,11 @@ status  each service, its port and process, and whether it answers (exit 1 if on
 env     the export lines again.
 down    stops every process the stack started; the data stays in DIR for the next `up`.
 
+--ray-nodes N also starts a Ray cluster of N one-CPU nodes (`ray start --block`, the first the
+head) and exports RAY_ADDRESS; status shows each node's id. `up --ray-nodes 0` leaves Ray out.
+--slurm also starts a one-host SLURM cluster from Debian's slurm-wlm and munge (slurmctld, slurmd
+with the machine's CPUs; munge key, state and logs in DIR/slurm) and exports SLURM_CONF.
+
 Ports: the MLflow server on --port (5000), the object store's S3 gateway on the next, its own
 servers on the four after (and 10,000 above), PostgreSQL on --port + 6. --port auto picks a free
 run. --tls serves S3 and MLflow over https with a CA made in DIR/tls.
@@ -18,12 +23,14 @@ run. --tls serves S3 and MLflow over https with a CA made in DIR/tls.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
 from pipeline.core.errors import command_parser, run_cli
 from pipeline.core.paths import project_root
+from pipeline.stack.cluster import ray_node_ids
 from pipeline.stack.team import REMOTE, Stack, free_port_base
 
 DEFAULT_DIR = Path(".stack")
@@ -52,6 +59,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the stack's folder")
     parser.add_argument("--port", help="the MLflow server's port (5000), or auto")
     parser.add_argument("--tls", action="store_true", default=None, help="https for S3, MLflow")
+    parser.add_argument(
+        "--ray-nodes", type=int, metavar="N", help="also a Ray cluster of N one-CPU nodes"
+    )
+    parser.add_argument(
+        "--slurm", action=argparse.BooleanOptionalAction, help="also a one-host SLURM cluster"
+    )
     args = parser.parse_args(argv)
     folder = args.dir if args.dir.is_absolute() else project_root() / args.dir
     port = None
@@ -63,7 +76,7 @@ def main(argv: list[str]) -> None:
         port = int(args.port)
     if args.action != "up" and not (folder / "stack.json").is_file():
         parser.exit(1, f"error: there is no stack in {folder}: start one with `up`.\n")
-    stack = Stack(folder, port=port, tls=args.tls)
+    stack = Stack(folder, port=port, tls=args.tls, ray_nodes=args.ray_nodes, slurm=args.slurm)
     if args.action == "up":
         started = time.monotonic()
         stack.up()
@@ -77,9 +90,13 @@ def main(argv: list[str]) -> None:
         print(shell_lines(stack.exports()))
     elif args.action == "status":
         rows = stack.status()
-        for row in rows:
+        ray_ids = ray_node_ids(stack.ray_address) if stack.ray and stack.ray[0].answers() else {}
+        for row, service in zip(rows, stack.services, strict=True):
             answers = "answers" if row["answers"] else "does not answer"
-            print(f"{row['service']:<22} port {row['port']:<6} pid {row['pid']!s:<8} {answers}")
+            node = f" node id {ray_ids.get(row['port'], '-')}" if service in stack.ray else ""
+            print(
+                f"{row['service']:<22} port {row['port']:<6} pid {row['pid']!s:<8} {answers}{node}"
+            )
         if not all(row["answers"] for row in rows):
             sys.exit(1)
     else:

@@ -12,6 +12,7 @@ import json
 import secrets
 from pathlib import Path
 
+from pipeline.stack.cluster import Munge, RayNode, SlurmDaemon, ray_environment
 from pipeline.stack.processes import StackError, port_in_use
 from pipeline.stack.services import MlflowServer, ObjectStore, Postgres, Service
 from pipeline.stack.tls import make_certificates
@@ -35,11 +36,21 @@ class Stack:
 
     USER = "team"  # the MLflow user the exports name; `admin` only manages users
 
-    def __init__(self, folder: Path, port: int | None = None, tls: bool | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        tls: bool | None = None,
+        ray_nodes: int | None = None,
+        slurm: bool | None = None,
+    ) -> None:
         self.folder = folder.resolve()
         self.settings_file = self.folder / "stack.json"
         saved = self._saved()
         if saved:
+            # Compute is added or taken away at any `up`; the port and TLS are the stack's own.
+            ray_nodes = saved.get("ray_nodes", 0) if ray_nodes is None else ray_nodes
+            slurm = saved.get("slurm", False) if slurm is None else slurm
             given = {"port": port, "tls": tls}
             differ = [f"{k}={v}" for k, v in given.items() if v is not None and v != saved[k]]
             if differ:
@@ -59,7 +70,19 @@ class Stack:
         self.ports = {name: self.port + offset for name, offset in OFFSETS.items()}
         self.postgres, self.object_store = Postgres(self), ObjectStore(self)
         self.server = MlflowServer(self)
-        self.services: list[Service] = [self.postgres, self.object_store, self.server]
+        self.ray_nodes = ray_nodes or 0
+        if self.ray_nodes < 0:
+            raise StackError(f"--ray-nodes must be 0 or more, received {self.ray_nodes}.")
+        self.ray = [RayNode(self, i) for i in range(self.ray_nodes)]
+        self.slurm = bool(slurm)
+        self.slurm_services: list[Service] = (
+            [Munge(self), SlurmDaemon(self, "slurmctld"), SlurmDaemon(self, "slurmd")]
+            if self.slurm
+            else []
+        )
+        self.services: list[Service] = [
+            self.postgres, self.object_store, self.server, *self.ray, *self.slurm_services,
+        ]  # fmt: skip
         self._secrets: dict[str, str] | None = None
 
     def _saved(self) -> dict | None:
@@ -104,6 +127,26 @@ class Stack:
         return self.tls_dir / "ca.pem"
 
     @property
+    def ray_address(self) -> str:
+        return f"127.0.0.1:{self.ray[0].gcs_port}"
+
+    @property
+    def ray_dir(self) -> Path:
+        """Ray's session folder: short, as its socket paths must fit in 107 bytes."""
+        inside = self.folder / "ray"
+        if len(str(inside)) <= 40:
+            return inside
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"ray-stack-{digest}"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.folder / "slurm"
+
+    @property
     def secrets(self) -> dict[str, str]:
         if self._secrets is None:
             self._secrets = json.loads((self.folder / "secrets.json").read_text())
@@ -118,6 +161,10 @@ class Stack:
         }
         if self.tls:
             env.update(MLFLOW_TRACKING_SERVER_CERT_PATH=str(self.ca), AWS_CA_BUNDLE=str(self.ca))
+        if self.ray:
+            env.update(RAY_ADDRESS=self.ray_address, **ray_environment())
+        if self.slurm:
+            env["SLURM_CONF"] = str(self.slurm_dir / "slurm.conf")
         return env
 
     def dvc_remote(self) -> dict[str, str]:
@@ -136,6 +183,8 @@ class Stack:
     def _prepare(self) -> None:
         """The folder, its settings and secrets, made once; kept as they are afterwards."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.slurm:
+            self.slurm_dir.mkdir(mode=0o700, exist_ok=True)
         self.folder.chmod(0o711)  # PostgreSQL's user must pass through to its data
         (self.folder / "run").mkdir(mode=0o700, exist_ok=True)
         (self.folder / "logs").mkdir(exist_ok=True)
@@ -148,7 +197,10 @@ class Stack:
             secrets_file.write_text(json.dumps(made, indent=1))
         if self.tls:
             make_certificates(self.tls_dir)
-        settings = {"format": FORMAT, "port": self.port, "tls": self.tls, "bucket": self.bucket}
+        settings = {
+            "format": FORMAT, "port": self.port, "tls": self.tls, "bucket": self.bucket,
+            "ray_nodes": self.ray_nodes, "slurm": self.slurm,
+        }  # fmt: skip
         self.settings_file.write_text(json.dumps(settings, indent=1) + "\n")
 
     def up(self) -> None:
@@ -163,16 +215,20 @@ class Stack:
                 "there, or choose other ports with --port (or --port auto)."
             )
         self._prepare()
-        # The object store starts in the background while PostgreSQL starts and the server
-        # (which needs PostgreSQL) is spawned; then each is waited for.
-        order = sorted(starting, key=lambda s: not isinstance(s, ObjectStore))
+        # The object store starts in the background while PostgreSQL, the Ray head, munge and
+        # SLURM's controller start and are waited for; then the services that need them start
+        # (the MLflow server, the other Ray nodes, slurmd); then all are waited for.
+        first = [s for s in starting if isinstance(s, ObjectStore)]
+        waited_for = [self.postgres, *self.ray[:1], *self.slurm_services[:2]]
+        needed = [s for s in starting if s in waited_for]
+        order = first + needed + [s for s in starting if s not in first + needed]
         try:
             for service in order:
                 service.start()
-                if isinstance(service, Postgres):
+                if service in needed:
                     service.wait()
             for service in order:
-                if not isinstance(service, Postgres):
+                if service not in needed:
                     service.wait()
         except BaseException:
             for service in reversed(order):  # a stack half up is no stack: stop what started

@@ -127,6 +127,18 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / names.PARENT_FILE).read_text(encoding="utf-8"))
         parent_id = parent["run_id"]
+        lost = runs.close_orphans(
+            parent["experiment_id"],
+            parent_id,
+            "its process ended without closing the run (a cluster node lost, a job killed); "
+            "the sweep's summary says how its job ended",
+        )
+        if lost:
+            print(
+                f"sweep: {len(lost)} runs left RUNNING by a lost process ended KILLED: "
+                f"{', '.join(lost)}",
+                file=sys.stderr,
+            )
         rows = leaderboard(parent["experiment_id"], parent_id)
         table = summarise(rows)
         write_csv(rows, sweep_dir / names.RUNS_CSV)

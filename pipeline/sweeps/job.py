@@ -89,6 +89,22 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def cluster_tags() -> dict[str, str]:
+    """Where on a cluster the job runs: its Ray node, its SLURM job (none elsewhere)."""
+    tags = {}
+    if "ray" in sys.modules:  # a Ray task's process has it loaded; nothing else imports it
+        import ray
+
+        if ray.is_initialized():
+            tags[names.RAY_NODE_TAG] = ray.get_runtime_context().get_node_id()
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        tags[names.SLURM_JOB_TAG] = f"{array}_{task}"  # as squeue and scancel name it
+    elif os.environ.get("SLURM_JOB_ID"):
+        tags[names.SLURM_JOB_TAG] = os.environ["SLURM_JOB_ID"]
+    return tags
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """One configuration, `sweep.seeds` times, through the same core as `dvc repro`: a child run
     of the sweep per seed. Returns the mean validation accuracy over the seeds (an optimiser's
@@ -125,7 +141,7 @@ def run_job(cfg: DictConfig) -> float | None:
                 out / f"s{seed}",
                 experiment_id,
                 parent_run_id=parent["run_id"],
-                tags={names.OVERRIDES_TAG: overrides},
+                tags={names.OVERRIDES_TAG: overrides, **cluster_tags()},
                 entry_point="pipeline/sweep.py",
             )
             score, model = _train_model(

@@ -20,6 +20,8 @@ CHAMPION_TAG = "champion"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=parent
 OVERRIDES_TAG = "sweep_overrides"
+RAY_NODE_TAG = "ray.node_id"  # a sweep job run by Ray: the node it ran on
+SLURM_JOB_TAG = "slurm.job_id"  # a sweep job run by SLURM: its job id (ARRAY_TASK for an array)
 BEST_TAG = "best_config"  # on a sweep's parent: its best configuration
 
 # MLflow's own source tags: the UI's Source, Version and User columns, and MLflow's tooling.

@@ -69,6 +69,21 @@ def close_run(run_id: str, error: BaseException | None = None) -> None:
     client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
 
+def close_orphans(experiment_id: str, parent_id: str, why: str) -> list[str]:
+    """End KILLED, with `why` as the reason, the child runs of `parent_id` still RUNNING once
+    every job of the sweep is done: their process died without closing them (a node lost, a
+    job cancelled). Returns their names."""
+    client = mlflow.MlflowClient()
+    left = client.search_runs(
+        [experiment_id],
+        f"tags.`{names.PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in left:
+        client.set_tag(run.info.run_id, names.FAILURE_TAG, why)
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [run.info.run_name for run in left]
+
+
 @contextmanager
 def tracked_run(
     experiment_id: str | None = None,

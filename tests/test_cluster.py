@@ -1,0 +1,138 @@
+"""Sweeps on a real Ray cluster: two nodes started by `pipeline.stack up --ray-nodes 2`, jobs
+spread over both, and one node lost (SIGKILL to its process group) while its job trains."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from helpers import (
+    ROOT,
+    as_stack_user,
+    assert_complete_child,
+    copy_project,
+    run,
+    run_env,
+    team_stack,
+)
+from pipeline.core.config import params_yaml_text
+from pipeline.stack.processes import alive_in_group, read_pid
+
+pytestmark = pytest.mark.slow  # the team's stack and a Ray cluster of two nodes
+
+RAY = ["hydra/launcher=ray_cluster", "train.intra_op_threads=1", "train.inter_op_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, dict]]:
+    """A project copy and a stack with two Ray nodes; yields (project, stack folder, exports).
+    Ray runs its workers 15 steps nicer than `ray start` by default: beside the other tests'
+    training that starves them, so the nodes here run them at the suite's priority."""
+    project = copy_project(tmp_path_factory.mktemp("cluster-project"))
+    run(["dvc", "repro", "preprocess"], project)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_worker_niceness", "0")  # the nodes `up` starts inherit it
+        with team_stack(project, "--ray-nodes", "2") as (folder, env):
+            yield project, folder, env
+
+
+def node_ids(project: Path, folder: Path) -> dict[str, str]:
+    """`status`'s Ray lines: the node's label -> its node id."""
+    status = run(
+        [sys.executable, "-m", "pipeline.stack", "status", "--dir", str(folder)],
+        project,
+        PYTHONPATH=str(ROOT),
+    ).stdout
+    return dict(re.findall(r"^(the Ray head|Ray node \d+) .* node id (\w+)$", status, re.M))
+
+
+def children(experiment: str) -> list:
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return []  # not made yet
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return [r for r in found if r.data.tags.get("sweep") != "parent"]
+
+
+def training_on(node_id: str, experiment: str) -> str | None:
+    """A run of `experiment` on the node `node_id` that has logged an epoch and is training."""
+    client = mlflow.MlflowClient()
+    for r in children(experiment):
+        mine = r.data.tags.get("ray.node_id") == node_id and r.info.status == "RUNNING"
+        if mine and client.get_metric_history(r.info.run_id, "loss"):
+            return r.info.run_id
+    return None
+
+
+def test_a_sweep_is_spread_over_both_nodes(cluster: tuple[Path, Path, dict]) -> None:
+    project, folder, env = cluster
+    ids = node_ids(project, folder)
+    assert len(ids) == 2, ids
+    sweep = [
+        "python", "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+        "train.epochs=1", "train.max_examples=1000", "tracking.experiment_name=ray-two", *RAY,
+    ]  # fmt: skip
+    proc = run(sweep, project, **env)
+    assert "4 runs, 4 configurations, best first" in proc.stdout
+    with as_stack_user(env):
+        done = children("ray-two")
+        assert len(done) == 4
+        parent_id = done[0].data.tags["mlflow.parentRunId"]
+        for child in done:
+            assert_complete_child(child, parent_id, epochs=1)
+    assert {c.data.tags["ray.node_id"] for c in done} == set(ids.values())
+    # Each job ran in a Ray worker process, not in the sweep's own; in the project folder and
+    # environment the nodes share: Ray's `uv run` hook (the tests run under `uv run`) shipped
+    # them no copy of the project to install an environment into.
+    assert done[0].data.tags["mlflow.parentRunId"] not in {c.info.run_id for c in done}
+    assert len({c.data.tags["pid"] for c in done}) >= 2
+    assert not list((folder / "ray").glob("session_*/runtime_resources/working_dir_files/*"))
+
+
+def test_a_node_lost_mid_sweep_loses_no_job_and_leaves_no_run_running(
+    cluster: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    project, folder, env = cluster
+    ids = node_ids(project, folder)
+    lost_id = ids["Ray node 1"]
+    (project / "params.yaml").write_text(params_yaml_text(["tracking.experiment_name=ray-lost"]))
+    sweep = [
+        sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+        "train.epochs=20", "train.max_examples=20000", *RAY,
+    ]  # fmt: skip
+    out, errors = tmp_path / "sweep.out", tmp_path / "sweep.err"
+    with out.open("w") as stdout, errors.open("w") as stderr, as_stack_user(env):
+        process = subprocess.Popen(
+            sweep, cwd=project, env=run_env(**env), stdout=stdout, stderr=stderr
+        )
+        deadline = time.monotonic() + 300
+        while (killed_run := training_on(lost_id, "ray-lost")) is None:
+            assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.5)
+        group = read_pid(folder / "run" / "ray-1.pid")
+        os.killpg(group, signal.SIGKILL)  # the node is lost
+        assert process.wait(timeout=600) in (0, 1)
+        said = out.read_text() + errors.read_text()
+        runs = {r.info.run_id: r for r in children("ray-lost")}
+    assert not alive_in_group(group)
+    # The lost attempt: KILLED by the sweep's end, not left RUNNING, with the reason.
+    lost = runs[killed_run]
+    assert lost.info.status == "KILLED", lost.info.status
+    assert "a cluster node lost" in lost.data.tags["failure_reason"]
+    assert "RUNNING" not in {r.info.status for r in runs.values()}
+    # Every job in the summary: retried on the head (Ray's task retries), or failed by name.
+    finished = [r for r in runs.values() if r.info.status == "FINISHED"]
+    if process.returncode == 0:
+        assert len(finished) == 4 and "4 runs, 4 configurations" in said, said[-3000:]
+        assert {r.data.tags["ray.node_id"] for r in finished} >= {ids["the Ray head"]}
+    else:
+        assert "jobs failed:" in said and re.search(r"^  job \d+ ", said, re.M), said[-3000:]
+    assert "runs left RUNNING by a lost process ended KILLED" in said

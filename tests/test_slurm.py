@@ -1,0 +1,114 @@
+"""Sweeps on a real SLURM cluster: `pipeline.stack up --slurm` starts munge, slurmctld and slurmd
+from Debian's packages on this host; the `slurm` launcher preset submits the jobs through
+`sbatch` (submitit); one job is cancelled with `scancel` while it trains."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from helpers import as_stack_user, assert_complete_child, copy_project, run, run_env, team_stack
+from pipeline.core.config import params_yaml_text
+
+pytestmark = [
+    pytest.mark.slow,  # the team's stack and a SLURM cluster
+    pytest.mark.skipif(
+        shutil.which("slurmctld", path="/usr/sbin:/usr/bin") is None,
+        reason="SLURM's slurmctld not found: install Debian's slurm-wlm and munge packages "
+        "(`apt-get install slurmctld slurmd slurm-client munge`; .ci/run does this)",
+    ),
+]
+
+SLURM = [
+    "hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=20",
+    "train.intra_op_threads=1", "train.inter_op_threads=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
+    """A project copy and a stack with a one-host SLURM cluster; yields (project, exports)."""
+    project = copy_project(tmp_path_factory.mktemp("slurm-project"))
+    run(["dvc", "repro", "preprocess"], project)
+    with team_stack(project, "--slurm") as (_, env):
+        yield project, env
+
+
+def children(experiment: str) -> list:
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return []
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return [r for r in found if r.data.tags.get("sweep") != "parent"]
+
+
+def queue(env: dict[str, str]) -> str:
+    return subprocess.run(
+        ["squeue", "--noheader"], env=run_env(**env), capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_sweep_through_sbatch_lands_in_the_stack(cluster: tuple[Path, dict]) -> None:
+    project, env = cluster
+    sweep = [
+        "python", "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+        "train.epochs=1", "train.max_examples=1000", "tracking.experiment_name=slurm", *SLURM,
+    ]  # fmt: skip
+    proc = run(sweep, project, **env)
+    assert "4 runs, 4 configurations, best first" in proc.stdout
+    sweep_dir = next((project / "multirun").glob("*/*"))
+    assert (sweep_dir / "summary.csv").is_file()
+    with as_stack_user(env):
+        done = children("slurm")
+        parent_id = done[0].data.tags["mlflow.parentRunId"]
+        for child in done:
+            assert_complete_child(child, parent_id, epochs=1)
+    jobs = {c.data.tags["slurm.job_id"] for c in done}
+    assert len(jobs) == 4 and all(re.fullmatch(r"\d+_\d", j) for j in jobs), jobs
+    assert queue(env) == ""
+
+
+def test_a_cancelled_job_is_named_and_its_run_ends(
+    cluster: tuple[Path, dict], tmp_path: Path
+) -> None:
+    project, env = cluster
+    (project / "params.yaml").write_text(params_yaml_text(["tracking.experiment_name=cancel"]))
+    sweep = [
+        sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+        "train.epochs=20", "train.max_examples=20000", *SLURM,
+    ]  # fmt: skip
+    out, errors = tmp_path / "sweep.out", tmp_path / "sweep.err"
+    with out.open("w") as stdout, errors.open("w") as stderr, as_stack_user(env):
+        process = subprocess.Popen(
+            sweep, cwd=project, env=run_env(**env), stdout=stdout, stderr=stderr
+        )
+        deadline, client = time.monotonic() + 300, mlflow.MlflowClient()
+        while True:  # until a job has trained an epoch
+            training = [
+                r
+                for r in children("cancel")
+                if r.info.status == "RUNNING" and client.get_metric_history(r.info.run_id, "loss")
+            ]
+            if training:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.5)
+        cancelled = training[0]
+        job_id = cancelled.data.tags["slurm.job_id"]
+        subprocess.run(["scancel", job_id], env=run_env(**env), check=True)
+        assert process.wait(timeout=600) == 1
+        said = errors.read_text()
+        ended = client.get_run(cancelled.info.run_id)
+        statuses = {r.info.status for r in children("cancel")}
+    assert ended.info.status in ("KILLED", "FAILED"), ended.info.status
+    assert "1 of 4 jobs failed:" in said, said[-3000:]
+    assert re.search(rf"^  job \d \(.*\): SLURM job {job_id} ended CANCELLED", said, re.M), said
+    assert "Traceback" not in said and "RUNNING" not in statuses
+    assert queue(env) == ""
