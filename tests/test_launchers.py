@@ -17,5 +17,3 @@ def test_slurm_preset_composes_the_submitit_launcher() -> None:
     target = "pipeline.sweeps.slurm.SlurmLauncher"
     assert f"_target_: {target}" in launcher
     assert "timeout_min: 60" in launcher and "array_parallelism: 16" in launcher
-
-

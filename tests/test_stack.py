@@ -119,14 +119,8 @@ def test_pipeline_on_the_stack_keeps_every_artifact_in_the_bucket(
         project, **env,
     )  # fmt: skip
     assert json.loads(predicted.stdout.splitlines()[0])["digit"] in range(10)
-    sweep = run(
-        ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16,32",
-         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.max_examples=1000"],
-        project, **env,
-    )  # fmt: skip
-    assert sweep.returncode == 0
     compared = run(["python", "-m", "pipeline.compare"], project, **env)
-    assert run_id[:8] in compared.stdout or "hidden_units" in compared.stdout
+    assert trained.info.run_name in compared.stdout, compared.stdout
     port = free_port()
     app = [sys.executable, "-m", "pipeline.app", "--model-uri", "models:/mnist-digits@champion"]
     with serving([*app, "--port", str(port)], port, "/api/model", tmp_path / "app.log", project,
@@ -195,7 +189,7 @@ def test_object_store_lost_while_a_run_uploads_its_model(stacked: tuple[Path, Pa
     one line naming the server, the local model stays; once `up` brings the store back,
     `dvc repro` completes."""
     project, folder, env = stacked
-    longer = ["train.epochs=10", "model.hidden_units=256"]  # seconds of training after epoch 1
+    longer = ["train.epochs=4", "train.max_examples=10000"]  # epochs to go after the kill
     (project / "params.yaml").write_text(params_yaml_text(longer))
     training, _ = started_until(["dvc", "repro", "train"], project, "Epoch 1/", **env)
     os.killpg(read_pid(folder / "run" / "s3.pid"), signal.SIGKILL)

@@ -88,7 +88,10 @@ class RayNode(Service):
             ]  # fmt: skip
         else:
             cmd.append(f"--address={self.stack.ray_address}")
-        env = {**os.environ, **ray_environment()}
+        # A node's tasks log to the stack's server as its user, as a team's nodes would with
+        # their service account: the sweep's own environment does not reach Ray's workers.
+        env = {**os.environ, **self.stack.exports(), **ray_environment()}
+        env.pop("RAY_ADDRESS")
         spawn(cmd, self.log, env, self.pid_file)
 
     def stop(self) -> None:
