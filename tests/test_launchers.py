@@ -14,6 +14,6 @@ def test_slurm_preset_composes_the_submitit_launcher() -> None:
     """Its settings reach the launcher, which is the project's (a job SLURM ends fails alone)."""
     proc = run(["python", "-m", "pipeline.sweep", "hydra/launcher=slurm", "--cfg", "hydra"], ROOT)
     launcher = proc.stdout.split("\n  launcher:\n", 1)[1]
-    target = "pipeline.sweeps.slurm.SlurmLauncher"
+    target = "hydra_plugins.mnist_pipeline.SlurmLauncher"
     assert f"_target_: {target}" in launcher
     assert "timeout_min: 60" in launcher and "array_parallelism: 16" in launcher

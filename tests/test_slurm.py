@@ -16,7 +16,6 @@ import mlflow
 import pytest
 
 from helpers import as_stack_user, assert_complete_child, copy_project, run, run_env, team_stack
-from pipeline.core.config import params_yaml_text
 
 pytestmark = [
     pytest.mark.slow,  # the team's stack and a SLURM cluster
@@ -55,34 +54,16 @@ def queue(env: dict[str, str]) -> str:
     ).stdout
 
 
-def test_a_sweep_through_sbatch_lands_in_the_stack(cluster: tuple[Path, dict]) -> None:
-    project, env = cluster
-    sweep = [
-        "python", "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
-        "train.epochs=1", "train.max_examples=1000", "tracking.experiment_name=slurm", *SLURM,
-    ]  # fmt: skip
-    proc = run(sweep, project, **env)
-    assert "4 runs, 4 configurations, best first" in proc.stdout
-    sweep_dir = next((project / "multirun").glob("*/*"))
-    assert (sweep_dir / "summary.csv").is_file()
-    with as_stack_user(env):
-        done = children("slurm")
-        parent_id = done[0].data.tags["mlflow.parentRunId"]
-        for child in done:
-            assert_complete_child(child, parent_id, epochs=1)
-    jobs = {c.data.tags["slurm.job_id"] for c in done}
-    assert len(jobs) == 4 and all(re.fullmatch(r"\d+_\d", j) for j in jobs), jobs
-    assert queue(env) == ""
-
-
-def test_a_cancelled_job_is_named_and_its_run_ends(
+def test_a_sweep_through_sbatch_with_one_job_cancelled(
     cluster: tuple[Path, dict], tmp_path: Path
 ) -> None:
+    """4 jobs through `sbatch`; one is cancelled (`scancel`) while it trains: its run ends, the
+    sweep names it and exits 1, the other three land complete in the stack's server with their
+    SLURM job ids, the summary is written and the queue is empty."""
     project, env = cluster
-    (project / "params.yaml").write_text(params_yaml_text(["tracking.experiment_name=cancel"]))
     sweep = [
         sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
-        "train.epochs=20", "train.max_examples=20000", *SLURM,
+        "train.epochs=20", "train.max_examples=20000", "tracking.experiment_name=cancel", *SLURM,
     ]  # fmt: skip
     out, errors = tmp_path / "sweep.out", tmp_path / "sweep.err"
     with out.open("w") as stdout, errors.open("w") as stderr, as_stack_user(env):
@@ -106,9 +87,17 @@ def test_a_cancelled_job_is_named_and_its_run_ends(
         assert process.wait(timeout=600) == 1
         said = errors.read_text()
         ended = client.get_run(cancelled.info.run_id)
-        statuses = {r.info.status for r in children("cancel")}
+        runs = children("cancel")
+        parent_id = cancelled.data.tags["mlflow.parentRunId"]
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        for child in finished:
+            assert_complete_child(child, parent_id, epochs=20, examples=20000)
     assert ended.info.status in ("KILLED", "FAILED"), ended.info.status
     assert "1 of 4 jobs failed:" in said, said[-3000:]
     assert re.search(rf"^  job \d \(.*\): SLURM job {job_id} ended CANCELLED", said, re.M), said
-    assert "Traceback" not in said and "RUNNING" not in statuses
+    assert "Traceback" not in said and "RUNNING" not in {r.info.status for r in runs}
+    assert len(finished) == 3
+    jobs = {r.data.tags["slurm.job_id"] for r in runs}
+    assert len(jobs) == 4 and all(re.fullmatch(r"\d+_\d", j) for j in jobs), jobs
+    assert (next((project / "multirun").glob("*/*")) / "summary.csv").is_file()
     assert queue(env) == ""

@@ -10,6 +10,9 @@ summary names it, and the other jobs count as they finished.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,12 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 from pipeline.core.data import write_json
 from pipeline.tracking import names
 
+# SLURM's job states in which a job may still write its result.
+ACTIVE = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
+    "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED",
+}  # fmt: skip
+
 
 class SlurmJob:
     """A submitted job whose `results()` stand in for the job when SLURM ended it."""
@@ -30,13 +39,9 @@ class SlurmJob:
         self.job, self.folder, self.number, self.overrides = job, folder, number, overrides
 
     def results(self) -> list[JobReturn]:
-        from submitit.core.utils import UncompletedJobError
-
-        try:
+        state = self.wait()
+        if self.job.paths.result_pickle.exists():
             return self.job.results()
-        except UncompletedJobError:
-            self.job.wait()  # its state settles once SLURM is done with it
-            state = self.job.state
         outcome_file = self.folder / names.JOB_FILE
         outcome = (
             json.loads(outcome_file.read_text())
@@ -52,6 +57,27 @@ class SlurmJob:
         ended = JobReturn(overrides=self.overrides, working_dir=str(self.folder))
         ended.status, ended.return_value = JobStatus.COMPLETED, None
         return [ended]
+
+    def wait(self, every: float = 2.0) -> str:
+        """Until SLURM is done with the job; returns its final state as `scontrol` gives it.
+
+        submitit reads a job's state from `sacct`, which a cluster without accounting (like the
+        stack's) does not answer: it would wait forever for a job that ended without a result.
+        `scontrol` answers from the controller, which keeps a job for MinJobAge (300 s) after
+        it ends.
+        """
+        while True:
+            shown = subprocess.run(
+                ["scontrol", "show", "job", "--oneliner", self.job.job_id],
+                capture_output=True,
+                text=True,
+            )
+            fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+            state = fields.get("JobState", "")
+            if shown.returncode != 0 or state not in ACTIVE:
+                reason = fields.get("Reason", "None")
+                return f"{state or 'gone'}" + ("" if reason == "None" else f", {reason}")
+            time.sleep(every)
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
