@@ -103,9 +103,9 @@ class RayNode(Service):
 
 def ray_node_ids(address: str) -> dict[int, str]:
     """The live nodes of the Ray cluster at `address`: node manager port -> node id."""
+    os.environ.update(ray_environment())  # before Ray reads its settings, at import
     import ray
 
-    os.environ.update(ray_environment())
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         return {n["NodeManagerPort"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
