@@ -69,7 +69,8 @@ def main(argv: list[str]) -> None:
     folder = args.dir if args.dir.is_absolute() else project_root() / args.dir
     port = None
     if args.port == "auto":
-        port = None if (folder / "stack.json").is_file() else free_port_base(folder)
+        compute = {"ray_nodes": args.ray_nodes, "slurm": args.slurm}
+        port = None if (folder / "stack.json").is_file() else free_port_base(folder, **compute)
     elif args.port is not None:
         if not args.port.isdigit():
             parser.error(f"--port takes a number or auto, received {args.port!r}")

@@ -247,13 +247,20 @@ class Stack:
             service.stop()
 
 
-def free_port_base(folder: Path) -> int:
-    """A stack port at which every port the stack needs is free (for `--port auto`)."""
+def free_port_base(folder: Path, **compute: int | bool | None) -> int:
+    """A stack port at which every port the stack needs is free (for `--port auto`), chosen
+    below the kernel's ephemeral range (its gRPC ports, 10,000 up, included): a port in that
+    range may be taken at any moment as the local end of some outgoing connection."""
     import random
 
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    highest = min(HIGHEST_PORT, low - 10000 - 400)  # Ray's worker ports reach 399 above
     for _ in range(200):
-        base = random.randrange(20000, HIGHEST_PORT)
-        stack = Stack(folder, port=base)
+        base = random.randrange(10000, highest)
+        stack = Stack(folder, port=base, **compute)  # compute: ray_nodes, slurm
         if not any(port_in_use(port) for s in stack.services for port in s.ports()):
             return base
-    raise StackError(f"found no free run of ports for the stack between 20000 and {HIGHEST_PORT}.")
+    raise StackError(f"found no free run of ports for the stack between 10000 and {highest}.")
