@@ -28,6 +28,15 @@ RAY_PORTS = (
 OBJECT_STORE_BYTES = 200 * 2**20  # per node: the jobs pass Ray nothing larger than a config
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts a connection on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def ray_environment() -> dict[str, str]:
     """What a node and a sweep that uses it share: token auth off on loopback (a token an
     earlier Ray left in ~/.ray would otherwise be asked for) and no `uv run` hook."""
@@ -65,11 +74,7 @@ class RayNode(Service):
         return head + list(self.own_ports.values())
 
     def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2):
-                return True
-        except OSError:
-            return False
+        return listening(self.port)
 
     def start(self) -> None:
         ray = str(Path(sys.executable).parent / "ray")
@@ -224,11 +229,7 @@ class SlurmDaemon(Service):
         return self.stack.port + SLURM_FIRST + (1 if self.program == "slurmd" else 0)
 
     def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2):
-                return True
-        except OSError:
-            return False
+        return listening(self.port)
 
     def start(self) -> None:
         folder = self.stack.slurm_dir
