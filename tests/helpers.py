@@ -501,3 +501,26 @@ def team_stack(project: Path, *options: str) -> Iterator[tuple[Path, dict[str, s
     finally:
         run([*stack, "down", *place], project, check=False, PYTHONPATH=str(ROOT))
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def child_runs(experiment: str) -> list:
+    """The sweep child runs of `experiment` in this process's store ([] before it exists)."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return []
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return [r for r in found if r.data.tags.get("sweep") != "parent"]
+
+
+def sweep_in_background(
+    cmd: list[str], project: Path, env: dict[str, str], folder: Path
+) -> tuple[subprocess.Popen, Path, Path]:
+    """`cmd` started in `project` with `env` added, its output in folder/sweep.out and
+    folder/sweep.err; returns the process and those two files."""
+    out, errors = folder / "sweep.out", folder / "sweep.err"
+    with out.open("w") as stdout, errors.open("w") as stderr:
+        process = subprocess.Popen(
+            cmd, cwd=project, env=run_env(**env), stdout=stdout, stderr=stderr
+        )
+    return process, out, errors

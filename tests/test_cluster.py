@@ -6,22 +6,21 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from helpers import (
     ROOT,
     as_stack_user,
     assert_complete_child,
+    child_runs,
     copy_project,
     run,
-    run_env,
+    sweep_in_background,
     team_stack,
 )
 from pipeline.stack.processes import alive_in_group, read_pid
@@ -54,18 +53,11 @@ def node_ids(project: Path, folder: Path) -> dict[str, str]:
     return dict(re.findall(r"^(the Ray head|Ray node \d+) .* node id (\w+)$", status, re.M))
 
 
-def children(experiment: str) -> list:
-    if mlflow.get_experiment_by_name(experiment) is None:
-        return []  # not made yet
-    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-    return [r for r in found if r.data.tags.get("sweep") != "parent"]
-
-
 def training_on(node_id: str, experiment: str) -> str | None:
     """A run of `experiment` on the node `node_id` that has been RUNNING for two seconds: it
     is training (a sweep job's run logs its epochs once the model is trained)."""
     now_ms = time.time() * 1000
-    for r in children(experiment):
+    for r in child_runs(experiment):
         mine = r.data.tags.get("ray.node_id") == node_id and r.info.status == "RUNNING"
         if mine and now_ms - r.info.start_time > 2000:
             return r.info.run_id
@@ -85,11 +77,8 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
         sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
         "train.epochs=20", "train.max_examples=20000", "tracking.experiment_name=ray", *RAY,
     ]  # fmt: skip
-    out, errors = tmp_path / "sweep.out", tmp_path / "sweep.err"
-    with out.open("w") as stdout, errors.open("w") as stderr, as_stack_user(env):
-        process = subprocess.Popen(
-            sweep, cwd=project, env=run_env(**env), stdout=stdout, stderr=stderr
-        )
+    process, out, errors = sweep_in_background(sweep, project, env, tmp_path)
+    with as_stack_user(env):
         deadline = time.monotonic() + 300
         while (killed_run := training_on(ids["Ray node 1"], "ray")) is None:
             assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
@@ -98,7 +87,7 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
         os.killpg(group, signal.SIGKILL)  # the node is lost
         assert process.wait(timeout=600) in (0, 1)
         said = out.read_text() + errors.read_text()
-        runs = {r.info.run_id: r for r in children("ray")}
+        runs = {r.info.run_id: r for r in child_runs("ray")}
         parent_id = runs[killed_run].data.tags["mlflow.parentRunId"]
         finished = [r for r in runs.values() if r.info.status == "FINISHED"]
         for child in finished:

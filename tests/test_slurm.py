@@ -15,7 +15,16 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import as_stack_user, assert_complete_child, copy_project, run, run_env, team_stack
+from helpers import (
+    as_stack_user,
+    assert_complete_child,
+    child_runs,
+    copy_project,
+    run,
+    run_env,
+    sweep_in_background,
+    team_stack,
+)
 
 pytestmark = [
     pytest.mark.slow,  # the team's stack and a SLURM cluster
@@ -41,13 +50,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         yield project, env
 
 
-def children(experiment: str) -> list:
-    if mlflow.get_experiment_by_name(experiment) is None:
-        return []
-    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-    return [r for r in found if r.data.tags.get("sweep") != "parent"]
-
-
 def queue(env: dict[str, str]) -> str:
     return subprocess.run(
         ["squeue", "--noheader"], env=run_env(**env), capture_output=True, text=True, check=True
@@ -65,16 +67,13 @@ def test_a_sweep_through_sbatch_with_one_job_cancelled(
         sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
         "train.epochs=20", "train.max_examples=20000", "tracking.experiment_name=cancel", *SLURM,
     ]  # fmt: skip
-    out, errors = tmp_path / "sweep.out", tmp_path / "sweep.err"
-    with out.open("w") as stdout, errors.open("w") as stderr, as_stack_user(env):
-        process = subprocess.Popen(
-            sweep, cwd=project, env=run_env(**env), stdout=stdout, stderr=stderr
-        )
+    process, out, errors = sweep_in_background(sweep, project, env, tmp_path)
+    with as_stack_user(env):
         deadline, client = time.monotonic() + 300, mlflow.MlflowClient()
         while True:  # until a job's run has been training for two seconds
             training = [
                 r
-                for r in children("cancel")
+                for r in child_runs("cancel")
                 if r.info.status == "RUNNING" and time.time() * 1000 - r.info.start_time > 2000
             ]
             if training:
@@ -87,7 +86,7 @@ def test_a_sweep_through_sbatch_with_one_job_cancelled(
         assert process.wait(timeout=600) == 1
         said = errors.read_text()
         ended = client.get_run(cancelled.info.run_id)
-        runs = children("cancel")
+        runs = child_runs("cancel")
         parent_id = cancelled.data.tags["mlflow.parentRunId"]
         finished = [r for r in runs if r.info.status == "FINISHED"]
         for child in finished:
