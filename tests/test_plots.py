@@ -133,3 +133,44 @@ def test_sweep_figures_draw_95_percent_intervals(tmp_path: Path) -> None:
     assert cost.axes[0].containers[0].has_yerr
     for name, fig in {"l": lines, "h": heat, "c": cost}.items():
         assert rendered(fig, tmp_path / f"{name}.png") > 1000
+
+
+def small_figure_data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    probs = rng.dirichlet(np.ones(3), size=60).astype(np.float32)
+    cm = np.zeros((3, 3), dtype=np.int64)
+    np.add.at(cm, (y, probs.argmax(1)), 1)
+    x = rng.random((60, 28, 28), dtype=np.float32)
+    history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7], "val_loss": [1.1, 0.6],
+               "val_accuracy": [0.4, 0.6]}  # fmt: skip
+    return plots.figure_data(x, y, probs, cm, history, ["a", "b", "c"])
+
+
+def test_figure_data_round_trips_and_draws_every_model_figure(tmp_path: Path) -> None:
+    data = small_figure_data()
+    plots.save_figure_data(tmp_path / "figure_data.npz", data)
+    back = plots.load_figure_data(tmp_path / "figure_data.npz")
+    assert set(back) == set(data) and back["classes"].tolist() == ["a", "b", "c"]
+    plots.save_figures(tmp_path / "drawn", plots.model_drawings(back), dpi=40)
+    for name in plots.MODEL_FIGURES:
+        assert (tmp_path / "drawn" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure_data_from_elsewhere_is_checked_before_use(tmp_path: Path) -> None:
+    import pytest
+
+    from pipeline.core.errors import DataError
+
+    pickled = tmp_path / "pickled.npz"
+    data = small_figure_data() | {"classes": np.array([object()], dtype=object)}
+    np.savez(pickled, **data)  # an object array: loading it would unpickle
+    notzip = tmp_path / "notzip.npz"
+    notzip.write_bytes(b"not a zip file")
+    lacking = tmp_path / "lacking.npz"
+    np.savez(lacking, **{k: v for k, v in small_figure_data().items() if k != "confusion"})
+    for path, says in ((pickled, "not an .npz of plain arrays"),
+                       (notzip, "not an .npz of plain arrays"),
+                       (lacking, "confusion missing or of the wrong kind")):  # fmt: skip
+        with pytest.raises(DataError, match=says):
+            plots.load_figure_data(path)

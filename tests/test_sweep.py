@@ -101,6 +101,9 @@ def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
             "worse than the best",
         ) or (row is rows[0] and row["vs_best_welch_holm"] == "best")
         assert row["fewer_seeds"] == "False"
+        # Figures: drawn for the configuration's median seed, on demand for the other.
+        drawn = [c for c in seeds if c.data.tags["figures"] == "drawn"]
+        assert drawn == [min(seeds, key=lambda c: c.data.metrics["val_accuracy"])]
     assert rows[0]["vs_best_welch_holm"] == "best" and rows[0]["p_vs_best"] == "nan"
     raw = [float(r["p_vs_best"]) for r in rows[1:]]
     assert [float(r["p_vs_best_holm"]) for r in rows[1:]] == pytest.approx(holm(raw))
@@ -117,6 +120,31 @@ def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
     )
     assert parent.data.tags["registered_version"] == "seeds-digits/1"
     assert "val_accuracy" in proc.stdout and " ± " in proc.stdout
+
+    # The others' figures, on demand: drawn from the figure data the run kept, by the web app
+    # when a page shows them (not logged: it reads the store) or by `pipeline.runs --figures`.
+    on_demand = [c for c in children if c.data.tags["figures"] == "on demand"]
+    assert len(on_demand) == 4
+    from pipeline.app.server import Runs
+
+    shown = on_demand[1].info.run_id
+    figure = Runs(f"sqlite:///{prepared}/mlflow.db").figure(shown, "misclassified.png")
+    assert figure.read_bytes().startswith(b"\x89PNG") and figure.stat().st_size > 10_000
+    assert mlflow.MlflowClient().get_run(shown).data.tags["figures"] == "on demand"
+    later = on_demand[0]
+    later_id = later.info.run_id
+    drawn = run(["python", "-m", "pipeline.runs", "--figures", later_id], prepared)
+    assert f"{later_id}  {later.info.run_name}  figures drawn" in drawn.stdout
+    client = mlflow.MlflowClient()
+    assert client.get_run(later_id).data.tags["figures"] == "drawn"
+    paths = {a.path for a in client.list_artifacts(later_id, "figures")}
+    assert {f"figures/{n}" for n in ("confusion_matrix.png", "predictions.png")} <= paths
+    again = run(["python", "-m", "pipeline.runs", "--figures", later_id], prepared)
+    assert "figures already drawn" in again.stdout
+    stage_like = run(["python", "-m", "pipeline.runs", "--figures", parent.info.run_id],
+                     prepared, check=False)  # fmt: skip
+    assert stage_like.returncode == 1
+    assert f"run {parent.info.run_id} has no figures/figure_data.npz" in stage_like.stderr
 
     board = run(
         [

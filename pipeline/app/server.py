@@ -143,13 +143,25 @@ class Runs:
         with self.lock:  # the page asks for all figures at once
             if not local.exists():
                 with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+                    local.parent.mkdir(parents=True, exist_ok=True)
                     try:
                         got = self.client.download_artifacts(run_id, f"figures/{name}", tmp)
+                        Path(got).replace(local)
                     except (mlflow.exceptions.MlflowException, OSError):
-                        raise HTTPException(404, f"run {run_id} has no figure {name}.") from None
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    Path(got).replace(local)
+                        self.draw(run_id, Path(tmp), local.parent)
         return local
+
+    def draw(self, run_id: str, tmp: Path, into: Path) -> None:
+        """Draw the run's figures from its figure data (a sweep's model whose figures are on
+        demand) into `into`; a 404 where it has none."""
+        from pipeline.core import experiment
+
+        try:
+            drawn = experiment.draw_run_figures(run_id, tmp, self.client)
+        except PipelineError as exc:
+            raise HTTPException(404, f"run {run_id} has no figures: {exc}") from None
+        for name in FIGURES:
+            (drawn / name).replace(into / name)
 
 
 def comparison(runs: list[Any]) -> dict[str, Any]:

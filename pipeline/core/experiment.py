@@ -32,6 +32,7 @@ import yaml
 
 from pipeline.core.config import Config, flatten, to_yaml
 from pipeline.core.data import prepared, project_data_digests, sha256_file, write_json
+from pipeline.core.errors import PipelineError
 from pipeline.core.paths import (
     CONF_DIR,
     FIGURES_DIR,
@@ -48,7 +49,6 @@ if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, s
 
 Split = tuple[np.ndarray, np.ndarray]
 Record = Callable[..., Future]  # makes a call on the run: now, or held back (a sweep's)
-GRID = 32  # test images in the predictions grid: half of them mistakes, where there are as many
 EXAMPLE_INPUTS = 5  # validation images the logged model's signature is read from
 
 
@@ -285,13 +285,15 @@ def evaluate_model(
     probs: np.ndarray,
     model_uri: str,
     history: dict[str, list[float]],
-    draw: Callable[..., Any] = call,
+    draw: Callable[..., Any] | None = call,
 ) -> Evaluated:
     """Score the model's class probabilities `probs` for the project's test split; write
     metrics, predictions and figures under `where.out` and log them to `run_id`. The figures
     are drawn by `draw(plots.save_figures, folder, drawings)`: here, or where a sweep draws
-    them. A stage's model is registered (`registry.register`, judged on its validation
-    accuracy); a sweep registers only its best configuration's, at its end."""
+    them; with `draw=None` only what they are drawn from is kept and logged (figures/
+    figure_data.npz), for `draw_figures` when someone asks. A stage's model is registered
+    (`registry.register`, judged on its validation accuracy); a sweep registers only its best
+    configuration's, at its end."""
     from pipeline.core import metrics, plots  # matplotlib: only where figures are drawn
 
     out = where.out
@@ -300,35 +302,22 @@ def evaluate_model(
     runs.log_datasets(run_id, {"test": test}, cfg.data.name)
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
-    shown = plots.showcase(y, y_pred, GRID)
-    confidence = probs.max(axis=1)
-    worst = plots.worst_mistakes(y, y_pred, confidence)  # only they go to `draw`
     classes = cfg.data.class_names
     cm = metrics.confusion_matrix(y, y_pred, len(classes))
-    with_classes = {"classes": classes}
-    drawings: dict[str, plots.Drawing] = {
-        "predictions.png": (
-            plots.prediction_grid,
-            (x[shown], y[shown], y_pred[shown]),
-            with_classes,
-        ),
-        "misclassified.png": (
-            plots.misclassified_gallery,
-            (x[worst], y[worst], y_pred[worst], confidence[worst]),
-            {**with_classes, "mistakes": int((y != y_pred).sum())},
-        ),
-        "confusion_matrix.png": (plots.confusion_heatmap, (cm, classes), {}),
-        "learning_curves.png": (plots.learning_curves, (history,), {}),
-    }
+    data = plots.figure_data(x, y, probs, cm, history, classes)
     figures_dir = out / FIGURES_DIR
-    draw(plots.save_figures, figures_dir, drawings)
+    if draw is None:
+        plots.save_figure_data(figures_dir / names.FIGURE_DATA_FILE, data)
+        runs.log_artifact(run_id, figures_dir / names.FIGURE_DATA_FILE, names.FIGURES_ARTIFACT)
+        runs.set_tags(run_id, {names.FIGURES_TAG: names.FIGURES_ON_DEMAND})
+    else:
+        draw(plots.save_figures, figures_dir, plots.model_drawings(data))
+        log_figures(run_id, figures_dir)
     write_json(out / METRICS_JSON, report)
     write_predictions(y, y_pred, out / PREDICTIONS_CSV)
     scores = {k: report[k] for k in (names.TEST_ACCURACY, names.TEST_LOSS, names.MACRO_F1)}
     scores |= {names.F1_CLASS.format(c): v["f1"] for c, v in report["per_class"].items()}
     runs.log_metrics(run_id, scores, model_uri=model_uri)
-    runs.log_artifacts(run_id, figures_dir, names.FIGURES_ARTIFACT)
-    runs.log_images(run_id, figures_dir)
     runs.log_artifact(run_id, out / METRICS_JSON)
     if where.in_sweep:
         return Evaluated(report, None, False)
@@ -337,6 +326,48 @@ def evaluate_model(
         run_id, model_uri, cfg.tracking.registered_model, val_accuracy
     )
     return Evaluated(report, version, promoted)
+
+
+def log_figures(run_id: str, folder: Path) -> None:
+    """Log the model's figures in `folder` to its run: as files under figures/ and as MLflow
+    images (one key per figure, so the UI shows a figure across runs)."""
+    from pipeline.core import plots
+
+    for name in plots.MODEL_FIGURES:
+        runs.log_artifact(run_id, folder / name, names.FIGURES_ARTIFACT)
+    runs.log_images(run_id, folder)
+    runs.set_tags(run_id, {names.FIGURES_TAG: names.FIGURES_DRAWN})
+
+
+def draw_figures(run_id: str, folder: Path, draw: Callable[..., Any] = call) -> None:
+    """Draw the figures of a model whose evaluation kept only their data (`folder`/
+    figure_data.npz, checked before use) and log them to its run, open or ended."""
+    from pipeline.core import plots
+
+    data = plots.load_figure_data(folder / names.FIGURE_DATA_FILE)
+    draw(plots.save_figures, folder, plots.model_drawings(data))
+    log_figures(run_id, folder)
+
+
+def draw_run_figures(run_id: str, folder: Path, client: Any = None) -> Path:
+    """Draw the figures of a run whose model's figures are on demand, from the figure data it
+    logged, into `folder` (not logged: the caller says where they go). Returns `folder`."""
+    import mlflow
+
+    from pipeline.core import plots
+
+    try:
+        got = (client or mlflow.MlflowClient()).download_artifacts(
+            run_id, f"{names.FIGURES_ARTIFACT}/{names.FIGURE_DATA_FILE}", str(folder)
+        )
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise PipelineError(
+            f"run {run_id} has no {names.FIGURES_ARTIFACT}/{names.FIGURE_DATA_FILE} to draw its "
+            f"figures from ({str(exc).splitlines()[0]}): only a sweep's models keep it, and "
+            "their figures are drawn from it on demand."
+        ) from None
+    plots.save_figures(folder, plots.model_drawings(plots.load_figure_data(Path(got))))
+    return folder
 
 
 def write_history(history: dict[str, list[float]], path: Path) -> None:

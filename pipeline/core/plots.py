@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from pipeline.core.errors import DataError
 
 RIGHT, WRONG = "tab:green", "tab:red"
 
@@ -105,6 +108,102 @@ def misclassified_gallery(
 
 
 Drawing = tuple[Callable[..., Figure], tuple[Any, ...], dict[str, Any]]  # a figure to draw
+GRID = 32  # test images in the predictions grid: half of them mistakes, where there are as many
+# A model's figures, drawn from its figure data: file name -> what the data's arrays feed.
+MODEL_FIGURES = ("predictions.png", "misclassified.png", "confusion_matrix.png",
+                 "learning_curves.png")  # fmt: skip
+FIGURE_DATA_KEYS = {  # key -> dtype kind: numbers (f, i, u) or text (U)
+    "shown_images": "f", "shown_true": "iu", "shown_pred": "iu",
+    "worst_images": "f", "worst_true": "iu", "worst_pred": "iu", "worst_confidence": "f",
+    "mistakes": "iu", "confusion": "iu", "classes": "U", "history_keys": "U", "history": "f",
+}  # fmt: skip
+MAX_FIGURE_DATA_BYTES = 20 * 1024 * 1024
+
+
+def figure_data(
+    x: np.ndarray,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    confusion: np.ndarray,
+    history: Mapping[str, Sequence[float]],
+    classes: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """What a model's figures (`MODEL_FIGURES`) are drawn from, as plain arrays of a few tens of
+    kB: the test images shown, predictions, confidences, the confusion matrix, the history."""
+    y_pred = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    shown = showcase(y_true, y_pred, GRID)
+    worst = worst_mistakes(y_true, y_pred, confidence)  # only they are kept
+    return {
+        "shown_images": x[shown], "shown_true": y_true[shown], "shown_pred": y_pred[shown],
+        "worst_images": x[worst], "worst_true": y_true[worst], "worst_pred": y_pred[worst],
+        "worst_confidence": confidence[worst],
+        "mistakes": np.asarray(int((y_true != y_pred).sum())),
+        "confusion": confusion,
+        "classes": np.asarray(list(classes), dtype=str),
+        "history_keys": np.asarray(list(history), dtype=str),
+        "history": np.asarray(list(history.values()), dtype=np.float64),
+    }  # fmt: skip
+
+
+def model_drawings(data: Mapping[str, np.ndarray]) -> dict[str, Drawing]:
+    """The model's figures (`MODEL_FIGURES`) to draw from its `figure_data`."""
+    classes = {"classes": [str(c) for c in data["classes"]]}
+    history = dict(zip(map(str, data["history_keys"]), data["history"].tolist(), strict=True))
+    return {
+        "predictions.png": (
+            prediction_grid,
+            (data["shown_images"], data["shown_true"], data["shown_pred"]),
+            classes,
+        ),
+        "misclassified.png": (
+            misclassified_gallery,
+            (
+                data["worst_images"],
+                data["worst_true"],
+                data["worst_pred"],
+                data["worst_confidence"],
+            ),
+            {**classes, "mistakes": int(data["mistakes"])},
+        ),  # fmt: skip
+        "confusion_matrix.png": (confusion_heatmap, (data["confusion"], classes["classes"]), {}),
+        "learning_curves.png": (learning_curves, (history,), {}),
+    }
+
+
+def save_figure_data(path: Path, data: Mapping[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **data)
+
+
+def load_figure_data(path: Path) -> dict[str, np.ndarray]:
+    """A model's figure data from `path`, checked: an .npz of plain arrays (no pickles), with
+    the keys and kinds `figure_data` writes, consistent with each other."""
+    size = path.stat().st_size
+    if size > MAX_FIGURE_DATA_BYTES:
+        raise DataError(
+            f"figure data {path} is {size} bytes, over {MAX_FIGURE_DATA_BYTES}: not what a "
+            "model's evaluation writes."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"figure data {path} is not an .npz of plain arrays: {exc}") from None
+    kinds = {k: v.dtype.kind for k, v in data.items()}
+    wrong = sorted(k for k, kind in FIGURE_DATA_KEYS.items() if kinds.get(k, "?") not in kind)
+    n = len(data.get("classes", ()))
+    if not wrong and data["confusion"].shape != (n, n):
+        wrong = ["confusion"]
+    if not wrong and len(data["history_keys"]) != len(data["history"]):
+        wrong = ["history"]
+    if wrong:
+        raise DataError(
+            f"figure data {path}: {', '.join(wrong)} missing or of the wrong kind (got {kinds});"
+            " it was not written by this project's evaluation."
+        )
+    return data
 
 
 def save_figures(folder: Path, drawings: Mapping[str, Drawing], dpi: int = 100) -> None:

@@ -192,10 +192,11 @@ def _plain(value: Any) -> Any:
 def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> str:
     """Register the best configuration's model, once per sweep: of its seeds, the one with the
     median validation accuracy. It becomes champion only if it beats the current one."""
+    from pipeline.sweeps.stats import median_seed
     from pipeline.tracking import registry, runs
 
-    members = sorted(best["members"], key=lambda r: r["val_accuracy"])
-    chosen = members[(len(members) - 1) // 2]
+    members = best["members"]
+    chosen = median_seed(members, key=lambda r: r["val_accuracy"])
     run = runs.get_run(chosen["run_id"], "it was a run of this sweep.")
     name = config.tracking.registered_model
     version, promoted = registry.register(

@@ -26,9 +26,10 @@ from pipeline.core.config import Config, ConfigError, load_params, validate
 from pipeline.core.console import load_keras
 from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
-from pipeline.core.paths import PARAMS_FILE
+from pipeline.core.paths import FIGURES_DIR, PARAMS_FILE
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import Finishing, finishing
+from pipeline.sweeps.stats import median_seed
 from pipeline.tracking import names
 
 
@@ -116,6 +117,8 @@ def run_job(cfg: DictConfig) -> float | None:
     background (`Finishing`); a job run by the sweep's own process leaves its last one to the
     sweep's end, other jobs (another launcher's, a search's trials) wait for theirs.
     """
+    from pipeline.core import experiment
+
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
@@ -123,6 +126,7 @@ def run_job(cfg: DictConfig) -> float | None:
     sweep_process = in_process(hc.launcher)  # then it leaves its last model to the sweep's end
     background = finishing(low_priority=sweep_process)
     models: list[Future] = []
+    trained: list[tuple[float, str, Path]] = []  # each model's validation accuracy, run, figures
     objective = None
     try:
         parent = json.loads((Path(hc.sweep.dir) / names.PARENT_FILE).read_text(encoding="utf-8"))
@@ -130,7 +134,6 @@ def run_job(cfg: DictConfig) -> float | None:
         root = Path(parent["workspace"])
         check_data_settings(config, root)
         load_keras()  # quietly: jobs a launcher runs elsewhere start here
-        from pipeline.core import experiment
         from pipeline.tracking import store
 
         experiment_id = store.setup(config.tracking.experiment_name, parent["tracking_uri"])
@@ -144,16 +147,21 @@ def run_job(cfg: DictConfig) -> float | None:
                 tags={names.OVERRIDES_TAG: overrides, **cluster_tags()},
                 entry_point="pipeline/sweep.py",
             )
-            score, model = _train_model(
+            score, run_id, model = _train_model(
                 config.model_copy(update={"seed": seed}), where, background
             )
             scores.append(score)
             models.append(model)
+            trained.append((score, run_id, where.out / FIGURES_DIR))
         outcome |= {"status": "FINISHED", "val_accuracy": scores}
         objective = sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
         outcome["error"] = reason(exc)
     finally:
+        if trained:  # the figures of the configuration's median seed, once it is evaluated
+            _, run_id, folder = median_seed(trained, key=lambda t: t[0])
+            draw = functools.partial(experiment.draw_figures, run_id, folder, background.draw)
+            models.append(background.then(draw))
         ended = background.then(functools.partial(_record, outcome, models, out))
     if sweep_process and not search.is_search(hc.sweeper):
         return objective
@@ -175,10 +183,11 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
     return outcome
 
 
-def _train_model(config: Config, where: Any, background: Finishing) -> tuple[float, Future]:
+def _train_model(config: Config, where: Any, background: Finishing) -> tuple[float, str, Future]:
     """One model of the job, in its own run: trains it and predicts the test set here; the rest
     of its run (the held-back logging and saving, its evaluation, closing it) is queued for
-    `background`. Returns its validation accuracy and the queued work."""
+    `background`; its figures are left to be drawn on demand (the job draws its median seed's).
+    Returns its validation accuracy, its run and the queued work."""
     from pipeline.core import experiment, model
     from pipeline.core.data import prepared
 
@@ -203,11 +212,11 @@ def _train_model(config: Config, where: Any, background: Finishing) -> tuple[flo
                 probs,
                 trained.model_uri,
                 trained.history,
-                draw=background.draw,
+                draw=None,
             )
 
         future = background.model(run_id, finish)
-    return trained.history[names.VAL_ACCURACY][-1], future
+    return trained.history[names.VAL_ACCURACY][-1], run_id, future
 
 
 def sampler_seed(seed: int, sweep_dir: str) -> int:

@@ -25,6 +25,16 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+
+
+def median_seed(seeds: Sequence[Any], key: Callable[[Any], float]) -> Any:
+    """A configuration's representative model: of its seeds, the one with the median `key`
+    (validation accuracy), the lower of the two middle ones for an even count. The sweep
+    registers the best configuration's, and draws each configuration's figures."""
+    ranked = sorted(seeds, key=key)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 BEST, UNTOLD, WORSE, HIGHER, UNTESTED = (
     "best",
     "cannot be told apart from the best",

@@ -1,11 +1,15 @@
-"""Find MLflow runs left RUNNING by a process that died without closing them (SIGKILL, a crash).
+"""Find MLflow runs left RUNNING by a process that died without closing them (SIGKILL, a crash);
+draw the figures of a sweep's models that left them on demand.
 
 Inputs: the MLflow store, resolved as train does (see names.py); every run records its
 `host` and `pid`.
 Outputs: the list of RUNNING runs and whether their process is alive; with `--cleanup`, runs of
 this host whose process is gone are ended KILLED, with the reason in `failure_reason`.
 Runs of other hosts are listed, never touched.
-Command: `uv run python -m pipeline.runs [--cleanup]`.
+With `--figures RUN_ID ...`: a sweep draws the figures of each configuration's best model and
+keeps what the others' are drawn from (figures/figure_data.npz); this draws them and logs them
+to the run (the web app draws them when a page shows them).
+Command: `uv run python -m pipeline.runs [--cleanup] [--figures RUN_ID ...]`.
 """
 
 from __future__ import annotations
@@ -37,15 +41,40 @@ def orphaned(run: Any, host: str) -> bool:
     return tags.get(HOST_TAG) == host and pid.isdigit() and not process_alive(int(pid))
 
 
+def draw_figures(run_id: str) -> None:
+    """Draw the figures of `run_id`'s model from its figure data and log them to the run."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.core import experiment
+    from pipeline.tracking import runs
+
+    run = runs.get_run(run_id, "pass the id of a sweep's model run.")
+    if run.data.tags.get(names.FIGURES_TAG) == names.FIGURES_DRAWN:
+        print(f"{run_id}  {run.info.run_name}  figures already drawn")
+        return
+    with tempfile.TemporaryDirectory(prefix="figures-") as tmp:
+        folder = experiment.draw_run_figures(run_id, Path(tmp))
+        experiment.log_figures(run_id, folder)
+    print(f"{run_id}  {run.info.run_name}  figures drawn -> its {names.FIGURES_ARTIFACT}/")
+
+
 def main(argv: list[str]) -> None:
     parser = command_parser("runs", __doc__)
     parser.add_argument("--cleanup", action="store_true", help="end orphaned runs as KILLED")
+    parser.add_argument(
+        "--figures", nargs="+", metavar="RUN_ID", help="draw and log these runs' figures"
+    )
     args = parser.parse_args(argv)
     import mlflow
 
     from pipeline.tracking import store
 
     store.connect(store.configured_uri())
+    if args.figures:
+        for run_id in args.figures:
+            draw_figures(run_id)
+        return
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     running = (

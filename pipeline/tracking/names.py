@@ -22,6 +22,8 @@ SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=paren
 OVERRIDES_TAG = "sweep_overrides"
 RAY_NODE_TAG = "ray.node_id"  # a sweep job run by Ray: the node it ran on
 SLURM_JOB_TAG = "slurm.job_id"  # a sweep job run by SLURM: its job id (ARRAY_TASK for an array)
+FIGURES_TAG = "figures"  # a model's figures: drawn, or on demand (`pipeline.runs --figures`)
+FIGURES_DRAWN, FIGURES_ON_DEMAND = "drawn", "on demand"
 BEST_TAG = "best_config"  # on a sweep's parent: its best configuration
 
 # MLflow's own source tags: the UI's Source, Version and User columns, and MLflow's tooling.
@@ -53,6 +55,7 @@ F1_CLASS = "f1_class_{}"
 CONFIG_ARTIFACT = "config.yaml"
 DIFF_ARTIFACT = "uncommitted.diff"
 FIGURES_ARTIFACT = "figures"
+FIGURE_DATA_FILE = "figure_data.npz"  # what a model's figures are drawn from, when on demand
 MODEL_ARTIFACT = "model"
 SUMMARY_ARTIFACT = "summary.csv"
 

@@ -238,6 +238,7 @@ def log_datasets(
         client.log_inputs(run_id, datasets=inputs)
 
 
+@stores_artifacts
 def log_images(run_id: str, folder: Path) -> None:
     """Each PNG in `folder` as an MLflow image under a stable key (its file name), so the UI
     can show one figure across runs."""
