@@ -118,6 +118,7 @@ if model == "cnn":
     overrides += ["model.filters=[4]", "model.hidden_units=8", "model.dropout=0.5"]
 rng = np.random.default_rng(0)
 x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
+previous = None
 for arg in sys.argv[2:]:
     seed, epochs = arg.split(":")
     cfg = validate(compose(overrides + [f"seed={seed}", f"train.epochs={epochs}"]))
@@ -125,10 +126,14 @@ for arg in sys.argv[2:]:
     net = compiled_model(cfg.model, cfg.train)
     fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
     traced = core._last.steps._batches.experimental_get_tracing_count()
-    # As in a sweep: a copy is kept, its building drawing random numbers, before the next seed.
-    copy = core.detached_copy(net, cfg.model, cfg.train)
-    assert weights_sha256(copy) == weights_sha256(net), "the copy holds other weights"
+    # As in a sweep: the state is detached (the shadow's first building drawing random numbers)
+    # before the next seed, and put into the shadow later.
+    kept = core.detached(net, cfg.model, cfg.train)
+    copy = kept.model()
+    assert weights_sha256(copy) == weights_sha256(net), "the shadow holds other weights"
     assert int(copy.optimizer.iterations) == int(net.optimizer.iterations) > 0
+    assert copy is not net and (previous is None or previous is copy), "one shadow per model"
+    previous = copy
     print(id(net), traced, weights_sha256(net))
 """
 

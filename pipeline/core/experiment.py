@@ -47,6 +47,8 @@ from pipeline.tracking import names, registry, runs
 if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, so the evaluate
     import keras  # stage's own process, which only scores predictions, never loads it.
 
+    from pipeline.core import model
+
 Split = tuple[np.ndarray, np.ndarray]
 Record = Callable[..., Future]  # makes a call on the run: now, or held back (a sweep's)
 EXAMPLE_INPUTS = 5  # validation images the logged model's signature is read from
@@ -82,6 +84,7 @@ class Trained:
     history: dict[str, list[float]]
     summary: dict[str, Any]
     logged: Future[str]  # the logged model's URI, once `train`'s calls on the run are made
+    detached: model.Detached | None = None  # with held-back calls: the state they work on
 
     @property
     def model_uri(self) -> str:
@@ -235,8 +238,8 @@ def train(
     the config, each epoch, the summary, the weights' digest and the model to `run_id`.
 
     Every call on the run and the model's saving go through `record`. One that holds them back
-    (a sweep's) gets them made on a copy of the model: the returned one is free to train the
-    next model.
+    (a sweep's) gets them made on the model's detached state (`Trained.detached`): the returned
+    model is free to train the next one.
     """
     from pipeline.core import model
 
@@ -257,16 +260,21 @@ def train(
     summary[names.VAL_ACCURACY] = history[names.VAL_ACCURACY][-1]  # for `dvc exp show`
     write_history(history, out / HISTORY_CSV)
     write_json(out / TRAIN_JSON, summary)
-    kept = net if record is now else model.detached_copy(net, cfg.model, cfg.train)
+    kept = None if record is now else model.detached(net, cfg.model, cfg.train)
     example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
-    logged = record(_keep_model, kept, out / MODEL_PATH, run_id, example)
-    return Trained(net, history, summary, logged)
+    logged = record(_keep_model, kept or net, out / MODEL_PATH, run_id, example)
+    return Trained(net, history, summary, logged, kept)
 
 
-def _keep_model(net: keras.Model, model_file: Path, run_id: str, example: np.ndarray) -> str:
-    """Save `net` to `model_file`, tag the run with its digests, log it; return its URI."""
+def _keep_model(
+    net: keras.Model | model.Detached, model_file: Path, run_id: str, example: np.ndarray
+) -> str:
+    """Save `net` (or the detached state of a model that trains again) to `model_file`, tag
+    the run with its digests, log it; return its URI."""
     from pipeline.core import model
 
+    if isinstance(net, model.Detached):
+        net = net.model()
     model.save_model(net, model_file)
     runs.set_tags(
         run_id,

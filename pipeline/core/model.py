@@ -106,6 +106,7 @@ class _Compiled:
     model: keras.Model
     steps: CompiledSteps | None = None  # set by the first `fit`
     optimizer_start: list[np.ndarray] = field(default_factory=list)  # after `optimizer.build`
+    shadow: keras.Model | None = None  # where `detached` puts a trained model's state
 
 
 _last: _Compiled | None = None
@@ -190,20 +191,37 @@ def set_determinism(seed: int, intra_op_threads: int, inter_op_threads: int) -> 
     tf.config.experimental.enable_op_determinism()
 
 
-def detached_copy(
-    model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig
-) -> keras.Model:
-    """A new compiled model holding `model`'s weights and optimizer state, for work that goes on
-    while `model` trains again (a sweep's next seed, `compiled_model`). Saved, it gives the same
-    file layout as `model`. Building it draws random numbers: call it after training, before the
-    next `set_determinism`."""
-    copy = compile_model(build_model(model_cfg, model.output_shape[-1]), train_cfg)
-    copy.optimizer.build(copy.trainable_variables)
-    targets = [*copy.weights, *copy.optimizer.variables]
-    sources = [*model.weights, *model.optimizer.variables]
-    for target, source in zip(targets, sources, strict=True):
-        target.assign(source)
-    return copy
+class Detached:
+    """A trained model's weights and optimizer state, copied out so that the model can train
+    again (a sweep's next seed) while another thread saves, logs and scores this one: `model()`
+    puts them into a model of the same build (the shadow) and returns it. The shadow is shared
+    by the models of one compiled configuration: call `model()` from one thread, in turn."""
+
+    def __init__(self, arrays: list[np.ndarray], shadow: keras.Model) -> None:
+        self._arrays, self._shadow = arrays, shadow
+
+    def model(self) -> keras.Model:
+        targets = [*self._shadow.weights, *self._shadow.optimizer.variables]
+        for target, value in zip(targets, self._arrays, strict=True):
+            target.assign(value)
+        return self._shadow
+
+
+def detached(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Detached:
+    """`model`'s state as a `Detached`, for work that goes on while `model` trains again. The
+    shadow it goes into is built once per model `compiled_model` hands out; saved, it gives the
+    same file as `model`. Building it draws random numbers: call this after training, before
+    the next `set_determinism`."""
+    arrays = [np.array(v) for v in (*model.weights, *model.optimizer.variables)]
+    reused = _last is not None and _last.model is model
+    if reused and _last.shadow is not None:
+        return Detached(arrays, _last.shadow)
+    classes, shape = model.output_shape[-1], tuple(model.input_shape[1:3])
+    shadow = compile_model(build_model(model_cfg, classes, shape), train_cfg)
+    shadow.optimizer.build(shadow.trainable_variables)
+    if reused:
+        _last.shadow = shadow
+    return Detached(arrays, shadow)
 
 
 def weights_sha256(model: keras.Model) -> str:

@@ -184,8 +184,8 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
 
 
 def _train_model(config: Config, where: Any, background: Finishing) -> tuple[float, str, Future]:
-    """One model of the job, in its own run: trains it and predicts the test set here; the rest
-    of its run (the held-back logging and saving, its evaluation, closing it) is queued for
+    """One model of the job, in its own run: trains it here; the rest of its run (the held-back
+    logging and saving, scoring the test set, its evaluation, closing it) is queued for
     `background`; its figures are left to be drawn on demand (the job draws its median seed's).
     Returns its validation accuracy, its run and the queued work."""
     from pipeline.core import experiment, model
@@ -197,7 +197,6 @@ def _train_model(config: Config, where: Any, background: Finishing) -> tuple[flo
     with experiment.model_run(config, where, close=False) as run_id:  # `background` closes it
         try:
             trained = experiment.train_model(config, where, run_id, deferred)
-            probs = model.predict(trained.model, prepared(where.root, "test")[0])
         except BaseException:
             with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
                 deferred.replay()
@@ -205,6 +204,7 @@ def _train_model(config: Config, where: Any, background: Finishing) -> tuple[flo
 
         def finish() -> None:
             deferred.replay()
+            probs = model.predict(trained.detached.model(), prepared(where.root, "test")[0])
             experiment.evaluate_model(
                 config,
                 where,
