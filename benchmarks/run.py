@@ -20,13 +20,16 @@ side by side on the same machine:
   (h) the web app under load against `mlflow models serve` on the same champion model
       (benchmarks/serve.py): requests per second at 8 clients and their ratio, p50 and p95
       latency, a single client's p50, zero errors, answers as `pipeline.predict --json`'s;
-  (i) the wall time of `python -m pipeline.predict digit.png`, after a first command.
+  (i) the wall time of `python -m pipeline.predict digit.png`, after a first command, and of
+      the same through `uv run`; with `uv run python -c pass` against the environment's python
+      (`uv_run_overhead_s`: what `uv run` adds to any command).
 
 Prints a table, writes `benchmarks/results.json` and the table into `docs/benchmarks.md`.
 Command: `uv run python benchmarks/run.py` (`MNIST_MIRROR` or `--mirror` names the local copy of
 the four MNIST files; the default is `../shared/data/mnist` beside the project); with `--only
 sweeps`, only (d) and (g), about 15 minutes; with `--only serve`, only (h) and (i), about two
-minutes; either keeps the other results.
+minutes; with `--only waits`, what users wait for: (c), (d), (g) on the basic launcher, (i) and
+`uv run`'s overhead, about 7 minutes; each keeps the other results.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import json
 import os
 import platform
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -47,7 +52,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from serve import check, measure_serving  # noqa: E402
+from serve import check, digits, measure_serving, timed_predict  # noqa: E402
 
 from helpers import copy_project, run_env  # noqa: E402  (the tests' copy of the project)
 
@@ -62,17 +67,25 @@ TARGETS: dict[str, tuple[str, float, bool]] = {
     "accuracy_gap_points": ("(a) test accuracy gap to the plain script, points", 0.3, False),
     "pipeline_vs_plain": ("(b) dvc repro from clean / plain script wall", 1.0, False),
     "noop_repro_s": ("(c) dvc repro with nothing to do, s", 1.5, False),
-    "sweep_overhead_per_job_s": ("(d) 4-job sweep: (jobs' span - fit) / 4, s", 1.0, False),
+    "sweep_overhead_per_job_s": ("(d) 4-job sweep: (jobs' span - fit) / 4, s", 0.5, False),
     "train_peak_rss_mb": ("(e) train stage peak RSS, MB", 1500.0, False),
     "loop_vs_tuned_fit": ("(f) tuned `fit` s/epoch / pipeline s/epoch", 1.0, True),
-    "sweep_efficiency": ("(g) 60-model grid: steady training s / wall s", 0.75, True),
+    "sweep_efficiency": ("(g) 60-model grid: steady training s / wall s", 0.85, True),
     "app_vs_mlflow_serve": ("(h) app req/s / `mlflow models serve` req/s, 8 clients", 2.0, True),
     "app_p95_ms": ("(h) app p95 latency at 8 clients, ms", 150.0, False),
     "app_single_client_p50_ms": ("(h) app p50 latency, 1 client, ms", 15.0, False),
-    "predict_cli_s": ("(i) `pipeline.predict digit.png`, s", 5.0, False),
+    "predict_cli_s": ("(i) `pipeline.predict digit.png`, s", 3.5, False),
+    "predict_uv_run_s": ("(i) `uv run python -m pipeline.predict digit.png`, s", 3.5, False),
+    "uv_run_pass_s": ("`uv run python -c pass`, s", 0.5, False),
 }
 GRID = ["+grid=hidden_epochs", "sweep.seeds=3"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+LAUNCHER_ARGS = {  # how (g)'s grid is run
+    "basic": [],
+    "joblib_1_thread": [*JOBLIB, "train.intra_op_threads=1", "train.inter_op_threads=1"],
+    "joblib_2_threads": JOBLIB,
+}
+LAUNCHERS = tuple(LAUNCHER_ARGS)
 
 
 class BenchmarkError(Exception):
@@ -189,7 +202,9 @@ def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dic
     }
 
 
-def measure_sweeps(project: Path, env: dict[str, str]) -> dict[str, Any]:
+def measure_sweeps(
+    project: Path, env: dict[str, str], launchers: tuple[str, ...] = LAUNCHERS
+) -> dict[str, Any]:
     """(d), then (g): the standard grid with 3 seeds, basic launcher, then joblib."""
     py = sys.executable
     print(f"sweep {SWEEP} ...", flush=True)
@@ -198,11 +213,8 @@ def measure_sweeps(project: Path, env: dict[str, str]) -> dict[str, Any]:
     if len(fits) != 4:
         raise BenchmarkError(f"the sweep logged {len(fits)} runs, expected 4")
     grids = {}
-    for name, extra in {
-        "basic": [],
-        "joblib_1_thread": [*JOBLIB, "train.intra_op_threads=1", "train.inter_op_threads=1"],
-        "joblib_2_threads": JOBLIB,
-    }.items():
+    for name in launchers:
+        extra = LAUNCHER_ARGS[name]
         print(f"standard grid, 3 seeds, {name} ...", flush=True)
         cmd = [py, "-m", "pipeline.sweep", *GRID, *extra, f"tracking.experiment_name={name}"]
         wall, _, _ = timed(cmd, project, env)
@@ -214,6 +226,56 @@ def measure_sweeps(project: Path, env: dict[str, str]) -> dict[str, Any]:
         "sweep_efficiency": grids["basic"]["efficiency"],
         "grid_3_seeds": grids,
     }
+
+
+def noop_repro(project: Path, env: dict[str, str]) -> float:
+    """(c): the wall seconds of a `dvc repro` with nothing to do."""
+    print("dvc repro with nothing to do ...", flush=True)
+    wall, _, out = timed([sys.executable, "-m", "dvc", "repro"], project, env)
+    if "didn't change" not in out and "up to date" not in out:
+        raise BenchmarkError(f"the second dvc repro ran something:\n{out}")
+    return wall
+
+
+def median_seconds(cmd: list[str], cwd: Path, env: dict[str, str], runs: int = 5) -> float:
+    """The median wall seconds of `cmd` over `runs` runs, after a first one."""
+    times = [timed(cmd, cwd, env)[0] for _ in range(runs + 1)][1:]
+    return statistics.median(times)
+
+
+def uv_run_costs(project: Path, env: dict[str, str], image: Path) -> dict[str, Any]:
+    """What `uv run` adds to a command, in this checkout's environment: `uv run python -c
+    pass` against the environment's python, and (i) through `uv run`."""
+    uv = shutil.which("uv")
+    if uv is None:
+        raise BenchmarkError("uv is not on PATH: install it with `pip install uv`")
+    compiled = subprocess.run([uv, "run", "python", "-c", "pass"], cwd=ROOT, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+    if "Bytecode compiled" in compiled.stderr:
+        raise BenchmarkError(f"`uv run` compiled bytecode again: {compiled.stderr.strip()}")
+    print("uv run's overhead ...", flush=True)
+    with_uv = median_seconds([uv, "run", "python", "-c", "pass"], ROOT, env)
+    plain = median_seconds([sys.executable, "-c", "pass"], ROOT, env)
+    predict = [uv, "run", "--project", str(ROOT), "python", "-m", "pipeline.predict", str(image)]
+    return {
+        "uv_run_pass_s": round(with_uv, 2),
+        "python_pass_s": round(plain, 2),
+        "uv_run_overhead_s": round(with_uv - plain, 2),
+        "predict_uv_run_s": round(median_seconds(predict, project, env, runs=3), 2),
+    }
+
+
+def measure_waits(project: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
+    """What users wait for, in one run: (c), (d), (g) on the basic launcher, (i), with and
+    without `uv run`, and what `uv run` adds."""
+    print("dvc repro ...", flush=True)
+    timed([sys.executable, "-m", "dvc", "repro"], project, env)
+    noop = noop_repro(project, env)
+    (image,), _ = digits(project, 1, work / "digits")
+    print("pipeline.predict ...", flush=True)
+    results = {"noop_repro_s": round(noop, 2), "predict_cli_s": timed_predict(project, env, image)}
+    results |= uv_run_costs(project, env, image)
+    return results | measure_sweeps(project, env, launchers=("basic",))
 
 
 def steady(epoch_seconds: list[float]) -> float:
@@ -238,10 +300,7 @@ def measure(mirror: Path, work: Path) -> dict[str, Any]:
     metrics = json.loads((project / "reports/metrics.json").read_text())
     epochs = len((project / "reports/history.csv").read_text().splitlines()) - 1
 
-    print("dvc repro with nothing to do ...", flush=True)
-    noop_wall, _, out = timed([py, "-m", "dvc", "repro"], project, env)
-    if "didn't change" not in out and "up to date" not in out:
-        raise BenchmarkError(f"the second dvc repro ran something:\n{out}")
+    noop_wall = noop_repro(project, env)
 
     print("train stage alone, for its memory ...", flush=True)
     _, train_rss, _ = timed([py, "-m", "pipeline.train"], project, env)
@@ -252,6 +311,8 @@ def measure(mirror: Path, work: Path) -> dict[str, Any]:
     sweeps = measure_sweeps(project, env)
     print("the web app and mlflow models serve under load ...", flush=True)
     serving = measure_serving(project, env, work)
+    (image,), _ = digits(project, 1, work / "one")
+    serving |= uv_run_costs(project, env, image)
 
     plain_epoch = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
     pipeline_epoch = train["train_seconds"] / epochs
@@ -308,7 +369,9 @@ def table(results: dict[str, Any]) -> str:
         f"ms, answers as `pipeline.predict --json`: {results['app_answers_as_predict']}; "
         f"`mlflow models serve` {results['mlflow_serve_rps']} req/s, p50 "
         f"{results['mlflow_serve_p50_ms']} ms, p95 {results['mlflow_serve_p95_ms']} ms; errors "
-        f"{results['app_errors']} and {results['mlflow_serve_errors']}."
+        f"{results['app_errors']} and {results['mlflow_serve_errors']}. `uv run python -c "
+        f"pass`: {results['uv_run_pass_s']} s, against {results['python_pass_s']} s for the "
+        f"environment's python: `uv run` adds {results['uv_run_overhead_s']} s to a command."
     )
     grids = results["grid_3_seeds"]
     rows.append("")
@@ -344,7 +407,7 @@ def write_doc(results: dict[str, Any]) -> None:
     _, tail = rest.split(END, 1)
     when = results["taken"]
     lines = f"Taken {when['all']}."
-    parts = {"sweeps": "(d), (g)", "serve": "(h), (i)"}
+    parts = {"sweeps": "(d), (g)", "serve": "(h), (i)", "waits": "(c), (d), (g), (i), uv run"}
     later = {k: v for k, v in when.items() if k in parts and v != when["all"]}
     if later:
         lines = f"(a)-(c), (e), (f) and the rest taken {when['all']}." + "".join(
@@ -359,8 +422,9 @@ def main() -> int:
     parser.add_argument("--mirror", default=default, help="folder with the 4 MNIST .gz files")
     parser.add_argument(
         "--only",
-        choices=["sweeps", "serve"],
-        help="measure only (d) and (g), or only (h) and (i); keep the other results",
+        choices=["sweeps", "serve", "waits"],
+        help="measure only (d) and (g), only (h) and (i), or only what users wait for: (c), "
+        "(d), (g) on the basic launcher, (i) and uv run's overhead; keep the other results",
     )
     args = parser.parse_args()
     mirror = Path(args.mirror).resolve()
@@ -379,15 +443,20 @@ def main() -> int:
             if args.only:
                 env = run_env(MNIST_MIRROR=str(mirror))
                 project = copy_project(Path(work) / "project")
-                stage = "preprocess" if args.only == "sweeps" else "evaluate"
-                subprocess.run([sys.executable, "-m", "dvc", "repro", stage],
-                               cwd=project, env=env, check=True, capture_output=True)  # fmt: skip
+                stage = {"sweeps": "preprocess", "serve": "evaluate"}.get(args.only)
+                if stage:
+                    repro = [sys.executable, "-m", "dvc", "repro", stage]
+                    subprocess.run(repro, cwd=project, env=env, check=True, capture_output=True)
                 earlier = json.loads(RESULTS.read_text())
                 if args.only == "sweeps":
                     part = measure_sweeps(project, env)
+                elif args.only == "waits":
+                    part = measure_waits(project, env, Path(work))
                 else:
                     part = measure_serving(project, env, Path(work))
                 results = earlier | part
+                if "grid_3_seeds" in part:
+                    results["grid_3_seeds"] = earlier["grid_3_seeds"] | part["grid_3_seeds"]
                 results["taken"] = {**earlier["taken"], args.only: now}
             else:
                 results = measure(mirror, Path(work))

@@ -204,15 +204,24 @@ def start(cfg: Config) -> None:
     model.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
 
 
-def epoch_logger(run_id: str, record: Record = now) -> keras.callbacks.Callback:
-    """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1), through
-    `record`, timed when the epoch ended."""
+def epoch_logger(run_id: str, live: bool = True) -> keras.callbacks.Callback:
+    """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1, timed
+    when the epoch ended) as the epoch ends; with `live=False` it keeps them in its `held`
+    list (rows of `runs.log_epochs`), to be logged in one call."""
     import keras
 
-    def log(epoch: int, logs: dict[str, float] | None) -> None:
-        record(runs.log_metrics, run_id, dict(logs or {}), step=epoch + 1, at=time.time())
+    held: list[tuple[int, float, dict[str, float]]] = []
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=log)
+    def log(epoch: int, logs: dict[str, float] | None) -> None:
+        row = (epoch + 1, time.time(), dict(logs or {}))
+        if live:
+            runs.log_epochs(run_id, [row])
+        else:
+            held.append(row)
+
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=log)
+    callback.held = held
+    return callback
 
 
 def train_model(cfg: Config, where: Where, run_id: str, record: Record = now) -> Trained:
@@ -249,28 +258,35 @@ def train(
     record(runs.log_params, run_id, flatten(cfg.to_dict()))
     splits = {"train": train_split, "val": val_split}
     record(runs.log_datasets, run_id, splits, cfg.data.name)
-    logger = epoch_logger(run_id, record)
+    logger = epoch_logger(run_id, live=record is now)  # held back: one call, after the model
     history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
     summary = {
         names.TRAIN_SECONDS: round(seconds, 3),
         "train_examples": len(train_split[1]),
         **model.describe(net),
     }
-    record(runs.log_metrics, run_id, dict(summary))  # a copy: `summary` grows below
+    described = dict(summary)  # a copy: `summary` grows below
     summary[names.VAL_ACCURACY] = history[names.VAL_ACCURACY][-1]  # for `dvc exp show`
     write_history(history, out / HISTORY_CSV)
     write_json(out / TRAIN_JSON, summary)
     kept = None if record is now else model.detached(net, cfg.model, cfg.train)
     example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
-    logged = record(_keep_model, kept or net, out / MODEL_PATH, run_id, example)
+    logged = record(_keep_model, kept or net, out / MODEL_PATH, run_id, example, described)
+    if logger.held:  # logged after the model: MLflow reads every metric's history of a run
+        record(runs.log_epochs, run_id, logger.held)  # it logs a model to, per metric
     return Trained(net, history, summary, logged, kept)
 
 
 def _keep_model(
-    net: keras.Model | model.Detached, model_file: Path, run_id: str, example: np.ndarray
+    net: keras.Model | model.Detached,
+    model_file: Path,
+    run_id: str,
+    example: np.ndarray,
+    described: dict[str, Any],
 ) -> str:
     """Save `net` (or the detached state of a model that trains again) to `model_file`, tag
-    the run with its digests, log it; return its URI."""
+    the run with its digests, log it with the metrics that describe it (`described`, shown on
+    its page); return its URI."""
     from pipeline.core import model
 
     if isinstance(net, model.Detached):
@@ -283,7 +299,9 @@ def _keep_model(
             names.MODEL_SHA256_TAG: sha256_file(model_file),
         },
     )
-    return runs.log_keras_model(run_id, net, example)
+    uri = runs.log_keras_model(run_id, net, example)
+    runs.log_metrics(run_id, described, model_uri=uri)
+    return uri
 
 
 def evaluate_model(

@@ -13,7 +13,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,6 +200,20 @@ def log_metrics(
     mlflow.MlflowClient().log_batch(run_id, metrics=items)
 
 
+def log_epochs(run_id: str, epochs: Sequence[tuple[int, float, Mapping[str, float]]]) -> None:
+    """Log each epoch's metrics (rows of step, time in seconds since the epoch, metrics) in as
+    few calls as MLflow allows (`MAX_METRICS_PER_BATCH` values each)."""
+    items = [
+        Metric(k, float(v), int(at * 1000), step)
+        for step, at, metrics in epochs
+        for k, v in metrics.items()
+    ]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
+
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on one log_batch call
 DIGEST_CHARS = 32  # MLflow keeps at most 36 characters of a dataset's digest
 
 
