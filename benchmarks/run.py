@@ -251,13 +251,12 @@ def uv_run_costs(project: Path, env: dict[str, str], image: Path) -> dict[str, A
         raise BenchmarkError("uv is not on PATH: install it with `pip install uv`")
     compiled = subprocess.run([uv, "run", "python", "-c", "pass"], cwd=ROOT, env=env,
                               capture_output=True, text=True)  # fmt: skip
-    if "Bytecode compiled" in compiled.stderr:
-        raise BenchmarkError(f"`uv run` compiled bytecode again: {compiled.stderr.strip()}")
     print("uv run's overhead ...", flush=True)
     with_uv = median_seconds([uv, "run", "python", "-c", "pass"], ROOT, env)
     plain = median_seconds([sys.executable, "-c", "pass"], ROOT, env)
     predict = [uv, "run", "--project", str(ROOT), "python", "-m", "pipeline.predict", str(image)]
     return {
+        "uv_run_compiles_bytecode": "Bytecode compiled" in compiled.stderr,
         "uv_run_pass_s": round(with_uv, 2),
         "python_pass_s": round(plain, 2),
         "uv_run_overhead_s": round(with_uv - plain, 2),
@@ -371,7 +370,13 @@ def table(results: dict[str, Any]) -> str:
         f"{results['mlflow_serve_p50_ms']} ms, p95 {results['mlflow_serve_p95_ms']} ms; errors "
         f"{results['app_errors']} and {results['mlflow_serve_errors']}. `uv run python -c "
         f"pass`: {results['uv_run_pass_s']} s, against {results['python_pass_s']} s for the "
-        f"environment's python: `uv run` adds {results['uv_run_overhead_s']} s to a command."
+        f"environment's python: `uv run` adds {results['uv_run_overhead_s']} s to a command"
+        + (
+            ", compiling the environment's bytecode again"
+            if results["uv_run_compiles_bytecode"]
+            else ""
+        )
+        + "."
     )
     grids = results["grid_3_seeds"]
     rows.append("")

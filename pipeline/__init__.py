@@ -17,3 +17,12 @@ The packages, lowest first; a package imports only from those listed before it:
 - `tools`: what users run beside the stages: compare, runs, predict, reproduce.
 - `app`: the web app, its templates and static files.
 """
+
+import sys
+
+# The commands keep the bytecode Python compiles for what they import, in the project's own
+# environment, even where PYTHONDONTWRITEBYTECODE is set: otherwise every command would compile
+# TensorFlow's modules again (10 s on 2 cores). uv compiles nothing (its `compile-bytecode` would
+# compile the whole environment at every `uv run`), so the first command that imports a module
+# compiles it, once.
+sys.dont_write_bytecode = False

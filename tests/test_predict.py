@@ -124,10 +124,12 @@ def test_bad_files_get_errors_and_the_rest_are_predicted(
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: dict):
-    """A store where three runs registered versions of mnist-digits, the second one the best."""
+    """A store where three runs registered the same model as versions of mnist-digits: the
+    first became champion, the others, no better on the same examples, were kept out."""
     import keras
 
-    from pipeline.tracking import registry, runs, store
+    from pipeline.core.config import RegistryConfig
+    from pipeline.tracking import models, registry, runs, store
 
     root = tmp_path_factory.mktemp("registry")
     saved = dict(os.environ)
@@ -135,26 +137,42 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: 
     try:
         experiment_id = store.setup("serve")
         model = keras.models.load_model(model_file)
+        x, y = mnist["xt"][:2000], mnist["yt"][:2000]
+        classes = [str(c) for c in range(10)]
+        rule = RegistryConfig(promote="significant", alpha=0.05)
         outcomes = []
-        for accuracy in (0.95, 0.97, 0.96):
+        for _ in range(3):
             with runs.tracked_run(experiment_id) as run_id:
                 uri = runs.log_keras_model(run_id, model, mnist["xt"][:5])
-                runs.log_metrics(run_id, {"test_accuracy": accuracy})
-                outcomes.append(registry.register(run_id, uri, "mnist-digits", accuracy))
+                runs.set_tags(run_id, {"classes": json.dumps(classes)})
+                examples = registry.Examples(
+                    y,
+                    registry.examples_sha256(x, y),
+                    models.predicted_labels(uri, x, classes),
+                    lambda uri: models.predicted_labels(uri, x, classes),
+                )
+                outcomes.append(registry.register(run_id, uri, "mnist-digits", rule, examples))
     finally:
         os.environ.clear()
         os.environ.update(saved)
     return root, outcomes
 
 
-def test_champion_follows_the_best_accuracy(registry) -> None:
+def test_the_same_model_again_does_not_displace_the_champion(registry) -> None:
     root, outcomes = registry
-    assert outcomes == [("1", True), ("2", True), ("3", False)]
+    assert outcomes == [("1", True), ("2", False), ("3", False)]
     use_store(f"sqlite:///{root}/mlflow.db")
-    champion = mlflow.MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
-    assert str(champion.version) == "2"
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("mnist-digits", "champion")
+    assert str(champion.version) == "1"
     tags = mlflow.get_run(champion.run_id).data.tags
-    assert tags["champion"] == "true" and tags["registered_version"] == "mnist-digits/2"
+    assert tags["champion"] == "true" and tags["registered_version"] == "mnist-digits/1"
+    assert champion.tags["promotion.decision"] == "first champion"
+    second = client.get_model_version("mnist-digits", "2").tags
+    assert second["promotion.decision"] == "kept champion v1"
+    assert second["promotion.p_value"] == "1" and second["promotion.only_this_right"] == "0"
+    assert second["promotion.accuracy"] == second["promotion.champion_accuracy"]
+    assert float(second["promotion.accuracy"]) > 0.9
 
 
 @pytest.fixture

@@ -188,22 +188,38 @@ def test_a_store_uri_with_a_password_is_refused_and_never_shown(uri: str, says: 
 RACE = """
 import sys, time
 import mlflow
+import numpy as np
+from pipeline.core.config import RegistryConfig
 from pipeline.tracking import registry
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 client = mlflow.MlflowClient()
 experiment = client.get_experiment_by_name("race").experiment_id
+labels = np.zeros(1000, dtype=np.int64)
+
+def predicted(accuracy):  # right on the first 1000 x accuracy examples: nested, so paired
+    return np.where(np.arange(1000) < round(accuracy * 1000), 0, 1)
+
+def score(uri):  # another version's predictions, from the accuracy it recorded
+    version = uri.rsplit("/", 1)[1]
+    tags = client.get_model_version("race", version).tags
+    return predicted(float(tags["promotion.accuracy"]))
+
+rule = RegistryConfig(promote="significant", alpha=0.05)
 while time.time() < float(sys.argv[2]):  # both start together
     time.sleep(0.005)
 for accuracy in map(float, sys.argv[3:]):
     run_id = client.create_run(experiment).info.run_id
     logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id,
                                             experiment_id=experiment)
-    registry.register(run_id, f"models:/{logged.model_id}", "race", accuracy)
+    examples = registry.Examples(labels, "same", predicted(accuracy), score)
+    registry.register(run_id, f"models:/{logged.model_id}", "race", rule, examples)
     client.set_terminated(run_id)
 """
 
 
-def test_two_evaluations_at_once_leave_the_champion_on_the_best(tmp_path: Path) -> None:
+def test_two_evaluations_at_once_end_with_one_champion_and_every_decision(
+    tmp_path: Path,
+) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     use_store(uri)
     mlflow.create_experiment("race", artifact_location=str(tmp_path / "mlruns"))
@@ -225,6 +241,12 @@ def test_two_evaluations_at_once_leave_the_champion_on_the_best(tmp_path: Path) 
     client = mlflow.MlflowClient()
     versions = client.search_model_versions("name = 'race'")
     assert len(versions) == 10
-    best = max(versions, key=lambda v: float(v.tags["val_accuracy"]))
+    decisions = [v.tags.get("promotion.decision") for v in versions]
+    assert all(decisions), decisions  # every one recorded
     champion = client.get_model_version_by_alias("race", "champion")
-    assert champion.version == best.version and best.tags["val_accuracy"] == "0.98"
+    assert champion.tags["promotion.decision"] in ("promoted", "first champion")
+    # 0.98 is better than every other by at least 10 examples, all of them its own (p < 0.001):
+    # it was judged against whichever champion it met and took the alias; nothing later beat it.
+    assert champion.tags["promotion.accuracy"] == "0.98"
+    kept = [v for v in versions if v.tags["promotion.decision"].startswith("kept")]
+    assert {v.tags["promotion.accuracy"] for v in kept} >= {"0.9", "0.89"}

@@ -231,6 +231,13 @@ class SweepConfig(Section):
     seeds: PositiveInt
 
 
+class RegistryConfig(Section):
+    promote: _choice("significant", "best", "never")
+    alpha: Annotated[
+        Number, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
+    ]
+
+
 class Config(Section):
     # In params.yaml's order (conf/config.yaml's defaults, then its own keys): a run records
     # `to_yaml(config.to_dict())`, which is then params.yaml to the letter.
@@ -240,6 +247,7 @@ class Config(Section):
     tracking: TrackingConfig
     seed: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
     sweep: SweepConfig
+    registry: RegistryConfig
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -79,4 +79,7 @@ def _import_keras() -> ModuleType:
         import keras
         import tensorflow  # noqa: F401  (its start-up lines are what is muted)
     keras.utils.disable_interactive_logging()
+    # Not for users: tf.function's advice on retracing (a model predicting splits of several
+    # sizes, as evaluate does, retraces its prediction step).
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return keras

@@ -2,11 +2,11 @@
 
 Every model goes down one path, whoever asks for it (the train and evaluate stages, each seed of
 a sweep job): `model_run` opens its run with its provenance, `train_model` trains it into the
-run, `evaluate_model` scores it on the test split, logs its figures and (for a stage) registers
-it. Inputs are plain values: a validated `Config` and a `Where` (the project, the output folder,
-the experiment). Below the output folder it writes the layout of core/paths.py:
-models/model.keras, reports/history.csv, reports/train.json, reports/metrics.json,
-reports/predictions.csv and reports/figures/*.png; the run gets the same.
+run, `evaluate_model` scores it on the test split and logs its figures (the evaluate stage then
+registers it, tracking/registry.py). Inputs are plain values: a validated `Config` and a
+`Where` (the project, the output folder, the experiment). Below the output folder it writes the
+layout of core/paths.py: models/model.keras, reports/history.csv, reports/train.json,
+reports/metrics.json, reports/predictions.csv and reports/figures/*.png; the run gets the same.
 
 `dvc repro` trains and evaluates in two processes (stages train and evaluate), with the project
 root as output folder; a sweep job does both in one process, each model with its own folder, and
@@ -42,7 +42,7 @@ from pipeline.core.paths import (
     PREDICTIONS_CSV,
     TRAIN_JSON,
 )
-from pipeline.tracking import names, registry, runs
+from pipeline.tracking import names, runs
 
 if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, so the evaluate
     import keras  # stage's own process, which only scores predictions, never loads it.
@@ -69,13 +69,6 @@ class Where:
     @property
     def in_sweep(self) -> bool:
         return self.parent_run_id is not None
-
-
-@dataclass(frozen=True)
-class Evaluated:
-    report: dict[str, Any]  # metrics.classification_report
-    registered_version: str | None  # None: not registered (a sweep registers only its best)
-    champion: bool
 
 
 @dataclass(frozen=True)
@@ -116,7 +109,14 @@ LABELS = {
     "model.kernel_size": "k",
     "model.dropout": "do",
 }
-UNNAMED = ("data.", "tracking.", "sweep.", "seed", "model.name")  # not part of what a model is
+UNNAMED = (
+    "data.",
+    "tracking.",
+    "sweep.",
+    "registry.",
+    "seed",
+    "model.name",
+)  # not part of what a model is
 
 
 @functools.cache
@@ -312,14 +312,14 @@ def evaluate_model(
     model_uri: str,
     history: dict[str, list[float]],
     draw: Callable[..., Any] | None = call,
-) -> Evaluated:
+) -> dict[str, Any]:
     """Score the model's class probabilities `probs` for the project's test split; write
     metrics, predictions and figures under `where.out` and log them to `run_id`. The figures
     are drawn by `draw(plots.save_figures, folder, drawings)`: here, or where a sweep draws
     them; with `draw=None` only what they are drawn from is kept and logged (figures/
-    figure_data.npz), for `draw_figures` when someone asks. A stage's model is registered
-    (`registry.register`, judged on its validation accuracy); a sweep registers only its best
-    configuration's, at its end."""
+    figure_data.npz), for `draw_figures` when someone asks. Returns the report
+    (`metrics.classification_report`). Registering the model is the caller's: the evaluate
+    stage registers each, a sweep only its best configuration's."""
     from pipeline.core import metrics, plots  # matplotlib: only where figures are drawn
 
     out = where.out
@@ -345,13 +345,7 @@ def evaluate_model(
     scores |= {names.F1_CLASS.format(c): v["f1"] for c, v in report["per_class"].items()}
     runs.log_metrics(run_id, scores, model_uri=model_uri)
     runs.log_artifact(run_id, out / METRICS_JSON)
-    if where.in_sweep:
-        return Evaluated(report, None, False)
-    val_accuracy = history[names.VAL_ACCURACY][-1]
-    version, promoted = registry.register(
-        run_id, model_uri, cfg.tracking.registered_model, val_accuracy
-    )
-    return Evaluated(report, version, promoted)
+    return report
 
 
 def log_figures(run_id: str, folder: Path) -> None:

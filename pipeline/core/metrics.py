@@ -49,3 +49,17 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray) -> dict[str, An
             for c in range(probs.shape[1])
         },
     }
+
+
+def mcnemar_greater(a_right: np.ndarray, b_right: np.ndarray) -> tuple[int, int, float]:
+    """Exact one-sided McNemar test that model A is more often right than model B on the same
+    examples (per-example correctness, boolean arrays): of the examples exactly one of them gets
+    right, A's share is binomial(n, 1/2) when they are equally good. Returns (examples only A
+    gets right, only B gets right, p-value); p is 1 when they never disagree."""
+    from scipy.stats import binomtest
+
+    only_a = int(np.sum(a_right & ~b_right))
+    only_b = int(np.sum(~a_right & b_right))
+    if only_a + only_b == 0:
+        return only_a, only_b, 1.0
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5, "greater").pvalue)

@@ -5,16 +5,19 @@ data/processed/test.npz; `tracking` from params.yaml.
 Outputs: reports/metrics.json (test_accuracy, test_loss, macro_f1, per-class precision, recall
 and F1), reports/predictions.csv (true and predicted label per image: the DVC confusion plot)
 and reports/figures/*.png, all logged to the MLflow run that train started. The model becomes a
-new version of `tracking.registered_model`; the `champion` alias moves to it if it is the best
-by validation accuracy.
+new version of `tracking.registered_model`, judged against the champion on the validation split
+by `registry.promote` (tracking/registry.py); a reproduction (`pipeline.reproduce`) registers
+nothing.
 Command: `uv run dvc repro evaluate` (or `uv run python -m pipeline.evaluate`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +35,18 @@ def predict_in_worker(path: Path, sha256: str | None, x: np.ndarray) -> np.ndarr
     return predict_file(path, sha256, x)
 
 
+def labels_in_worker(store_uri: str, model_uri: str, x: np.ndarray, classes: list[str]) -> Any:
+    """The labels a registered model predicts for `x` (`models.predicted_labels`), here in the
+    worker, which has TensorFlow loaded."""
+    import mlflow
+
+    from pipeline.tracking import models
+
+    mlflow.set_tracking_uri(store_uri)
+    mlflow.set_registry_uri(store_uri)
+    return models.predicted_labels(model_uri, x, classes)
+
+
 def main(argv: list[str]) -> None:
     command_parser("evaluate", __doc__).parse_args(argv)
     cfg = load_params()  # before the heavy imports: a bad value fails in a second
@@ -40,8 +55,10 @@ def main(argv: list[str]) -> None:
     # TensorFlow and MLflow take seconds each to import: a worker imports TensorFlow while this
     # process imports MLflow and opens the run, then predicts. Leaving the block stops it.
     with multiprocessing.get_context("spawn").Pool(1, load_keras) as worker:
+        import mlflow
+
         from pipeline.core import experiment
-        from pipeline.tracking import names, runs, store
+        from pipeline.tracking import names, provenance, registry, runs, store
 
         t = cfg.tracking
         where = experiment.Where(
@@ -53,16 +70,29 @@ def main(argv: list[str]) -> None:
             digest = tags.get(names.MODEL_SHA256_TAG)
             probs = worker.apply(predict_in_worker, (root / MODEL_PATH, digest, test_x))
             history = experiment.read_history(root / HISTORY_CSV)
-            done = experiment.evaluate_model(
-                cfg, where, run_id, probs, tags[names.MODEL_URI_TAG], history
-            )
-    scores = done.report
+            model_uri = tags[names.MODEL_URI_TAG]
+            scores = experiment.evaluate_model(cfg, where, run_id, probs, model_uri, history)
+            if os.environ.get(provenance.REPRODUCES_ENV):  # it checks, it does not compete
+                registered = "not registered (a reproduction)"
+            else:
+                val_x, val_y = prepared(root, "val")
+                store_uri, classes = mlflow.get_tracking_uri(), cfg.data.class_names
+                examples = registry.Examples(
+                    val_y,
+                    registry.examples_sha256(val_x, val_y),
+                    worker.apply(predict_in_worker, (root / MODEL_PATH, digest, val_x)).argmax(1),
+                    lambda uri: worker.apply(labels_in_worker, (store_uri, uri, val_x, classes)),
+                )
+                name = cfg.tracking.registered_model
+                version, promoted = registry.register(
+                    run_id, model_uri, name, cfg.registry, examples
+                )
+                decision = registry.decision(name, version)
+                registered = f"registered {name} version {version}: {decision}"
     print(
         f"evaluate: test_accuracy {scores[names.TEST_ACCURACY]:.4f}, "
         f"test_loss {scores[names.TEST_LOSS]:.4f}, macro_f1 {scores[names.MACRO_F1]:.4f} "
-        f"-> reports/metrics.json, MLflow run {run_id}, registered "
-        f"{cfg.tracking.registered_model} version {done.registered_version}"
-        + (" (new champion)" if done.champion else "")
+        f"-> reports/metrics.json, MLflow run {run_id}, {registered}"
     )
 
 

@@ -24,7 +24,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import finished
-from pipeline.sweeps.job import failures, in_process, job_outcomes, reason
+from pipeline.sweeps.job import failures, in_process, job_outcomes, plain, reason
 from pipeline.tracking import names
 
 
@@ -191,23 +191,35 @@ def _plain(value: Any) -> Any:
 
 def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> str:
     """Register the best configuration's model, once per sweep: of its seeds, the one with the
-    median validation accuracy. It becomes champion only if it beats the current one."""
+    median validation accuracy. It is judged against the champion as the evaluate stage's are
+    (tracking/registry.py), on the validation split the sweep trained with."""
+    from pipeline.core.config import validate
+    from pipeline.core.data import prepared
     from pipeline.sweeps.stats import median_seed
-    from pipeline.tracking import registry, runs
+    from pipeline.tracking import models, registry, runs
 
-    members = best["members"]
-    chosen = median_seed(members, key=lambda r: r["val_accuracy"])
+    chosen = median_seed(best["members"], key=lambda r: r["val_accuracy"])
     run = runs.get_run(chosen["run_id"], "it was a run of this sweep.")
-    name = config.tracking.registered_model
+    settings = validate(plain(config))
+    name, classes = settings.tracking.registered_model, settings.data.class_names
+    model_uri = run.data.tags[names.MODEL_URI_TAG]
+    load_keras()
+    val_x, val_y = prepared(project_root(), "val")
+    examples = registry.Examples(
+        val_y,
+        registry.examples_sha256(val_x, val_y),
+        models.predicted_labels(model_uri, val_x, classes),
+        lambda uri: models.predicted_labels(uri, val_x, classes),
+    )
     version, promoted = registry.register(
-        chosen["run_id"], run.data.tags[names.MODEL_URI_TAG], name, chosen["val_accuracy"]
+        chosen["run_id"], model_uri, name, settings.registry, examples
     )
     outcome = {names.REGISTERED_TAG: f"{name}/{version}", names.CHAMPION_TAG: promoted}
     runs.set_tags(parent_id, {k: str(v).lower() for k, v in outcome.items()})
     return (
         f"\nregistered {chosen['run_name']} (the best configuration's median seed by "
-        f"val_accuracy, {chosen['val_accuracy']:.4f}, of {len(members)}) as {name} version "
-        f"{version}" + (" (new champion)" if promoted else " (the champion stays)")
+        f"val_accuracy, {chosen['val_accuracy']:.4f}, of {len(best['members'])}) as {name} "
+        f"version {version}: {registry.decision(name, version)}"
     )
 
 

@@ -9,8 +9,10 @@ Outputs: a table on stdout; with `--csv PATH`, the same rows as CSV. Test accura
 validation accuracy and never used to rank.
 `--runs-csv FILE` summarises a saved runs table instead (a sweep's runs.csv, or an export of
 `mlflow.search_runs`), with no store, exactly as a sweep's summary does.
+`--champion` prints the history of the registered model's champion decisions instead (what
+each version was judged on, with what evidence, and what was decided: tracking/registry.py).
 Command: `uv run python -m pipeline.compare [--parent RUN_ID | --runs-csv FILE] [--group-by KEYS]
-[--csv PATH]`.
+[--csv PATH]`, or `uv run python -m pipeline.compare --champion`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ def main(argv: list[str]) -> None:
         help="aggregate over seeds per value of these params (model.hidden_units,train.epochs)",
     )
     parser.add_argument("--csv", type=Path, metavar="PATH", help="also write the rows as CSV")
+    source.add_argument("--champion", action="store_true", help=(
+        "the history of champion decisions of the dataset's registered model (params.yaml's "
+        "tracking.registered_model)"
+    ))  # fmt: skip
     args = parser.parse_args(argv)
+    if args.champion:
+        print(champion_history())
+        return
     if args.runs_csv:
         if args.parent:
             raise PipelineError("--parent reads the store; with --runs-csv, leave it out.")
@@ -100,6 +109,50 @@ def store_rows(experiment: str | None, parent: str | None) -> list[dict]:
             + "; check the id with `uv run mlflow ui`."
         )
     return rows
+
+
+def champion_history() -> str:
+    """Each registered version of the dataset's model, oldest first: what was decided when it
+    was judged against the champion, on which examples, with what evidence."""
+    import mlflow
+
+    from pipeline.tracking import names, registry, store
+
+    cfg = load_params()
+    store.connect(cfg.tracking.uri)
+    name = cfg.tracking.registered_model
+    client = mlflow.MlflowClient()
+    versions = sorted(
+        client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+    )
+    if not versions:
+        raise PipelineError(
+            f"no registered model {name!r} in {mlflow.get_tracking_uri()}: "
+            "`uv run dvc repro` registers the first version."
+        )
+    now = registry.champion(name)
+    header = ("version", "run", "accuracy", "champion's", "only it", "only champ", "p",
+              "decision")  # fmt: skip
+    rows = [header]
+    for v in versions:
+        t = v.tags
+        run = client.get_run(v.run_id).info.run_name if v.run_id else "-"
+        rows.append((
+            f"v{v.version}" + (" *" if str(v.version) == now else ""), run,
+            t.get(names.PROMOTION_ACCURACY, "-"), t.get(names.PROMOTION_CHAMPION_ACCURACY, "-"),
+            t.get(names.PROMOTION_ONLY_THIS, "-"), t.get(names.PROMOTION_ONLY_CHAMPION, "-"),
+            t.get(names.PROMOTION_P_VALUE, "-"), t.get(names.PROMOTION_DECISION, "not judged"),
+        ))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+             for r in rows]  # fmt: skip
+    digests = {v.tags.get(names.PROMOTION_EXAMPLES_SHA256, "")[:12] for v in versions} - {""}
+    lines.append(
+        f"\n{name}: {len(versions)} versions, champion v{now} (*). Judged on the validation "
+        f"split, examples {', '.join(sorted(digests)) or '-'}; rule: params.yaml's registry "
+        f"({cfg.registry.promote}, alpha {cfg.registry.alpha})."
+    )
+    return "\n".join(lines)
 
 
 def cli() -> None:

@@ -150,3 +150,27 @@ def load_logged(uri: str) -> tuple[Any, dict[str, Any]]:
         except PipelineError as exc:
             raise Refused(f"refused {place.what} ({uri}): {exc}") from exc
     return model, {**place.about, "run_id": place.run_id}
+
+
+def predicted_labels(uri: str, x: Any, classes: list[str]) -> Any:
+    """The labels the model at `uri` (loaded as `load_logged` does) predicts for the images `x`
+    of a dataset with `classes`; a `PipelineError` saying why when it cannot score them: it reads
+    images of another size, or knows other classes, or is refused."""
+    import json
+
+    from pipeline.core.model import predict
+
+    model, about = load_logged(uri)
+    shape, given = tuple(model.input_shape[1:3]), tuple(x.shape[1:3])
+    if shape != given:
+        raise PipelineError(
+            f"it reads {shape[0]}x{shape[1]} images, these are {given[0]}x{given[1]}"
+        )
+    run = mlflow.MlflowClient().get_run(about["run_id"]) if about.get("run_id") else None
+    known = json.loads(run.data.tags.get(names.CLASSES_TAG, "null")) if run else None
+    if known is not None and known != list(classes) or model.output_shape[-1] != len(classes):
+        raise PipelineError(
+            f"its classes are {known or model.output_shape[-1]}, these examples' are "
+            f"{list(classes)}"
+        )
+    return predict(model, x).argmax(axis=1)

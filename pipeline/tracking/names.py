@@ -64,6 +64,19 @@ CHAMPION = "champion"  # the registry alias of the best model
 # MLflow's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
+# A registered version's evidence for the `champion` alias (tracking/registry.py)
+PROMOTION_RULE = "promotion.rule"  # registry.promote and registry.alpha
+PROMOTION_EXAMPLES = "promotion.examples"  # how many, and which split
+PROMOTION_EXAMPLES_SHA256 = "promotion.examples_sha256"
+PROMOTION_ACCURACY = "promotion.accuracy"  # this version's, on those examples
+PROMOTION_AGAINST = "promotion.champion_version"  # the champion it was judged against
+PROMOTION_CHAMPION_ACCURACY = "promotion.champion_accuracy"
+PROMOTION_ONLY_THIS = "promotion.only_this_right"  # examples only this version gets right
+PROMOTION_ONLY_CHAMPION = "promotion.only_champion_right"
+PROMOTION_P_VALUE = "promotion.p_value"  # exact one-sided McNemar
+PROMOTION_DECISION = "promotion.decision"
+PROMOTED, FIRST_CHAMPION = "promoted", "first champion"
+
 # ---- a sweep's folder ------------------------------------------------------------------------
 PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log
 JOB_FILE = "job.json"  # in each job's folder: how it ended, also when it made no run

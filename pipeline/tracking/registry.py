@@ -1,23 +1,72 @@
-"""The model registry: a version per evaluated model, and the `champion` alias on the best.
+"""The model registry: a version per evaluated model, and the `champion` alias, which moves only
+on paired evidence.
 
-The champion is judged on validation accuracy, never on the test set (that only reports).
+A new version (the challenger) is judged against the champion on the same examples: the current
+dataset's validation split (never the test set, which only reports), which both models score,
+the champion loaded through the safe loader (tracking/models.py). The test is McNemar's exact
+one-sided test on per-example correctness (core/metrics.py): the two models are scored on the
+same examples, so only the examples where exactly one of them is right say which is better, and
+the exact binomial test on those needs no resampling (a bootstrap would), so a decision is the
+same every time it is made. `registry.promote` is the rule:
+
+- `significant`: the alias moves when the test finds the challenger better at `registry.alpha`;
+- `best`: when the challenger is right on more of the examples, however few;
+- `never`: versions are registered, the alias never moves.
+
+There is no champion yet: the challenger becomes it. The champion cannot be scored on these
+examples (its images are another size, its classes are others, or its model file fails its
+check): it cannot keep the alias, and the challenger takes it with the reason in its decision.
+Each version's `promotion.*` tags hold the evidence and the decision.
 """
 
 from __future__ import annotations
 
-import mlflow
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+import mlflow
+import numpy as np
+
+from pipeline.core.config import RegistryConfig
+from pipeline.core.errors import PipelineError
 from pipeline.tracking import names
 from pipeline.tracking.runs import set_tags
 
 
-def register(run_id: str, model_uri: str, name: str, val_accuracy: float) -> tuple[str, bool]:
-    """Register the model as a new version of `name`; the `champion` alias moves to it if its
-    validation accuracy beats every other version's (never the test set: that only reports).
-    Returns the version and whether it is the champion.
+SETTLE_SECONDS = 0.2  # after moving the alias, before reading it back
 
-    The run records both (`registered_version`, `champion` tags).
-    """
+
+@dataclass(frozen=True)
+class Examples:
+    """What a challenger is judged on: the examples' labels and digest, the challenger's
+    predicted labels for them, and `score`, which gives the labels another registered model
+    (a `models:/NAME/VERSION` URI) predicts for them, or raises a `PipelineError` saying why it
+    cannot."""
+
+    labels: np.ndarray
+    sha256: str
+    predicted: np.ndarray
+    score: Callable[[str], np.ndarray]
+
+
+def examples_sha256(x: np.ndarray, y: np.ndarray) -> str:
+    """The digest of a split's images and labels: equal only for the same examples."""
+    digest = hashlib.sha256()
+    for array in (x, y):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def register(
+    run_id: str, model_uri: str, name: str, rule: RegistryConfig, examples: Examples
+) -> tuple[str, bool]:
+    """Register the model as a new version of `name`, judge it against the champion
+    (`judge`) and return the version and whether it is the champion. The run records both
+    (`registered_version`, `champion` tags)."""
     client = mlflow.MlflowClient()
     try:  # the client, unlike mlflow.register_model, prints nothing
         client.create_registered_model(name)
@@ -28,8 +77,7 @@ def register(run_id: str, model_uri: str, name: str, val_accuracy: float) -> tup
     source = client.get_logged_model(model_id).artifact_location
     created = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
     version = str(created.version)
-    client.set_model_version_tag(name, version, names.VAL_ACCURACY, str(val_accuracy))
-    promoted = crown(name) == version
+    promoted = judge(name, version, rule, examples)
     set_tags(
         run_id,
         {names.REGISTERED_TAG: f"{name}/{version}", names.CHAMPION_TAG: str(promoted).lower()},
@@ -37,31 +85,85 @@ def register(run_id: str, model_uri: str, name: str, val_accuracy: float) -> tup
     return version, promoted
 
 
-def crown(name: str, rounds: int = 20) -> str | None:
-    """Put the `champion` alias on the version of `name` with the best validation accuracy (the
-    earliest of equals) and return it.
+def decision(name: str, version: str) -> str:
+    """What was decided for `version` of `name`, with its p-value where a test was made."""
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    said = tags.get(names.PROMOTION_DECISION, "not judged")
+    p = tags.get(names.PROMOTION_P_VALUE)
+    return f"{said} (p = {p})" if p is not None else said
 
-    There is no compare-and-set in the registry, so the alias is checked again after each move:
-    of two evaluations registering at once, the one that moves it last re-reads every version
-    and moves it again if the other's is better. The alias ends on the best either way.
+
+def champion(name: str) -> str | None:
+    """The version of `name` with the `champion` alias, if any."""
+    try:
+        found = mlflow.MlflowClient().get_model_version_by_alias(name, names.CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return str(found.version)
+
+
+def judge(
+    name: str, version: str, rule: RegistryConfig, examples: Examples, rounds: int = 20
+) -> bool:
+    """Decide whether `version` of `name` takes the `champion` alias (see the module), record
+    the evidence and decision in its tags, and move the alias if so. Returns whether it is the
+    champion.
+
+    There is no compare-and-set in the registry: the alias is read again before and after it
+    moves. A champion that changed while this version was judged is judged against in turn, so
+    of two evaluations finishing at once each records its decision and one champion remains.
     """
     client = mlflow.MlflowClient()
-    best = None
     for _ in range(rounds):
-        versions = client.search_model_versions(f"name = '{name}'")
-        scored = [
-            (float(v.tags[names.VAL_ACCURACY]), -int(v.version), str(v.version))
-            for v in versions
-            if names.VAL_ACCURACY in v.tags
-        ]
-        if not scored:
-            return None
-        best = max(scored)[2]
-        try:
-            current = str(client.get_model_version_by_alias(name, names.CHAMPION).version)
-        except mlflow.exceptions.MlflowException:  # no champion yet
-            current = None
-        if current == best:
-            return best
-        client.set_registered_model_alias(name, names.CHAMPION, best)
-    return best
+        current = champion(name)
+        if current == version:
+            return True
+        evidence, promote = decide(name, current, rule, examples)
+        for key, value in evidence.items():
+            client.set_model_version_tag(name, version, key, str(value))
+        if not promote:
+            return False
+        if champion(name) != current:
+            continue  # moved meanwhile: judge against the new champion
+        client.set_registered_model_alias(name, names.CHAMPION, version)
+        time.sleep(SETTLE_SECONDS)  # another move decided before this one lands meanwhile
+        if champion(name) == version:
+            return True
+    return champion(name) == version
+
+
+def decide(
+    name: str, current: str | None, rule: RegistryConfig, examples: Examples
+) -> tuple[dict[str, Any], bool]:
+    """The evidence for the challenger against champion `current` (None: there is none), and
+    whether the challenger takes the alias."""
+    from pipeline.core.metrics import mcnemar_greater
+
+    right = examples.predicted == examples.labels
+    evidence: dict[str, Any] = {
+        names.PROMOTION_RULE: f"{rule.promote} (alpha {rule.alpha})",
+        names.PROMOTION_EXAMPLES: f"{len(right)} validation examples",
+        names.PROMOTION_EXAMPLES_SHA256: examples.sha256,
+        names.PROMOTION_ACCURACY: round(float(right.mean()), 6),
+    }
+    if rule.promote == "never":
+        return evidence | {names.PROMOTION_DECISION: "registered only (promote: never)"}, False
+    if current is None:
+        return evidence | {names.PROMOTION_DECISION: names.FIRST_CHAMPION}, True
+    evidence[names.PROMOTION_AGAINST] = current
+    try:
+        theirs = examples.score(f"models:/{name}/{current}")
+    except PipelineError as exc:
+        said = f"promoted: champion v{current} cannot be scored on these examples: {exc}"
+        return evidence | {names.PROMOTION_DECISION: said[:4000]}, True
+    their_right = theirs == examples.labels
+    only_this, only_champion, p = mcnemar_greater(right, their_right)
+    better = p < rule.alpha if rule.promote == "significant" else right.sum() > their_right.sum()
+    evidence |= {
+        names.PROMOTION_CHAMPION_ACCURACY: round(float(their_right.mean()), 6),
+        names.PROMOTION_ONLY_THIS: only_this,
+        names.PROMOTION_ONLY_CHAMPION: only_champion,
+        names.PROMOTION_P_VALUE: f"{p:.4g}",
+        names.PROMOTION_DECISION: names.PROMOTED if better else f"kept champion v{current}",
+    }
+    return evidence, better

@@ -1,0 +1,103 @@
+"""The champion moves only on paired evidence (tracking/registry.py), on real training and real
+MNIST: a seed does not displace another, the CNN displaces the MLP, a champion that cannot be
+scored does not block the alias, a reproduction registers nothing."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from helpers import copy_project, run, use_store
+
+pytestmark = pytest.mark.slow  # real training, several dvc experiments
+
+EPOCHS = ["-S", "train.epochs=2"]  # full data, 2 epochs: about 97% validation accuracy
+
+SEED_PAIRS = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from pipeline.core import model
+from pipeline.core.config import load_params
+from pipeline.core.data import prepared
+from pipeline.core.metrics import mcnemar_greater
+cfg = load_params(Path("params.yaml"))
+train_cfg = cfg.train.model_copy(update={"epochs": int(sys.argv[1])})
+val = prepared(Path("."), "val")
+right = {}
+for seed in range(42, 62):
+    model.set_determinism(seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+    net = model.compiled_model(cfg.model, train_cfg, 10, (28, 28))
+    tensors = [model.prepared_tensors(Path("."), split) for split in ("train", "val")]
+    model.fit(net, *tensors, train_cfg)
+    right[seed] = model.predict(net, val[0]).argmax(1) == val[1]
+pairs = [mcnemar_greater(right[s + 1], right[s]) for s in range(42, 62, 2)]
+print(json.dumps([[int(a), int(b), p] for a, b, p in pairs]))
+"""
+
+
+def test_ten_seed_pairs_of_one_configuration_seldom_displace_each_other(prepared: Path) -> None:
+    """Seeds 43, 45, ... challenge seeds 42, 44, ...: the same configuration, so a promotion
+    would be by chance. At alpha 0.05 (one-sided), at most 1 of 10 may be promoted."""
+    out = run(["python", "-c", SEED_PAIRS, "2"], prepared).stdout
+    pairs = json.loads(out.strip().splitlines()[-1])
+    promoted = [p for _, _, p in pairs if p < 0.05]
+    print(f"seed pairs (only challenger right, only champion right, p): {pairs}")
+    assert len(pairs) == 10 and len(promoted) <= 1, pairs
+    assert all(a + b > 0 for a, b, _ in pairs)  # the seeds do disagree on some examples
+
+
+def champion_history(project: Path) -> str:
+    return run(["python", "-m", "pipeline.compare", "--champion"], project).stdout
+
+
+def version_tags(project: Path, version: str) -> dict[str, str]:
+    use_store(f"sqlite:///{project}/mlflow.db")
+    return mlflow.MlflowClient().get_model_version("mnist-digits", version).tags
+
+
+def test_the_champion_moves_only_on_paired_evidence(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    first = run(["dvc", "exp", "run", *EPOCHS], project)
+    assert "registered mnist-digits version 1: first champion" in first.stdout, first.stdout
+
+    seed = run(["dvc", "exp", "run", *EPOCHS, "-S", "seed=1"], project)
+    assert "registered mnist-digits version 2: kept champion v1 (p = " in seed.stdout
+    kept = version_tags(project, "2")
+    assert kept["promotion.champion_version"] == "1" and float(kept["promotion.p_value"]) >= 0.05
+    # Judged on the examples of this run's own validation split (seed 1 draws another split).
+    from pipeline.core.data import load_split
+    from pipeline.tracking.registry import examples_sha256
+
+    val = load_split(project / "data/processed", "val")
+    assert kept["promotion.examples_sha256"] == examples_sha256(*val)
+    assert kept["promotion.examples"] == f"{len(val[1])} validation examples"
+
+    cnn = run(["dvc", "exp", "run", *EPOCHS, "-S", "model=cnn", "-S", "train.epochs=1"], project)
+    assert "registered mnist-digits version 3: promoted (p = " in cnn.stdout, cnn.stdout
+    promoted = version_tags(project, "3")
+    assert float(promoted["promotion.p_value"]) < 0.05
+    assert int(promoted["promotion.only_this_right"]) > int(
+        promoted["promotion.only_champion_right"]
+    )
+
+    history = champion_history(project)
+    lines = history.splitlines()
+    assert lines[1].startswith("v1 ") and "first champion" in lines[1]
+    assert lines[2].startswith("v2 ") and "kept champion v1" in lines[2]
+    assert lines[3].startswith("v3 *") and lines[3].endswith("promoted")
+    assert "champion v3 (*)" in history
+
+    # A champion whose model file fails its digest check cannot hold the alias: the next
+    # version is promoted, saying why the champion could not be scored.
+    use_store(f"sqlite:///{project}/mlflow.db")
+    source = mlflow.MlflowClient().get_model_version("mnist-digits", "3").source
+    logged = mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path / "dl"))
+    stored = Path(source.removeprefix("file://")) / "data/model.keras"
+    assert stored.read_bytes() == (Path(logged) / "data/model.keras").read_bytes()
+    stored.write_bytes(stored.read_bytes()[:-100] + b"\0" * 100)
+    after = run(["dvc", "exp", "run", *EPOCHS, "-S", "model=mlp", "-S", "seed=2"], project)
+    said = "registered mnist-digits version 4: promoted: champion v3 cannot be scored"
+    assert said in after.stdout and "SHA-256" in after.stdout, after.stdout
+    assert version_tags(project, "4")["promotion.champion_version"] == "3"
