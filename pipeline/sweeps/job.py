@@ -34,10 +34,11 @@ from pipeline.tracking import names
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
-    """The job's config without Hydra's own node, as plain data."""
-    data = OmegaConf.to_container(cfg, resolve=True)
+    """The config without Hydra's own node, resolved, as plain data: a job's, or the sweep's
+    (whose Hydra node holds values only a job has)."""
+    data = OmegaConf.to_container(cfg, resolve=False)
     data.pop("hydra", None)
-    return data
+    return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
 
 
 def check_data_settings(config: Config, root: Path) -> None:

@@ -35,7 +35,6 @@ from pipeline.core.errors import PipelineError
 from pipeline.tracking import names
 from pipeline.tracking.runs import set_tags
 
-
 SETTLE_SECONDS = 0.2  # after moving the alias, before reading it back
 
 
