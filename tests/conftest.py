@@ -158,8 +158,8 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> dict:
     paths = {k: raw / s.name for k, s in cfg.data.files.items()}
     for spec in cfg.data.files.values():
         fetch_file(spec, raw, places, cfg.data.timeout_s)
-    x, y = read_mnist_pair(paths["train_images"], paths["train_labels"])
-    xt, yt = read_mnist_pair(paths["test_images"], paths["test_labels"])
+    x, y = read_mnist_pair(paths["train_images"], paths["train_labels"], 10, (28, 28))
+    xt, yt = read_mnist_pair(paths["test_images"], paths["test_labels"], 10, (28, 28))
     return {"x": x / np.float32(255), "y": y, "xt": xt / np.float32(255), "yt": yt}
 
 
@@ -172,7 +172,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
         from pipeline.core.model import build_mlp, compile_model, fit, save_model
 
         cfg = validate(compose(["train.epochs=2"]))
-        model = compile_model(build_mlp(128), cfg.train)
+        model = compile_model(build_mlp(128, 10, (28, 28)), cfg.train)
         fit(
             model,
             (mnist["x"][:50_000], mnist["y"][:50_000]),

@@ -45,3 +45,27 @@ def test_format_table_aligns_columns() -> None:
     assert header.startswith("run_name") and set(rule) <= {"-", " "}
     assert first.index("0.9000") == header.index("val_accuracy")
     assert " - " in second
+
+
+def test_group_by_takes_any_column_of_a_runs_table(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from helpers import ROOT, run_env
+
+    table = tmp_path / "mine.csv"
+    table.write_text(
+        "run_name,config_id,val_accuracy,test_accuracy\n"
+        "a,x,0.90,0.89\nb,x,0.92,0.90\nc,y,0.95,0.94\nd,y,0.97,0.95\n"
+    )
+    cmd = [sys.executable, "-m", "pipeline.compare", "--runs-csv", str(table)]
+    proc = subprocess.run([*cmd, "--group-by", "config_id"], cwd=ROOT, env=run_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first, second = [line for line in proc.stdout.splitlines() if "config_id=" in line]
+    assert first.startswith("config_id=y") and " 2 " in first and second.startswith("config_id=x")
+    bad = subprocess.run([*cmd, "--group-by", "nope"], cwd=ROOT, env=run_env(),
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 1 and "--group-by nope: no run has such a param or column" in (
+        bad.stderr
+    )

@@ -19,7 +19,7 @@ def test_idx_round_trip(tmp_path: Path) -> None:
     images = np.arange(3 * 28 * 28, dtype=np.uint64).reshape(3, 28, 28) % 256
     write_idx(tmp_path / "img", images)
     write_idx(tmp_path / "lab", np.array([1, 2, 3]))
-    x, y = read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+    x, y = read_mnist_pair(tmp_path / "img", tmp_path / "lab", 10, (28, 28))
     assert x.shape == (3, 28, 28) and x.dtype == np.uint8
     np.testing.assert_array_equal(x, images.astype(np.uint8))
     np.testing.assert_array_equal(y, [1, 2, 3])
@@ -57,21 +57,21 @@ def test_counts_disagree(tmp_path: Path) -> None:
     write_idx(tmp_path / "img", np.zeros((4, 28, 28)))
     write_idx(tmp_path / "lab", np.zeros(5))
     with pytest.raises(DataError, match="holds 4 images but .* holds 5 labels"):
-        read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+        read_mnist_pair(tmp_path / "img", tmp_path / "lab", 10, (28, 28))
 
 
 def test_wrong_image_size(tmp_path: Path) -> None:
     write_idx(tmp_path / "img", np.zeros((2, 32, 32)))
     write_idx(tmp_path / "lab", np.zeros(2))
     with pytest.raises(DataError, match=r"\(32, 32\), expected \(28, 28\)"):
-        read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+        read_mnist_pair(tmp_path / "img", tmp_path / "lab", 10, (28, 28))
 
 
 def test_label_out_of_range(tmp_path: Path) -> None:
     write_idx(tmp_path / "img", np.zeros((2, 28, 28)))
     write_idx(tmp_path / "lab", np.array([3, 12]))
     with pytest.raises(DataError, match="label 12 is outside 0-9 "):
-        read_mnist_pair(tmp_path / "img", tmp_path / "lab")
+        read_mnist_pair(tmp_path / "img", tmp_path / "lab", 10, (28, 28))
 
 
 def test_header_is_big_endian(tmp_path: Path) -> None:
@@ -95,3 +95,36 @@ def test_split_round_trip_and_missing(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["val.npz"]
     with pytest.raises(DataError, match="test.npz not found; run `uv run dvc repro preprocess`"):
         load_split(tmp_path, "test")
+
+
+def test_a_full_disk_keeps_no_half_file_and_says_so(tmp_path: Path) -> None:
+    """A real full filesystem (a 1 MB tmpfs) under save_split: no temporary file is left, the
+    command says which file and what to do in one line."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT, run_env
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        code = (
+            "import sys, numpy as np\n"
+            "from pathlib import Path\n"
+            "from pipeline.core.data import save_split\n"
+            "from pipeline.core.errors import run_cli\n"
+            "x, y = np.zeros((1000, 28, 28), np.float32), np.zeros(1000, np.uint8)\n"
+            "run_cli(lambda: save_split(Path(sys.argv[1]), 'train', x, y))\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code, str(disk)], cwd=ROOT, env=run_env(),
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"no space left on the device writing {disk}/train.npz" in proc.stderr
+        assert "MB free there now" in proc.stderr and len(proc.stderr.splitlines()) == 1
+        assert list(disk.iterdir()) == []  # no .train.npz.*.tmp left behind
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

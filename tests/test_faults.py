@@ -329,7 +329,7 @@ def test_unsafe_or_changed_model_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"refused to load .*lambda.keras.*safe_mode"):
         load_model(tmp_path / "lambda.keras")
     path = tmp_path / "model.keras"
-    build_mlp(8).save(path)
+    build_mlp(8, 10, (28, 28)).save(path)
     assert load_model(path, sha256=sha256_file(path)).output_shape == (None, 10)
     with pytest.raises(PipelineError, match="was changed since"):
         load_model(path, sha256="0" * 64)

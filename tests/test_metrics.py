@@ -11,7 +11,7 @@ def one_hot_probs(pred: list[int], confidence: float = 0.91) -> np.ndarray:
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns() -> None:
-    cm = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]))
+    cm = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 10)
     assert cm.shape == (10, 10) and cm.sum() == 4
     assert (cm[0, 0], cm[0, 1], cm[1, 1], cm[2, 1]) == (1, 1, 1, 1)
 

@@ -21,7 +21,7 @@ from pipeline.core.model import (
 
 
 def test_mlp_is_the_seed_model() -> None:
-    model = build_mlp(128)
+    model = build_mlp(128, 10, (28, 28))
     assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
     assert [type(layer).__name__ for layer in model.layers] == ["Flatten", "Dense", "Dense"]
     assert model.layers[1].units == 128 and model.layers[1].activation.__name__ == "relu"
@@ -30,7 +30,14 @@ def test_mlp_is_the_seed_model() -> None:
 
 
 def test_cnn_shapes() -> None:
-    model = build_cnn(filters=[8, 16], kernel_size=3, hidden_units=32, dropout=0.25)
+    model = build_cnn(
+        filters=[8, 16],
+        kernel_size=3,
+        hidden_units=32,
+        dropout=0.25,
+        num_classes=10,
+        shape=(28, 28),
+    )
     assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
     convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [8, 16]
@@ -44,7 +51,7 @@ def test_cnn_shapes() -> None:
     ],
 )
 def test_build_model_dispatches_on_name(cfg) -> None:
-    model = build_model(cfg)
+    model = build_model(cfg, 10, (28, 28))
     assert model.name == cfg.name and model.output_shape == (None, 10)
     probs = model.predict(np.zeros((2, 28, 28), np.float32), verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -59,7 +66,7 @@ def test_fit_returns_history_and_save_load_round_trip(
     x = rng.random((40, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 40).astype(np.uint8)
     keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_mlp(8), cfg.train)
+    model = compile_model(build_mlp(8, 10, (28, 28)), cfg.train)
     history, seconds = fit(model, (x[:32], y[:32]), (x[32:], y[32:]), cfg.train)
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"}
     assert all(len(v) == 2 for v in history.values()) and seconds > 0
@@ -92,7 +99,7 @@ cfg = validate(compose(["train.epochs=1", "train.batch_size=16"]))
 set_determinism(cfg.seed, int(sys.argv[1]), 1)
 rng = np.random.default_rng(0)
 x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
-model = compile_model(build_mlp(32), cfg.train)
+model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
 fit(model, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
 print(weights_sha256(model))
 """
@@ -123,7 +130,7 @@ for arg in sys.argv[2:]:
     seed, epochs = arg.split(":")
     cfg = validate(compose(overrides + [f"seed={seed}", f"train.epochs={epochs}"]))
     set_determinism(cfg.seed, 1, 1)
-    net = compiled_model(cfg.model, cfg.train)
+    net = compiled_model(cfg.model, cfg.train, 10, (28, 28))
     fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
     traced = core._last.steps._batches.experimental_get_tracing_count()
     # As in a sweep: the state is detached (the shadow's first building drawing random numbers)
@@ -158,7 +165,7 @@ def test_later_seeds_reuse_the_compiled_model_bit_identically(model: str) -> Non
 
 
 def test_weights_sha256_tracks_every_weight() -> None:
-    model = build_mlp(4)
+    model = build_mlp(4, 10, (28, 28))
     before = weights_sha256(model)
     weights = model.get_weights()
     weights[-1][0] += 1e-7
@@ -193,7 +200,7 @@ def test_the_loop_matches_keras_fit_in_steps_and_loss(default_params: dict) -> N
     results = {}
     for how in ("loop", "fit"):
         keras.utils.set_random_seed(cfg.seed)
-        model = compile_model(build_mlp(32), cfg.train)
+        model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
         if how == "loop":
             history, _ = fit(model, (x, y), val, cfg.train)
         else:
@@ -220,8 +227,23 @@ def test_cnn_trains_without_xla_where_xla_cannot(
     x, y = separable_digits(300)
     tf.config.experimental.enable_op_determinism()  # as set_determinism does for every run
     keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_model(cfg.model), cfg.train)
+    model = compile_model(build_model(cfg.model, 10, (28, 28)), cfg.train)
     history, _ = fit(model, (x[:250], y[:250]), (x[250:], y[250:]), cfg.train)
     assert "XLA cannot compile this model deterministically" in capsys.readouterr().err
     assert int(model.optimizer.iterations) == 8  # 250 / 32: seven full batches and one of 26
     assert np.isfinite(history["loss"][0]) and len(history["val_accuracy"]) == 1
+
+
+def test_a_dataset_smaller_than_one_batch_trains_on_what_it_has(default_params: dict) -> None:
+    """12 pictures and a batch of 32 (a tiny folder dataset): one smaller batch per epoch, as
+    Keras's `fit` does, not XLA's "Expected size[0] in [0, 9], but got 32"."""
+    default_params["train"].update(epochs=2, batch_size=32)
+    cfg = validate(default_params)
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 12, 12), dtype=np.float32)
+    y = rng.integers(0, 2, 16).astype(np.uint8)
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_model(build_mlp(8, 2, (12, 12)), cfg.train)
+    history, _ = fit(model, (x[:12], y[:12]), (x[12:], y[12:]), cfg.train)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    assert int(model.optimizer.iterations) == 2  # one step per epoch, on all 12

@@ -93,7 +93,7 @@ def test_the_best_has_the_most_seeds_and_a_nan_mean_never_ranks_first() -> None:
     assert aggregate(two, lambda r: r["cfg"], ["val"], "val")[1][VERDICT] == HIGHER
 
 
-SPREAD = 0.002  # the median seed-to-seed sd of validation accuracy in the README's grid
+SPREAD = 0.002  # the median seed-to-seed sd of validation accuracy in docs/sweeps.md's grid
 
 
 def false_worse_rate(configs: int, grids: int, gap: float = 0.0, seeds: int = 3) -> float:

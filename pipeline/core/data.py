@@ -14,8 +14,10 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -23,8 +25,6 @@ from pipeline.core.errors import DataError
 from pipeline.core.paths import PROCESSED_DIR, RAW_DIR
 
 UBYTE = 0x08
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
 SPLITS = ("train", "val", "test")
 
 
@@ -47,10 +47,24 @@ def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file renamed over it: readers see the old
     file or the new one, never half of one."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write, renamed to `path` when the block ends without error. On an error
+    (a full disk, say) the temporary file is removed and `path` is as it was; the error names
+    `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        with tmp.open("wb") as fh:
+            yield fh
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, str(tmp), tmp):
+            exc.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -104,8 +118,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 def read_mnist_pair(
     images_path: Path,
     labels_path: Path,
-    num_classes: int = NUM_CLASSES,
-    shape: tuple[int, int] = IMAGE_SHAPE,
+    num_classes: int,
+    shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read matching image and label files, checking shapes, counts and label range."""
     images = read_idx(images_path, 3)
@@ -158,7 +172,7 @@ def split_by_class(
     return (x[~out], y[~out]), (x[out], y[out])
 
 
-def class_counts(y: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, int]:
+def class_counts(y: np.ndarray, num_classes: int) -> dict[str, int]:
     return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=num_classes))}
 
 
@@ -166,10 +180,8 @@ def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Pat
     """Write one split as `<split>.npz` (x: float32 images in 0-1, y: uint8 labels), atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{split}.npz"
-    tmp = directory / f".{split}.npz.tmp"
-    with tmp.open("wb") as fh:
+    with atomic_file(path) as fh:
         np.savez(fh, x=x, y=y)
-    os.replace(tmp, path)
     return path
 
 

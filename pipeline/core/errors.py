@@ -7,8 +7,11 @@ prints it as one line on stderr and exits non-zero instead of showing a tracebac
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import shutil
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +33,30 @@ class DataError(PipelineError):
     """A data file that is missing, corrupt or cannot be fetched."""
 
 
+def raise_interrupt(signum: int, _frame: Any) -> None:
+    """The SIGTERM handler of every command that installs one: a SIGTERM interrupts like
+    Ctrl-C (`KeyboardInterrupt`), naming the signal, so runs end KILLED and files are removed."""
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk(exc: OSError) -> str:
+    """What to tell a user whose disk (or quota) filled up while a file was written."""
+    where = exc.filename or "a file"
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(where)) or ".").free
+        left = f"{free / 2**20:.0f} MB free there now"
+    except OSError:
+        left = "its free space unknown"
+    return (
+        f"no space left on the device writing {where} ({exc.strerror}; {left}). Nothing half "
+        "written was kept: free some space (`uv run dvc gc` drops cached data no commit "
+        "uses) and run the command again."
+    )
+
+
 def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -> None:
     """Call a command's `main`, turning a `PipelineError` into a message and an exit code.
 
@@ -44,6 +71,11 @@ def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in FULL_DISK:
+            raise
+        print(f"error: {full_disk(exc)}", file=sys.stderr)
+        sys.exit(1)
     if skip_teardown:
         exit_now()
 

@@ -4,8 +4,8 @@ Every model goes down one path, whoever asks for it (the train and evaluate stag
 a sweep job): `model_run` opens its run with its provenance, `train_model` trains it into the
 run, `evaluate_model` scores it on the test split and logs its figures (the evaluate stage then
 registers it, tracking/registry.py). Inputs are plain values: a validated `Config` and a
-`Where` (the project, the output folder, the experiment). Below the output folder it writes the
-layout of core/paths.py: models/model.keras, reports/history.csv, reports/train.json,
+`Destination` (the project, the output folder, the experiment). Below the output folder it
+writes the layout of core/paths.py: models/model.keras, reports/history.csv, reports/train.json,
 reports/metrics.json, reports/predictions.csv and reports/figures/*.png; the run gets the same.
 
 `dvc repro` trains and evaluates in two processes (stages train and evaluate), with the project
@@ -55,7 +55,7 @@ EXAMPLE_INPUTS = 5  # validation images the logged model's signature is read fro
 
 
 @dataclass(frozen=True)
-class Where:
+class Destination:
     """Where one model's run goes: the project it is made from (code, prepared data, store),
     its output folder, its experiment, and what a sweep adds (its parent run, its tags)."""
 
@@ -85,14 +85,14 @@ class Trained:
         return self.logged.result(timeout=0)
 
 
-def now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+def log_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     """The default `Record`: make the call at once; its result as a done future."""
     future: Future = Future()
     future.set_result(fn(*args, **kwargs))
     return future
 
 
-def call(fn: Callable[..., Any], *args: Any) -> Any:
+def draw_here(fn: Callable[..., Any], *args: Any) -> Any:
     """The default `draw`: `fn(*args)`, here."""
     return fn(*args)
 
@@ -168,7 +168,7 @@ def run_name(cfg: Config, with_seed: bool = False) -> str:
 
 
 @contextmanager
-def model_run(cfg: Config, where: Where, close: bool = True) -> Iterator[str]:
+def model_run(cfg: Config, where: Destination, close: bool = True) -> Iterator[str]:
     """Open the run of one model of `cfg`, its provenance logged before any work; yield its id.
 
     It records the config as `config.yaml` and its digest, the data's digests and the code's
@@ -224,7 +224,7 @@ def epoch_logger(run_id: str, live: bool = True) -> keras.callbacks.Callback:
     return callback
 
 
-def train_model(cfg: Config, where: Where, run_id: str, record: Record = now) -> Trained:
+def train_model(cfg: Config, where: Destination, run_id: str, record: Record = log_now) -> Trained:
     """Train `cfg`'s model on the project's prepared train and validation splits into the open
     run `run_id`, writing its files under `where.out` (see `train`)."""
     from pipeline.core import model
@@ -241,7 +241,7 @@ def train(
     val_split: Split,
     run_id: str,
     out: Path,
-    record: Record = now,
+    record: Record = log_now,
 ) -> Trained:
     """Build and fit the configured model; save it, its history and summary under `out`; log
     the config, each epoch, the summary, the weights' digest and the model to `run_id`.
@@ -258,7 +258,7 @@ def train(
     record(runs.log_params, run_id, flatten(cfg.to_dict()))
     splits = {"train": train_split, "val": val_split}
     record(runs.log_datasets, run_id, splits, cfg.data.name)
-    logger = epoch_logger(run_id, live=record is now)  # held back: one call, after the model
+    logger = epoch_logger(run_id, live=record is log_now)  # held back: one call, after the model
     history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
     summary = {
         names.TRAIN_SECONDS: round(seconds, 3),
@@ -269,7 +269,7 @@ def train(
     summary[names.VAL_ACCURACY] = history[names.VAL_ACCURACY][-1]  # for `dvc exp show`
     write_history(history, out / HISTORY_CSV)
     write_json(out / TRAIN_JSON, summary)
-    kept = None if record is now else model.detached(net, cfg.model, cfg.train)
+    kept = None if record is log_now else model.detached(net, cfg.model, cfg.train)
     example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
     logged = record(_keep_model, kept or net, out / MODEL_PATH, run_id, example, described)
     if logger.held:  # logged after the model: MLflow reads every metric's history of a run
@@ -306,12 +306,12 @@ def _keep_model(
 
 def evaluate_model(
     cfg: Config,
-    where: Where,
+    where: Destination,
     run_id: str,
     probs: np.ndarray,
     model_uri: str,
     history: dict[str, list[float]],
-    draw: Callable[..., Any] | None = call,
+    draw: Callable[..., Any] | None = draw_here,
 ) -> dict[str, Any]:
     """Score the model's class probabilities `probs` for the project's test split; write
     metrics, predictions and figures under `where.out` and log them to `run_id`. The figures
@@ -359,7 +359,7 @@ def log_figures(run_id: str, folder: Path) -> None:
     runs.set_tags(run_id, {names.FIGURES_TAG: names.FIGURES_DRAWN})
 
 
-def draw_figures(run_id: str, folder: Path, draw: Callable[..., Any] = call) -> None:
+def draw_figures(run_id: str, folder: Path, draw: Callable[..., Any] = draw_here) -> None:
     """Draw the figures of a model whose evaluation kept only their data (`folder`/
     figure_data.npz, checked before use) and log them to its run, open or ended."""
     from pipeline.core import plots

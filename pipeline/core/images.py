@@ -13,11 +13,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.core.data import IMAGE_SHAPE
 from pipeline.core.errors import DataError
 
 BOX = 20  # MNIST fits each digit into 20x20 ...
-SIZE = IMAGE_SHAPE[0]  # ... centred by mass in 28x28
+MNIST_SHAPE = (28, 28)  # ... centred by mass in 28x28
+SIZE = MNIST_SHAPE[0]
 MIN_CONTRAST = 32  # grey levels between background and ink below which an image is blank
 # Formats opened: none whose reader calls other programs (Pillow's EPS runs Ghostscript).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -88,7 +88,7 @@ def _paper(rgba: Image.Image) -> str:
 
 
 def normalize(
-    gray: np.ndarray, name: str = "image", shape: tuple[int, int] = IMAGE_SHAPE
+    gray: np.ndarray, name: str = "image", shape: tuple[int, int] = MNIST_SHAPE
 ) -> np.ndarray:
     """A grayscale digit of any size and polarity -> float32 28x28 in 0-1, white on black
     (then resized to `shape` for a model of another input size)."""
@@ -110,17 +110,17 @@ def normalize(
         Image.fromarray(digit).resize(new_size, Image.Resampling.LANCZOS), dtype=np.float32
     )
     boxed = np.clip(boxed, 0, None)
-    canvas = np.zeros(IMAGE_SHAPE, dtype=np.float32)
+    canvas = np.zeros(MNIST_SHAPE, dtype=np.float32)
     top, left = (SIZE - boxed.shape[0]) // 2, (SIZE - boxed.shape[1]) // 2
     canvas[top : top + boxed.shape[0], left : left + boxed.shape[1]] = boxed
     canvas = _centre_by_mass(canvas)
     canvas = canvas / canvas.max()
-    if tuple(shape) != IMAGE_SHAPE:
+    if tuple(shape) != MNIST_SHAPE:
         canvas = resize(canvas * 255, shape) / np.float32(255)
     return canvas
 
 
-def fit(gray: np.ndarray, name: str = "image", shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+def fit(gray: np.ndarray, name: str = "image", shape: tuple[int, int] = MNIST_SHAPE) -> np.ndarray:
     """A grayscale picture of one object (not handwriting) -> float32 28x28 (or `shape`) in 0-1
     on a dark background, as Fashion-MNIST's: inverted when its border is light, padded to a
     square with its background and scaled down whole; no cropping or centring."""
@@ -140,7 +140,7 @@ def fit(gray: np.ndarray, name: str = "image", shape: tuple[int, int] = IMAGE_SH
     return np.clip(np.asarray(small, dtype=np.float32) / 255.0, 0.0, 1.0)
 
 
-def resize(gray: np.ndarray, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+def resize(gray: np.ndarray, shape: tuple[int, int] = MNIST_SHAPE) -> np.ndarray:
     """A grayscale picture (0-255) -> uint8 of `shape` (height, width), bilinear, aspect not
     kept, as Keras resizes: how a folder dataset's pictures become its images, and how predict
     and the web app read a picture for a model trained on one."""

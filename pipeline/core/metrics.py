@@ -1,4 +1,5 @@
-"""Classification metrics from labels and predicted probabilities, in NumPy alone."""
+"""Classification metrics from labels and predicted probabilities (NumPy), and the paired test
+that compares two models on the same examples (SciPy)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.data import NUM_CLASSES
 from pipeline.tracking.names import MACRO_F1, TEST_ACCURACY, TEST_LOSS
 
 EPSILON = 1e-7  # Keras clips probabilities the same way in its cross-entropy
 
 
-def confusion_matrix(
-    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
-) -> np.ndarray:
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)

@@ -20,18 +20,16 @@ import keras
 import numpy as np
 
 from pipeline.core.config import ModelConfig, TrainConfig
-from pipeline.core.data import IMAGE_SHAPE, NUM_CLASSES, check_model_file, prepared
+from pipeline.core.data import check_model_file, prepared
 from pipeline.core.errors import PipelineError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, validation included
 
 
-def build_mlp(
-    hidden_units: int, num_classes: int = NUM_CLASSES, shape: tuple[int, int] = IMAGE_SHAPE
-) -> keras.Model:
-    """Flatten(28x28, or `shape`) -> Dense(hidden_units, relu) -> Dense(num_classes, softmax):
-    the seed model."""
+def build_mlp(hidden_units: int, num_classes: int, shape: tuple[int, int]) -> keras.Model:
+    """Flatten(`shape`, 28x28 for MNIST) -> Dense(hidden_units, relu) -> Dense(num_classes,
+    softmax): the seed model."""
     return keras.Sequential(
         [
             keras.Input(shape=shape),
@@ -48,8 +46,8 @@ def build_cnn(
     kernel_size: int,
     hidden_units: int,
     dropout: float,
-    num_classes: int = NUM_CLASSES,
-    shape: tuple[int, int] = IMAGE_SHAPE,
+    num_classes: int,
+    shape: tuple[int, int],
 ) -> keras.Model:
     """A small convnet on `shape` grayscale images: per entry of `filters` a conv + 2x2
     max-pool block, then a dense head."""
@@ -74,9 +72,7 @@ def build_cnn(
 BUILDERS: dict[str, Callable[..., keras.Model]] = {"mlp": build_mlp, "cnn": build_cnn}
 
 
-def build_model(
-    cfg: ModelConfig, num_classes: int = NUM_CLASSES, shape: tuple[int, int] = IMAGE_SHAPE
-) -> keras.Model:
+def build_model(cfg: ModelConfig, num_classes: int, shape: tuple[int, int]) -> keras.Model:
     """Build the model `cfg.name` names for `num_classes` classes of `shape` images, passing it
     the rest of `cfg` as arguments."""
     options = cfg.model_dump(exclude={"name"})
@@ -115,8 +111,8 @@ _last: _Compiled | None = None
 def compiled_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    num_classes: int = NUM_CLASSES,
-    shape: tuple[int, int] = IMAGE_SHAPE,
+    num_classes: int,
+    shape: tuple[int, int],
 ) -> keras.Model:
     """A compiled model to train, in the state a new one built now would have.
 
@@ -289,18 +285,31 @@ class CompiledSteps:
         self._test = tf.function(test, jit_compile=jit)
 
     def train_epoch(self, x: Any, y: Any, order: np.ndarray) -> tuple[int, float]:
-        """Train on the batches of `order` (shuffled indices); stop early if the loss diverges.
-
-        Returns the batches trained and the running loss after the last one.
+        """Train on the batches of `order` (shuffled indices), the last one smaller if the
+        examples do not fill it (all of them, for a dataset smaller than one batch); stop early
+        if the loss diverges. Returns the batches trained and the running loss after the last.
         """
         import tensorflow as tf
 
+        full = len(order) // self.batch_size
+        done, loss = self._xla_or_not("_batches", x, y, tf.constant(order)) if full else (0, 0.0)
+        done, loss = int(done), float(loss)
+        rest = order[done * self.batch_size :]
+        if len(rest) and done == full and not diverged(loss):
+            loss = float(self._xla_or_not("_one_batch", tf.gather(x, rest), tf.gather(y, rest)))
+            done += 1
+        return done, loss
+
+    def _xla_or_not(self, step: str, *args: Any) -> Any:
+        """Run the compiled `step`; where XLA cannot compile the model deterministically, say
+        so and run it without XLA from then on (XLA refuses before anything runs)."""
+        import tensorflow as tf
+
         try:
-            done, loss = self._batches(x, y, tf.constant(order))
+            return getattr(self, step)(*args)
         except tf.errors.UnimplementedError as exc:
             if not self.jit_compile:
                 raise
-            # XLA refuses before it runs anything, so no weight has changed.
             reason = exc.message.splitlines()[0]
             print(
                 f"train: XLA cannot compile this model deterministically ({reason}); "
@@ -309,13 +318,7 @@ class CompiledSteps:
             )
             self.jit_compile = False
             self._compile()
-            done, loss = self._batches(x, y, tf.constant(order))
-        done, loss = int(done), float(loss)
-        rest = order[done * self.batch_size :]
-        if len(rest) and done == len(order) // self.batch_size and not diverged(loss):
-            loss = float(self._one_batch(tf.gather(x, rest), tf.gather(y, rest)))
-            done += 1
-        return done, loss
+            return getattr(self, step)(*args)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         self.model.reset_metrics()
@@ -386,8 +389,8 @@ def fit(
         if diverged(loss):
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} at batch {done}: loss {loss:.4g} (a "
-                f"random guess scores {np.log(NUM_CLASSES):.2f}), so it stopped there. Lower "
-                f"train.learning_rate (received {cfg.learning_rate})."
+                f"random guess scores {np.log(model.output_shape[-1]):.2f}), so it stopped "
+                f"there. Lower train.learning_rate (received {cfg.learning_rate})."
             )
         logs = {k: float(v) for k, v in model.get_metrics_result().items()}
         logs |= {f"val_{k}": v for k, v in steps.evaluate(x_val, y_val).items()}
@@ -434,7 +437,7 @@ def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Class probabilities for every image in `x`, shape (len(x), 10): the same numbers as
     `model.predict(x, batch_size=PREDICT_CHUNK)`, without its per-call set-up (0.06 s)."""
     if len(x) == 0:
-        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
     chunks = range(0, len(x), PREDICT_CHUNK)
     return np.concatenate([model.predict_on_batch(x[i : i + PREDICT_CHUNK]) for i in chunks])
 

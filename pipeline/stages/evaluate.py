@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
         from pipeline.tracking import names, provenance, registry, runs, store
 
         t = cfg.tracking
-        where = experiment.Where(
+        where = experiment.Destination(
             root, root, store.setup(t.experiment_name, t.uri, t.registered_model)
         )
         run = runs.read_run(root / RUN_FILE)

@@ -25,7 +25,9 @@ def main(argv: list[str]) -> None:
 
     root = project_root()  # the code DVC ran, also in a queued experiment's temporary copy
     t = cfg.tracking  # on a server, checks the user may write what the run will
-    where = experiment.Where(root, root, store.setup(t.experiment_name, t.uri, t.registered_model))
+    where = experiment.Destination(
+        root, root, store.setup(t.experiment_name, t.uri, t.registered_model)
+    )
     with experiment.model_run(cfg, where) as run_id:
         trained = experiment.train_model(cfg, where, run_id)
         runs.write_run_file(run_id, where.experiment_id, root / RUN_FILE)

@@ -23,7 +23,7 @@ from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
-from pipeline.sweeps.finishing import finished
+from pipeline.sweeps.finishing import wait_for_evaluations
 from pipeline.sweeps.job import failures, in_process, job_outcomes, plain, reason
 from pipeline.tracking import names
 
@@ -42,7 +42,7 @@ class SweepCallback(Callback):
         try:
             step(config)
         except Exception as exc:
-            finished()
+            wait_for_evaluations()
             self._close(exc)
             jobs = job_outcomes(Path(config.hydra.sweep.dir))
             stop(f"{failed}: {reason(exc)}{failures(jobs)[1]}")
@@ -122,7 +122,7 @@ class SweepCallback(Callback):
         )
         from pipeline.tracking import runs, store
 
-        finished()  # the last jobs' models, evaluated in the background
+        wait_for_evaluations()  # the last jobs' models, evaluated in the background
         store.check_store()
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / names.PARENT_FILE).read_text(encoding="utf-8"))

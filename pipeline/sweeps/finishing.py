@@ -1,9 +1,10 @@
 """Evaluating a sweep's models in the background, while the next ones train.
 
-A sweep job trains a model and predicts the test set in its main thread, then hands the rest of
-the model's run to this process's `Finishing`: the logging and saving training held back
-(`Deferred`), figures, test metrics and artifacts (`experiment.evaluate_model`), then closing
-the run. One module holds it, so that the jobs and the sweep's end share one per process.
+A sweep job trains a model in its main thread, then hands the rest of the model's run to this
+process's `BackgroundEvaluator` (`evaluator()`): the logging and saving training held back
+(`Deferred`), scoring the test set, test metrics, figure data and artifacts
+(`experiment.evaluate_model`), then closing the run. One module holds it, so that the jobs and
+the sweep's end share one per process.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ class Deferred:
     `experiment.train_model` as its `record`, so the next model starts training at once.
 
     `started` is called with the first held call (training's first call on the run comes as
-    it starts fitting); `turn` before each call `replay` makes (`Finishing.deferred`)."""
+    it starts fitting); `turn` before each call `replay` makes (`BackgroundEvaluator.deferred`)."""
 
     def __init__(
         self, started: Callable[[], None] = _nothing, turn: Callable[[], None] = _nothing
     ) -> None:
         self._calls: list[tuple[Future, Callable[[], Any]]] = []
-        self._started, self._turn = started, turn
+        self._started, self._yield_to_training = started, turn
 
     def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         if not self._calls:
@@ -54,25 +55,26 @@ class Deferred:
         """Make the held calls in order. The first that fails raises; the rest are dropped."""
         calls, self._calls = self._calls, []
         for future, call in calls:
-            self._turn()
+            self._yield_to_training()
             future.set_result(call())
 
 
-class Finishing:
+class BackgroundEvaluator:
     """Runs each model's evaluation, then closes its run (FINISHED, or FAILED with the reason).
 
     One worker thread takes them in order; at most `LIMIT` models wait for it, beyond that
-    training waits. Other work queued with `then` (a job's outcome) runs after the models queued
-    before it. With `low_priority` the thread runs at a low CPU priority (`NICENESS`), mostly on
-    the CPU time training leaves, and the figures are drawn by a process of the same priority
-    (`draw`): drawing them in this process would hold its interpreter lock while training needs
-    it. That is right where the process runs the whole sweep, not in one of a launcher's
-    workers, whose jobs wait for their models at their end while other workers train.
+    training waits. Other work queued with `queue_after` (a job's outcome) runs after the
+    models queued before it. With `low_priority` the thread runs at a low CPU priority
+    (`NICENESS`), mostly on the CPU time training leaves, and the figures are drawn by a
+    process of the same priority (`draw`): drawing them in this process would hold its
+    interpreter lock while training needs it. That is right where the process runs the whole
+    sweep, not in one of a launcher's workers, whose jobs wait for their models at their end
+    while other workers train.
 
-    The lock is shared all the same: with `low_priority` the thread takes its turns (`_turn`)
-    while the sweep's thread fits a model, which runs in TensorFlow without the lock, or waits
-    for this one; not while it runs Python between two models' training (at most
-    `TURN_SECONDS` per step, so the evaluation always goes on).
+    The lock is shared all the same: with `low_priority` the thread takes its turns
+    (`_yield_to_training`) while the sweep's thread fits a model, which runs in TensorFlow
+    without the lock, or waits for this one; not while it runs Python between two models'
+    training (at most `TURN_SECONDS` per step, so the evaluation always goes on).
     """
 
     LIMIT = 8
@@ -91,7 +93,7 @@ class Finishing:
     def deferred(self) -> Deferred:
         """A model's `Deferred`: the sweep's thread is idle from its first call (the model
         starts fitting), and its replay takes turns."""
-        return Deferred(self._idle.set, self._turn)
+        return Deferred(self._idle.set, self._yield_to_training)
 
     def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
         """Queue `evaluate` for the open run `run_id`, then its closing. Called by the sweep's
@@ -101,7 +103,7 @@ class Finishing:
             self._idle.set()
             wait(self._models, return_when=FIRST_COMPLETED)
             self._models = [f for f in self._models if not f.done()]
-        future = self._pool.submit(_finish, run_id, evaluate, self._turn)
+        future = self._pool.submit(_evaluate_and_close, run_id, evaluate, self._yield_to_training)
         self._models.append(future)
         self._runs[future] = run_id
         self._idle.clear()
@@ -112,7 +114,7 @@ class Finishing:
         self._idle.set()
         return future.result()
 
-    def _turn(self) -> None:
+    def _yield_to_training(self) -> None:
         """In the background thread: wait while the sweep's thread runs Python."""
         if self._low_priority:
             self._idle.wait(self.TURN_SECONDS)
@@ -128,16 +130,16 @@ class Finishing:
                 1, spawn, initializer=_figure_process, initargs=(os.getpid(),)
             )
         drawn = self._figures.submit(fn, *args).result()
-        self._turn()
+        self._yield_to_training()
         return drawn
 
-    def then(self, work: Callable[[], Any]) -> Future:
+    def queue_after(self, work: Callable[[], Any]) -> Future:
         """Queue `work` after everything queued so far."""
         return self._pool.submit(work)
 
     def wait(self) -> None:
         """Return once everything queued so far is done."""
-        self.outcome(self.then(_nothing))
+        self.outcome(self.queue_after(_nothing))
 
     def stop_drawing(self) -> None:
         """End the figure process, if any (the sweep exits without the interpreter's
@@ -189,7 +191,9 @@ def _exit_without(parent: int) -> None:
     os._exit(0)
 
 
-def _finish(run_id: str, evaluate: Callable[[], Any], turn: Callable[[], None]) -> None:
+def _evaluate_and_close(
+    run_id: str, evaluate: Callable[[], Any], turn: Callable[[], None]
+) -> None:
     from pipeline.tracking import runs, store
 
     turn()
@@ -205,30 +209,30 @@ def _finish(run_id: str, evaluate: Callable[[], Any], turn: Callable[[], None]) 
     runs.close_run(run_id)
 
 
-_finishing: Finishing | None = None  # this process's, made by its first job
+_evaluator: BackgroundEvaluator | None = None  # this process's, made by its first job
 
 
-def finishing(low_priority: bool = True) -> Finishing:
-    """This process's `Finishing`, made by its first job with `low_priority`."""
-    global _finishing
-    if _finishing is None:
-        _finishing = Finishing(low_priority)
-    return _finishing
+def evaluator(low_priority: bool = True) -> BackgroundEvaluator:
+    """This process's `BackgroundEvaluator`, made by its first job with `low_priority`."""
+    global _evaluator
+    if _evaluator is None:
+        _evaluator = BackgroundEvaluator(low_priority)
+    return _evaluator
 
 
 def ran_jobs() -> bool:
     """Whether this process ran sweep jobs (with another launcher, its workers did)."""
-    return _finishing is not None
+    return _evaluator is not None
 
 
-def finished() -> None:
+def wait_for_evaluations() -> None:
     """Wait for the models this process evaluates in the background (none if it ran no job)."""
-    if _finishing is not None:
-        _finishing.wait()
-        _finishing.stop_drawing()
+    if _evaluator is not None:
+        _evaluator.wait()
+        _evaluator.stop_drawing()
 
 
 def abandon(reason: BaseException) -> None:
     """Close the runs of the models still waiting for the background, KILLED for an interrupt."""
-    if _finishing is not None:
-        _finishing.abandon(reason)
+    if _evaluator is not None:
+        _evaluator.abandon(reason)

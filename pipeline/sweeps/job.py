@@ -28,7 +28,7 @@ from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import FIGURES_DIR, PARAMS_FILE
 from pipeline.sweeps import search
-from pipeline.sweeps.finishing import Finishing, finishing
+from pipeline.sweeps.finishing import BackgroundEvaluator, evaluator
 from pipeline.sweeps.stats import median_seed
 from pipeline.tracking import names
 
@@ -115,8 +115,8 @@ def run_job(cfg: DictConfig) -> float | None:
     A bad value is rejected before any run is made, as in a stage; a failure during training
     leaves that run FAILED with its reason and ends the job. Either way the job records it in
     its folder's job.json for the summary, and the sweep goes on. Each model is evaluated in the
-    background (`Finishing`); a job run by the sweep's own process leaves its last one to the
-    sweep's end, other jobs (another launcher's, a search's trials) wait for theirs.
+    background (`BackgroundEvaluator`); a job run by the sweep's own process leaves its last one
+    to the sweep's end, other jobs (another launcher's, a search's trials) wait for theirs.
     """
     from pipeline.core import experiment
 
@@ -125,7 +125,7 @@ def run_job(cfg: DictConfig) -> float | None:
     overrides = " ".join(hc.overrides.task)
     outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
     sweep_process = in_process(hc.launcher)  # then it leaves its last model to the sweep's end
-    background = finishing(low_priority=sweep_process)
+    background = evaluator(low_priority=sweep_process)
     models: list[Future] = []
     trained: list[tuple[float, str, Path]] = []  # each model's validation accuracy, run, figures
     objective = None
@@ -140,7 +140,7 @@ def run_job(cfg: DictConfig) -> float | None:
         experiment_id = store.setup(config.tracking.experiment_name, parent["tracking_uri"])
         scores = []
         for seed in range(config.seed, config.seed + config.sweep.seeds):
-            where = experiment.Where(
+            where = experiment.Destination(
                 root,
                 out / f"s{seed}",
                 experiment_id,
@@ -162,8 +162,8 @@ def run_job(cfg: DictConfig) -> float | None:
         if trained:  # the figures of the configuration's median seed, once it is evaluated
             _, run_id, folder = median_seed(trained, key=lambda t: t[0])
             draw = functools.partial(experiment.draw_figures, run_id, folder, background.draw)
-            models.append(background.then(draw))
-        ended = background.then(functools.partial(_record, outcome, models, out))
+            models.append(background.queue_after(draw))
+        ended = background.queue_after(functools.partial(_record, outcome, models, out))
     if sweep_process and not search.is_search(hc.sweeper):
         return objective
     return objective if background.outcome(ended)["status"] == "FINISHED" else None
@@ -184,7 +184,9 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
     return outcome
 
 
-def _train_model(config: Config, where: Any, background: Finishing) -> tuple[float, str, Future]:
+def _train_model(
+    config: Config, where: Any, background: BackgroundEvaluator
+) -> tuple[float, str, Future]:
     """One model of the job, in its own run: trains it here; the rest of its run (the held-back
     logging and saving, scoring the test set, its evaluation, closing it) is queued for
     `background`; its figures are left to be drawn on demand (the job draws its median seed's).

@@ -58,9 +58,9 @@ def _run() -> None:
     import hydra
 
     from pipeline.core.console import quiet
-    from pipeline.core.errors import exit_now
+    from pipeline.core.errors import exit_now, raise_interrupt
     from pipeline.core.paths import CONF_DIR
-    from pipeline.sweeps.finishing import abandon, finished, ran_jobs
+    from pipeline.sweeps.finishing import abandon, ran_jobs, wait_for_evaluations
 
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
     quiet()
@@ -70,7 +70,7 @@ def _run() -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # SIGTERM interrupts like Ctrl-C for the whole sweep, between jobs and in its summary too:
     # the runs it opened are then closed, never left RUNNING by a process that just vanished.
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     # The Optuna sweeper builds its search space from distributions Optuna 3 deprecated.
     warnings.filterwarnings("ignore", ".*Distribution has been deprecated", FutureWarning)
     try:
@@ -81,16 +81,12 @@ def _run() -> None:
         # pools refuse new work, which MLflow's logging needs. Interrupted again meanwhile,
         # the models not yet evaluated end KILLED.
         try:
-            finished()
+            wait_for_evaluations()
         except KeyboardInterrupt as again:
             abandon(again)
             raise
     if ran_jobs():  # no launcher's workers to shut down, every run closed
         exit_now()
-
-
-def _interrupted(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 if __name__ == "__main__":

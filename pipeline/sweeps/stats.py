@@ -7,7 +7,7 @@ among those with the most finished seeds (a mean over fewer seeds is noisier, an
 never best). Every other configuration is compared with it by Welch's two-sided t-test, and the
 p-values of all these comparisons are adjusted together by Holm's step-down procedure, so that
 the chance of calling any configuration of a grid worse than the best when none is stays near
-`ALPHA` (measured in tests/test_stats.py; the README gives the rates). A configuration whose
+`ALPHA` (measured in tests/test_stats.py; docs/sweeps.md gives the rates). A configuration whose
 adjusted p-value is at least `ALPHA` "cannot be told apart from the best": the seeds do not show a
 difference, which is not evidence that there is none. With one seed there is no spread to
 measure: no interval, no test.

@@ -80,6 +80,13 @@ def leaderboard(experiment_id: str, parent_run_id: str | None = None) -> list[di
     return rank([row_of(r) for r in runs if r.data.tags.get(SWEEP_TAG) != SWEEP_PARENT])
 
 
+def group_value(row: dict[str, Any], key: str) -> str:
+    """A row's value of `key`: a param (`model.hidden_units`), or any column of a runs table
+    read from CSV (`config_id`, `params.seed`, `tags.dataset`)."""
+    params = row["params"]
+    return str(params[key]) if key in params else str(row.get("columns", {}).get(key, ""))
+
+
 def summarise(rows: list[dict[str, Any]], keys: Sequence[str] | None = None) -> list[dict]:
     """Aggregate rows per configuration, best mean validation accuracy first (stats.aggregate).
 
@@ -93,7 +100,7 @@ def summarise(rows: list[dict[str, Any]], keys: Sequence[str] | None = None) -> 
 
     def config(row: dict[str, Any]) -> str:
         if keys:
-            return " ".join(f"{k}={row['params'].get(k, '')}" for k in keys)
+            return " ".join(f"{k}={group_value(row, k)}" for k in keys)
         varying = [o for o in row["overrides"].split() if o not in shared]
         return " ".join(varying) or row["overrides"] or row["run_name"]
 
@@ -214,4 +221,5 @@ def _csv_row(raw: dict[str, str]) -> dict[str, Any]:
         "run_id": cell("run_id"),
         "failure_reason": cell("failure_reason", f"tags.{FAILURE_TAG}"),
         "params": params,
+        "columns": dict(raw),  # every column as written: --group-by takes any of them
     }

@@ -4,7 +4,8 @@ over the seeds of each configuration.
 Inputs: the MLflow store, resolved as train does (MLFLOW_TRACKING_URI, else params.yaml's
 `tracking.uri`, else the local store); `--experiment NAME` (default from params.yaml,
 `tracking.experiment_name`) or `--parent RUN_ID` for one sweep's runs; `--group-by KEYS`
-(params such as `model.hidden_units,train.epochs`) for the aggregate (see stats.py).
+(params such as `model.hidden_units,train.epochs`, or with `--runs-csv` any column of the table)
+for the aggregate (see stats.py).
 Outputs: a table on stdout; with `--csv PATH`, the same rows as CSV. Test accuracy is shown beside
 validation accuracy and never used to rank.
 `--runs-csv FILE` summarises a saved runs table instead (a sweep's runs.csv, or an export of
@@ -66,12 +67,14 @@ def main(argv: list[str]) -> None:
     else:
         rows = store_rows(args.experiment, args.parent)
     keys = [k.strip() for k in (args.group_by or "").split(",") if k.strip()]
-    unknown = [k for k in keys if not any(k in r["params"] for r in rows)]
+    unknown = [k for k in keys if not any(k in r["params"] or k in r.get("columns", {})
+                                         for r in rows)]  # fmt: skip
     if unknown:
-        known = sorted({k for r in rows for k in r["params"]})
+        known = sorted({k for r in rows for k in (*r["params"], *r.get("columns", {}))})
         raise PipelineError(
-            f"--group-by {','.join(unknown)}: no run has such a param; use params such as "
-            f"{', '.join(known[:8])}."
+            f"--group-by {','.join(unknown)}: no run has such a param"
+            + (" or column" if args.runs_csv else "")
+            + f"; use one such as {', '.join(known[:8])}."
         )
     if keys or args.runs_csv:  # a runs table is summarised as its sweep's summary was
         rows = summarise(rows, keys or None)

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import PipelineError, command_parser, run_cli
+from pipeline.core.errors import PipelineError, command_parser, raise_interrupt, run_cli
 from pipeline.core.paths import PARAMS_FILE, RAW_DIR, RUN_FILE, project_root
 from pipeline.tracking import names, provenance
 
@@ -45,12 +45,16 @@ ENVIRONMENT_TAG = "reproduce.environment"  # on the new run: `locked` or `curren
 LOCK_TAG = "reproduce.uv_lock_sha256"  # on the new run, when `locked`: the lock it installed
 LOCK_FILE = "uv.lock"
 THREADS = ("train.intra_op_threads", "train.inter_op_threads")  # params shown with the env
-METRICS = (
-    names.TEST_ACCURACY,
-    names.TEST_LOSS,
-    names.MACRO_F1,
-    *(names.F1_CLASS.format(c) for c in range(10)),
-)
+SCORES = (names.TEST_ACCURACY, names.TEST_LOSS, names.MACRO_F1)  # then each class's F1
+
+
+def compared_metrics(original: Any) -> list[str]:
+    """The scores compared: the overall ones, then the F1 of each class the original run has."""
+    per_class = sorted(
+        (k for k in original.data.metrics if k.startswith(names.F1_CLASS.format(""))),
+        key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
+    return [*SCORES, *per_class]
 
 
 def find_run(run_id: str) -> Any:
@@ -333,7 +337,7 @@ def compare(original: Any, reproduced: Any) -> tuple[list[tuple[str, Any, Any]],
     keys = sorted(k for k in a.tags if k.startswith(names.DATA_PREFIX))
     keys += [names.PARAMS_SHA256, names.WEIGHTS_SHA256_TAG]
     rows = [(k, a.tags.get(k), b.tags.get(k)) for k in keys]
-    rows += [(m, a.metrics.get(m), b.metrics.get(m)) for m in METRICS]
+    rows += [(m, a.metrics.get(m), b.metrics.get(m)) for m in compared_metrics(original)]
     return env_rows + rows, env_diff
 
 
@@ -345,7 +349,7 @@ def verdict(rows: list[tuple[str, Any, Any]], env_diff: list[str]) -> tuple[list
         same = x == y
         if what.startswith(names.ENV_PREFIX) or what in THREADS:
             state = "same" if same else "differs"
-        elif not same and env_diff and what in METRICS and None not in (x, y):
+        elif not same and env_diff and isinstance(x, float) and isinstance(y, float):
             state = "within tolerance" if abs(x - y) <= TOLERANCE else "DIFFERENT"
         elif not same and env_diff and what == names.WEIGHTS_SHA256_TAG:
             state = "different (environment differs)"
@@ -388,7 +392,7 @@ def main(argv: list[str]) -> None:
         help=f"stop the install and `dvc repro` after this long each ({TIMEOUT:g})",
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupted)  # ends the children, removes the worktree
+    signal.signal(signal.SIGTERM, raise_interrupt)  # ends the children, removes the worktree
 
     root = project_root()
     from pipeline.tracking import store
@@ -422,10 +426,6 @@ def main(argv: list[str]) -> None:
         print("\nnot reproduced: see the rows marked DIFFERENT.", file=sys.stderr)
         sys.exit(1)
     print("\nreproduced: " + ("within tolerance." if env_diff else "bit for bit."))
-
-
-def _interrupted(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 def cli() -> None:

@@ -22,7 +22,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from pipeline.core.data import write_json
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, raise_interrupt
 from pipeline.tracking import names, provenance
 
 
@@ -32,10 +32,6 @@ def process_tags() -> dict[str, str]:
 
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 def open_run(
@@ -97,7 +93,7 @@ def tracked_run(
     named in its `failure_reason`. Yields the run id. With `close=False`, a block that ends
     without error leaves the run open, for the caller to close (`close_run`).
     """
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in INTERRUPTS}
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in INTERRUPTS}
     try:
         run_id = open_run(experiment_id, run_name, tags, run_id, parent_run_id)
         try:
