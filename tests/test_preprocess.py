@@ -29,7 +29,7 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
 
 
 def test_class_counts_cover_every_digit() -> None:
-    assert class_counts(np.array([0, 0, 9])) == {
+    assert class_counts(np.array([0, 0, 9]), 10) == {
         "0": 2,
         **{str(c): 0 for c in range(1, 9)},
         "9": 1,
