@@ -102,3 +102,48 @@ def test_the_champion_moves_only_on_paired_evidence(tmp_path: Path) -> None:
     said = "registered mnist-digits version 4: promoted: champion v3 cannot be scored"
     assert said in after.stdout and "SHA-256" in after.stdout, after.stdout
     assert version_tags(project, "4")["promotion.champion_version"] == "3"
+
+
+def test_a_champion_is_judged_only_on_examples_it_did_not_train_on(tmp_path: Path) -> None:
+    """The challenger's validation digits that the champion trained on are left out: only the
+    others can tell them apart fairly. Models: nearest-class-mean rules, no TensorFlow."""
+    import numpy as np
+
+    from pipeline.core.config import RegistryConfig
+    from pipeline.tracking import registry
+
+    use_store(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    experiment = mlflow.create_experiment("held-out", artifact_location=str(tmp_path / "mlruns"))
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 4, 4), dtype=np.float32)
+    y = rng.integers(0, 2, 400)
+    # The champion trained on examples 0-299; the challenger's validation split is 200-399.
+    champion_right = np.r_[np.ones(100, bool), rng.random(100) < 0.5]  # right where it trained
+    challenger_right = np.r_[np.zeros(100, bool), np.ones(100, bool)]
+    val = slice(200, 400)
+    versions = {}
+
+    def register(trained_on: np.ndarray, right: np.ndarray) -> tuple[str, bool]:
+        run_id = client.create_run(experiment).info.run_id
+        logged = mlflow.initialize_logged_model(name="m", source_run_id=run_id,
+                                                experiment_id=experiment)  # fmt: skip
+        predicted = np.where(right, y[val], 1 - y[val])
+        versions[run_id] = predicted
+        examples = registry.Examples(
+            y[val], "val", predicted,
+            lambda uri: champion_predicted,
+            registry.example_keys(x[val]), registry.example_keys(trained_on),
+        )  # fmt: skip
+        rule = RegistryConfig(promote="significant", alpha=0.05)
+        return registry.register(run_id, f"models:/{logged.model_id}", "held-out", rule, examples)
+
+    champion_predicted = np.where(champion_right, y[val], 1 - y[val])
+    assert register(x[:300], champion_right) == ("1", True)
+    assert register(x[:200], challenger_right) == ("2", True)
+    tags = client.get_model_version("held-out", "2").tags
+    assert (
+        tags["promotion.examples"]
+        == "100 validation examples (100 the champion trained on left out)"
+    )
+    assert tags["promotion.accuracy"] == "1.0" and float(tags["promotion.champion_accuracy"]) < 0.7

@@ -150,6 +150,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_file: Path, mnist: 
                     registry.examples_sha256(x, y),
                     models.predicted_labels(uri, x, classes),
                     lambda uri: models.predicted_labels(uri, x, classes),
+                    registry.example_keys(x),
+                    registry.example_keys(mnist["x"][:1000]),  # none of the test digits
                 )
                 outcomes.append(registry.register(run_id, uri, "mnist-digits", rule, examples))
     finally:
@@ -172,6 +174,10 @@ def test_the_same_model_again_does_not_displace_the_champion(registry) -> None:
     assert second["promotion.decision"] == "kept champion v1"
     assert second["promotion.p_value"] == "1" and second["promotion.only_this_right"] == "0"
     assert second["promotion.accuracy"] == second["promotion.champion_accuracy"]
+    assert (
+        second["promotion.examples"]
+        == "2000 validation examples (0 the champion trained on left out)"
+    )
     assert float(second["promotion.accuracy"]) > 0.9
 
 

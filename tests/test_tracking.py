@@ -211,7 +211,8 @@ for accuracy in map(float, sys.argv[3:]):
     run_id = client.create_run(experiment).info.run_id
     logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id,
                                             experiment_id=experiment)
-    examples = registry.Examples(labels, "same", predicted(accuracy), score)
+    examples = registry.Examples(labels, "same", predicted(accuracy), score,
+                                 np.arange(1000, dtype=np.uint64), np.zeros(0, np.uint64))
     registry.register(run_id, f"models:/{logged.model_id}", "race", rule, examples)
     client.set_terminated(run_id)
 """

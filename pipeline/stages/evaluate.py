@@ -82,6 +82,8 @@ def main(argv: list[str]) -> None:
                     registry.examples_sha256(val_x, val_y),
                     worker.apply(predict_in_worker, (root / MODEL_PATH, digest, val_x)).argmax(1),
                     lambda uri: worker.apply(labels_in_worker, (store_uri, uri, val_x, classes)),
+                    registry.example_keys(val_x),
+                    registry.example_keys(prepared(root, "train")[0][: cfg.train.max_examples]),
                 )
                 name = cfg.tracking.registered_model
                 version, promoted = registry.register(

@@ -76,6 +76,7 @@ PROMOTION_ONLY_CHAMPION = "promotion.only_champion_right"
 PROMOTION_P_VALUE = "promotion.p_value"  # exact one-sided McNemar
 PROMOTION_DECISION = "promotion.decision"
 PROMOTED, FIRST_CHAMPION = "promoted", "first champion"
+TRAINED_ON_ARTIFACT = "trained_on.npy"  # a registered model's training examples' keys
 
 # ---- a sweep's folder ------------------------------------------------------------------------
 PARENT_FILE = "parent_run.json"  # in the sweep folder: where jobs log

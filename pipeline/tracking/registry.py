@@ -43,12 +43,63 @@ class Examples:
     """What a challenger is judged on: the examples' labels and digest, the challenger's
     predicted labels for them, and `score`, which gives the labels another registered model
     (a `models:/NAME/VERSION` URI) predicts for them, or raises a `PipelineError` saying why it
-    cannot."""
+    cannot. `keys` identify the examples (`example_keys`), `trained_on` those the challenger
+    trained on: a champion is judged only on examples it did not train on (another seed draws
+    another validation split, and a folder dataset moves pictures between splits)."""
 
     labels: np.ndarray
     sha256: str
     predicted: np.ndarray
     score: Callable[[str], np.ndarray]
+    keys: np.ndarray
+    trained_on: np.ndarray
+
+
+def example_keys(x: np.ndarray) -> np.ndarray:
+    """An 8-byte key per example (BLAKE2b of its pixels): equal for the same picture."""
+    rows = np.ascontiguousarray(x).reshape(len(x), -1)
+    keys = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
+    return np.frombuffer(b"".join(keys), dtype=np.uint64) if keys else np.zeros(0, np.uint64)
+
+
+def keep_training_keys(run_id: str, keys: np.ndarray) -> None:
+    """Log the keys of the examples the run's model trained on (`TRAINED_ON_ARTIFACT`), so that
+    a later challenger judges it only on examples it never saw."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.tracking import runs
+
+    with tempfile.TemporaryDirectory(prefix="trained-on-") as tmp:
+        path = Path(tmp) / names.TRAINED_ON_ARTIFACT
+        np.save(path, np.unique(keys))
+        runs.log_artifact(run_id, path)
+
+
+def training_keys(run_id: str | None) -> np.ndarray | None:
+    """The keys of the examples `run_id`'s model trained on, checked (a plain uint64 array, no
+    pickle); None where the run kept none (registered before they were kept)."""
+    import tempfile
+
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="trained-on-") as tmp:
+        try:
+            got = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=names.TRAINED_ON_ARTIFACT, dst_path=tmp
+            )
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        try:
+            keys = np.load(got, allow_pickle=False)
+        except ValueError as exc:
+            raise PipelineError(f"run {run_id}'s {names.TRAINED_ON_ARTIFACT}: {exc}") from None
+    if keys.dtype != np.uint64 or keys.ndim != 1:
+        raise PipelineError(
+            f"run {run_id}'s {names.TRAINED_ON_ARTIFACT} holds {keys.dtype} {keys.shape}, not "
+            "the uint64 keys this project writes."
+        )
+    return keys
 
 
 def examples_sha256(x: np.ndarray, y: np.ndarray) -> str:
@@ -74,6 +125,7 @@ def register(
             raise
     model_id = model_uri.removeprefix("models:/")
     source = client.get_logged_model(model_id).artifact_location
+    keep_training_keys(run_id, examples.trained_on)
     created = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
     version = str(created.version)
     promoted = judge(name, version, rule, examples)
@@ -152,10 +204,20 @@ def decide(
     evidence[names.PROMOTION_AGAINST] = current
     try:
         theirs = examples.score(f"models:/{name}/{current}")
+        seen = training_keys(mlflow.MlflowClient().get_model_version(name, current).run_id)
     except PipelineError as exc:
         said = f"promoted: champion v{current} cannot be scored on these examples: {exc}"
         return evidence | {names.PROMOTION_DECISION: said[:4000]}, True
-    their_right = theirs == examples.labels
+    unseen = np.ones(len(right), bool) if seen is None else ~np.isin(examples.keys, seen)
+    left_out = "its training examples unknown" if seen is None else (
+        f"{int((~unseen).sum())} the champion trained on left out"
+    )  # fmt: skip
+    evidence[names.PROMOTION_EXAMPLES] = f"{int(unseen.sum())} validation examples ({left_out})"
+    if not unseen.any():
+        said = f"promoted: champion v{current} trained on every one of these examples"
+        return evidence | {names.PROMOTION_DECISION: said}, True
+    right, their_right = right[unseen], (theirs == examples.labels)[unseen]
+    evidence[names.PROMOTION_ACCURACY] = round(float(right.mean()), 6)
     only_this, only_champion, p = mcnemar_greater(right, their_right)
     better = p < rule.alpha if rule.promote == "significant" else right.sum() > their_right.sum()
     evidence |= {
