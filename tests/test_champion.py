@@ -3,6 +3,7 @@ MNIST: a seed does not displace another, the CNN displaces the MLP, a champion t
 scored does not block the alias, a reproduction registers nothing."""
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -73,7 +74,9 @@ def test_the_champion_moves_only_on_paired_evidence(tmp_path: Path) -> None:
 
     val = load_split(project / "data/processed", "val")
     assert kept["promotion.examples_sha256"] == examples_sha256(*val)
-    assert kept["promotion.examples"] == f"{len(val[1])} validation examples"
+    used, left_out = map(int, re.findall(r"\d+", kept["promotion.examples"]))
+    assert used + left_out == len(val[1]) and used > 300  # seed 1 drew another split
+    assert kept["promotion.examples"].endswith(" the champion trained on left out)")
 
     cnn = run(["dvc", "exp", "run", *EPOCHS, "-S", "model=cnn", "-S", "train.epochs=1"], project)
     assert "registered mnist-digits version 3: promoted (p = " in cnn.stdout, cnn.stdout

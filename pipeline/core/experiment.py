@@ -259,7 +259,12 @@ def train(
     splits = {"train": train_split, "val": val_split}
     record(runs.log_datasets, run_id, splits, cfg.data.name)
     logger = epoch_logger(run_id, live=record is log_now)  # held back: one call, after the model
-    history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
+    try:
+        history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
+    except BaseException:
+        if logger.held:  # the epochs it finished are kept
+            record(runs.log_epochs, run_id, logger.held)
+        raise
     summary = {
         names.TRAIN_SECONDS: round(seconds, 3),
         "train_examples": len(train_split[1]),
@@ -332,9 +337,10 @@ def evaluate_model(
     cm = metrics.confusion_matrix(y, y_pred, len(classes))
     data = plots.figure_data(x, y, probs, cm, history, classes)
     figures_dir = out / FIGURES_DIR
-    if draw is None:
+    if draw is None or where.in_sweep:  # a sweep's models all keep it
         plots.save_figure_data(figures_dir / names.FIGURE_DATA_FILE, data)
         runs.log_artifact(run_id, figures_dir / names.FIGURE_DATA_FILE, names.FIGURES_ARTIFACT)
+    if draw is None:
         runs.set_tags(run_id, {names.FIGURES_TAG: names.FIGURES_ON_DEMAND})
     else:
         draw(plots.save_figures, figures_dir, plots.model_drawings(data))

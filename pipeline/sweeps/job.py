@@ -149,7 +149,10 @@ def run_job(cfg: DictConfig) -> float | None:
                 entry_point="pipeline/sweep.py",
             )
             score, run_id, model = _train_model(
-                config.model_copy(update={"seed": seed}), where, background
+                config.model_copy(update={"seed": seed}),
+                where,
+                background,
+                config.sweep.seeds == 1,
             )
             scores.append(score)
             models.append(model)
@@ -159,10 +162,9 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as exc:  # the summary reports it; the other jobs go on
         outcome["error"] = reason(exc)
     finally:
-        if trained:  # the figures of the configuration's median seed, once it is evaluated
+        if len(trained) > 1:  # the figures of the configuration's median seed, once evaluated
             _, run_id, folder = median_seed(trained, key=lambda t: t[0])
-            draw = functools.partial(experiment.draw_figures, run_id, folder, background.draw)
-            models.append(background.queue_after(draw))
+            background.queue_after(functools.partial(_draw_figures, run_id, folder, background))
         ended = background.queue_after(functools.partial(_record, outcome, models, out))
     if sweep_process and not search.is_search(hc.sweeper):
         return objective
@@ -184,12 +186,28 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
     return outcome
 
 
+def _draw_figures(run_id: str, folder: Path, background: BackgroundEvaluator) -> None:
+    """Draw and log the figures of a job's median seed, whose run is closed: one that cannot
+    be drawn or stored is said, not failed (its run keeps what they are drawn from)."""
+    from pipeline.core import experiment
+
+    try:
+        experiment.draw_figures(run_id, folder, background.draw)
+    except Exception as exc:
+        print(
+            f"sweep: the figures of run {run_id} were not drawn ({reason(exc)}); "
+            f"`uv run python -m pipeline.runs --figures {run_id}` draws them later.",
+            file=sys.stderr,
+        )
+
+
 def _train_model(
-    config: Config, where: Any, background: BackgroundEvaluator
+    config: Config, where: Any, background: BackgroundEvaluator, figures: bool
 ) -> tuple[float, str, Future]:
     """One model of the job, in its own run: trains it here; the rest of its run (the held-back
     logging and saving, scoring the test set, its evaluation, closing it) is queued for
-    `background`; its figures are left to be drawn on demand (the job draws its median seed's).
+    `background`. With `figures` (a job of one seed) its figures are drawn in its evaluation;
+    else only their data is kept, and the job draws its median seed's at its end.
     Returns its validation accuracy, its run and the queued work."""
     from pipeline.core import experiment, model
     from pipeline.core.data import prepared
@@ -215,7 +233,7 @@ def _train_model(
                 probs,
                 trained.model_uri,
                 trained.history,
-                draw=None,
+                draw=background.draw if figures else None,
             )
 
         future = background.model(run_id, finish)
