@@ -57,17 +57,28 @@ def test_build_model_dispatches_on_name(cfg) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def tiny_fit(
+    params: dict, n: int, n_train: int, classes: int, shape: tuple[int, int], batch_size: int
+) -> tuple:
+    """A seed model of 8 hidden units fitted 2 epochs on `n` random images (the first `n_train`
+    to train, the rest to validate); returns the model, history, seconds and the images."""
+    params["train"].update(epochs=2, batch_size=batch_size)
+    cfg = validate(params)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, *shape), dtype=np.float32)
+    y = rng.integers(0, classes, n).astype(np.uint8)
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_model(build_mlp(8, classes, shape), cfg.train)
+    history, seconds = fit(
+        model, (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]), cfg.train
+    )
+    return model, history, seconds, x
+
+
 def test_fit_returns_history_and_save_load_round_trip(
     default_params: dict, tmp_path: Path
 ) -> None:
-    default_params["train"].update(epochs=2, batch_size=8)
-    cfg = validate(default_params)
-    rng = np.random.default_rng(0)
-    x = rng.random((40, 28, 28), dtype=np.float32)
-    y = rng.integers(0, 10, 40).astype(np.uint8)
-    keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_mlp(8, 10, (28, 28)), cfg.train)
-    history, seconds = fit(model, (x[:32], y[:32]), (x[32:], y[32:]), cfg.train)
+    model, history, seconds, x = tiny_fit(default_params, 40, 32, 10, (28, 28), batch_size=8)
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"}
     assert all(len(v) == 2 for v in history.values()) and seconds > 0
     path = tmp_path / "models/model.keras"
@@ -237,13 +248,6 @@ def test_cnn_trains_without_xla_where_xla_cannot(
 def test_a_dataset_smaller_than_one_batch_trains_on_what_it_has(default_params: dict) -> None:
     """12 pictures and a batch of 32 (a tiny folder dataset): one smaller batch per epoch, as
     Keras's `fit` does, not XLA's "Expected size[0] in [0, 9], but got 32"."""
-    default_params["train"].update(epochs=2, batch_size=32)
-    cfg = validate(default_params)
-    rng = np.random.default_rng(0)
-    x = rng.random((16, 12, 12), dtype=np.float32)
-    y = rng.integers(0, 2, 16).astype(np.uint8)
-    keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_mlp(8, 2, (12, 12)), cfg.train)
-    history, _ = fit(model, (x[:12], y[:12]), (x[12:], y[12:]), cfg.train)
+    model, history, _, _ = tiny_fit(default_params, 16, 12, 2, (12, 12), batch_size=32)
     assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
     assert int(model.optimizer.iterations) == 2  # one step per epoch, on all 12

@@ -202,7 +202,8 @@ def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> s
     run = runs.get_run(chosen["run_id"], "it was a run of this sweep.")
     settings = validate(plain(config))
     name, classes = settings.tracking.registered_model, settings.data.class_names
-    max_examples = int(run.data.params.get("train.max_examples", "None").replace("None", "0"))
+    limit = run.data.params.get("train.max_examples", "None")  # what the chosen model trained on
+    max_examples = None if limit == "None" else int(limit)
     model_uri = run.data.tags[names.MODEL_URI_TAG]
     load_keras()
     val_x, val_y = prepared(project_root(), "val")
@@ -212,7 +213,7 @@ def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> s
         models.predicted_labels(model_uri, val_x, classes),
         lambda uri: models.predicted_labels(uri, val_x, classes),
         registry.example_keys(val_x),
-        registry.example_keys(prepared(project_root(), "train")[0][: max_examples or None]),
+        registry.example_keys(prepared(project_root(), "train")[0][:max_examples]),
     )
     version, promoted = registry.register(
         chosen["run_id"], model_uri, name, settings.registry, examples
