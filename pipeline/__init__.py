@@ -3,19 +3,20 @@
 The modules in this folder are the commands users type, each a one-line forward to the package
 that holds its code: `python -m pipeline.fetch|preprocess|train|evaluate` (the DVC stages),
 `pipeline.sweep`, `pipeline.compare`, `pipeline.runs`, `pipeline.predict`, `pipeline.reproduce`,
-`pipeline.app` and `pipeline.config`.
+`pipeline.app`, `pipeline.config` and `pipeline.stack`.
 
-The packages, lowest first; a package imports only from those listed before it:
+The packages, lowest first; a package imports only from those listed before it (tests/
+test_layout.py checks it, and that no modules import each other in a cycle):
 
-- `tracking.names`: the names of tags, metrics, artifacts and files (imports nothing).
-- `core`: errors, paths, the config schema, data, the model, metrics, plots, and the experiment
-  (one model's run: `model_run`, `train_model`, `evaluate_model`). Its experiment module is the
-  one part of `core` that uses `tracking`.
-- `tracking`: the MLflow store, runs, the registry, provenance (git, digests, versions).
+- `core`: names (of tags, metrics, artifacts and files; imports nothing), errors, paths, the
+  config schema, data, images, the model, the training step, metrics and plots. No MLflow.
+- `tracking`: the MLflow store, runs, the registry, models read from the store, provenance, and
+  the experiment (one model's run: `model_run`, `train`, `train_model`, `evaluate_model`).
 - `stages`: the DVC stages' drivers.
 - `sweeps`: the Hydra side of sweeps, the search, statistics, summaries, background evaluation.
 - `tools`: what users run beside the stages: compare, runs, predict, reproduce.
 - `app`: the web app, its templates and static files.
+- `stack`: the team's services (PostgreSQL, an S3 store, MLflow's server, Ray, SLURM).
 """
 
 import sys

@@ -169,11 +169,12 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Path:
     once for all workers)."""
 
     def make(folder: Path) -> None:
-        from pipeline.core.model import build_mlp, compile_model, fit, save_model
+        from pipeline.core.model import build_mlp, compile_model, save_model
+        from pipeline.core.training import Trainer
 
         cfg = validate(compose(["train.epochs=2"]))
         model = compile_model(build_mlp(128, 10, (28, 28)), cfg.train)
-        fit(
+        Trainer().fit(
             model,
             (mnist["x"][:50_000], mnist["y"][:50_000]),
             (mnist["x"][50_000:], mnist["y"][50_000:]),

@@ -44,7 +44,7 @@ def client(model_file: Path, runs: dict) -> Iterator:
     from fastapi.testclient import TestClient
 
     from pipeline.app.server import create_app
-    from pipeline.tools.predict import choose_model
+    from pipeline.tracking.choose import choose_model
 
     app = create_app(choose_model(model_file), runs["store"], "http://mlflow.example.invalid")
     with TestClient(app) as test_client:

@@ -19,19 +19,19 @@ SEED_PAIRS = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from pipeline.core import model
+from pipeline.core import model, training
 from pipeline.core.config import load_params
 from pipeline.core.data import prepared
 from pipeline.core.metrics import mcnemar_greater
 cfg = load_params(Path("params.yaml"))
 train_cfg = cfg.train.model_copy(update={"epochs": int(sys.argv[1])})
 val = prepared(Path("."), "val")
-right = {}
+right, trainer = {}, training.Trainer()
 for seed in range(42, 62):
-    model.set_determinism(seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
-    net = model.compiled_model(cfg.model, train_cfg, 10, (28, 28))
-    tensors = [model.prepared_tensors(Path("."), split) for split in ("train", "val")]
-    model.fit(net, *tensors, train_cfg)
+    training.set_determinism(seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+    net = trainer.new_model(cfg.model, train_cfg, 10, (28, 28))
+    tensors = [training.prepared_tensors(Path("."), split) for split in ("train", "val")]
+    trainer.fit(net, *tensors, train_cfg)
     right[seed] = model.predict(net, val[0]).argmax(1) == val[1]
 pairs = [mcnemar_greater(right[s + 1], right[s]) for s in range(42, 62, 2)]
 print(json.dumps([[int(a), int(b), p] for a, b, p in pairs]))

@@ -100,7 +100,7 @@ def test_fashion_mnist_end_to_end_registers_its_own_model(
     from fastapi.testclient import TestClient
 
     from pipeline.app.server import create_app
-    from pipeline.tools.predict import choose_model
+    from pipeline.tracking.choose import choose_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.chdir(project)  # its params.yaml names the dataset, hence the registered model
@@ -209,7 +209,7 @@ def test_pictures_of_any_size_become_28x28_with_a_digest_of_the_folder(tmp_path:
 
 def test_image_size_reaches_the_pictures_the_model_and_predict(tmp_path: Path) -> None:
     from pipeline.core.model import build_model
-    from pipeline.tools.predict import Chosen
+    from pipeline.tracking.choose import Chosen
 
     root = pictures(tmp_path / "pics", {"cats": 3, "dogs": 3}, size=50)
     cfg = folder_config(root, "data.image_size=[32,20]", "model=cnn")

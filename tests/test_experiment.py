@@ -4,7 +4,7 @@ tests (test_pipeline_e2e.py, test_sweep.py)."""
 import pytest
 
 from pipeline.core.config import compose, validate
-from pipeline.core.experiment import run_name
+from pipeline.tracking.experiment import run_name
 
 
 @pytest.mark.parametrize(

@@ -277,8 +277,9 @@ def test_tracking_server_down_fails_fast_before_training(
 LOGGER = """
 import sys, time
 import numpy as np
-from pipeline.tracking import names, runs, store
-from pipeline.tracking import names
+from pipeline.core import names
+from pipeline.tracking import runs, store
+from pipeline.core import names
 experiment_id = store.setup("load")
 with runs.tracked_run(experiment_id, f"job-{sys.argv[1]}") as run_id:
     wave = sys.argv[1].split("-")[0]  # a new dataset (by its digest) per wave

@@ -7,17 +7,17 @@ import tensorflow as tf
 
 from helpers import ROOT, run
 from pipeline.core.config import CNNConfig, MLPConfig, validate
+from pipeline.core.errors import PipelineError
 from pipeline.core.model import (
     build_cnn,
     build_mlp,
     build_model,
     compile_model,
-    fit,
-    limit,
     load_model,
     save_model,
     weights_sha256,
 )
+from pipeline.core.training import Trainer, build_state, limit
 
 
 def test_mlp_is_the_seed_model() -> None:
@@ -69,7 +69,7 @@ def tiny_fit(
     y = rng.integers(0, classes, n).astype(np.uint8)
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_mlp(8, classes, shape), cfg.train)
-    history, seconds = fit(
+    history, seconds = Trainer().fit(
         model, (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]), cfg.train
     )
     return model, history, seconds, x
@@ -105,13 +105,14 @@ DETERMINISM_SCRIPT = """
 import sys
 import numpy as np
 from pipeline.core.config import compose, validate
-from pipeline.core.model import build_mlp, compile_model, fit, set_determinism, weights_sha256
+from pipeline.core.model import build_mlp, compile_model, weights_sha256
+from pipeline.core.training import Trainer, set_determinism
 cfg = validate(compose(["train.epochs=1", "train.batch_size=16"]))
 set_determinism(cfg.seed, int(sys.argv[1]), 1)
 rng = np.random.default_rng(0)
 x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
 model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
-fit(model, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
+Trainer().fit(model, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
 print(weights_sha256(model))
 """
 
@@ -128,25 +129,25 @@ REUSE_SCRIPT = """
 import sys
 import numpy as np
 from pipeline.core.config import compose, validate
-from pipeline.core import model as core
-from pipeline.core.model import compiled_model, fit, set_determinism, weights_sha256
+from pipeline.core.model import weights_sha256
+from pipeline.core.training import Trainer, set_determinism
 model = sys.argv[1]
 overrides = ["train.batch_size=16", f"model={model}"]
 if model == "cnn":
     overrides += ["model.filters=[4]", "model.hidden_units=8", "model.dropout=0.5"]
 rng = np.random.default_rng(0)
 x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
-previous = None
+previous, trainer = None, Trainer()
 for arg in sys.argv[2:]:
     seed, epochs = arg.split(":")
     cfg = validate(compose(overrides + [f"seed={seed}", f"train.epochs={epochs}"]))
     set_determinism(cfg.seed, 1, 1)
-    net = compiled_model(cfg.model, cfg.train, 10, (28, 28))
-    fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
-    traced = core._last.steps._batches.experimental_get_tracing_count()
+    net = trainer.new_model(cfg.model, cfg.train, 10, (28, 28))
+    trainer.fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
+    traced = trainer.compiled_steps(net, None, cfg.train)._batches.experimental_get_tracing_count()
     # As in a sweep: the state is detached (the shadow's first building drawing random numbers)
     # before the next seed, and put into the shadow later.
-    kept = core.detached(net, cfg.model, cfg.train)
+    kept = trainer.detach(net, cfg.model, cfg.train)
     copy = kept.model()
     assert weights_sha256(copy) == weights_sha256(net), "the shadow holds other weights"
     assert int(copy.optimizer.iterations) == int(net.optimizer.iterations) > 0
@@ -186,11 +187,21 @@ def test_weights_sha256_tracks_every_weight() -> None:
 
 def test_keras_still_has_the_private_build_the_training_loop_uses() -> None:
     assert hasattr(keras.Model, "_symbolic_build"), (
-        f"keras {keras.__version__} removed Model._symbolic_build, which pipeline.core.model."
+        f"keras {keras.__version__} removed Model._symbolic_build, which pipeline.core.training."
         "build_state calls to create loss and metric state before the compiled loop runs; "
         "find its replacement in keras/src/trainers/trainer.py or bound keras below this version "
         "in pyproject.toml"
     )
+
+
+def test_a_keras_whose_internals_moved_is_refused_by_name() -> None:
+    class Moved:  # a model of a Keras without Model._symbolic_build
+        pass
+
+    with pytest.raises(
+        PipelineError, match=rf"keras {keras.__version__} has no Model._symbolic_build"
+    ):
+        build_state(Moved(), (None, None))
 
 
 def separable_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +224,7 @@ def test_the_loop_matches_keras_fit_in_steps_and_loss(default_params: dict) -> N
         keras.utils.set_random_seed(cfg.seed)
         model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
         if how == "loop":
-            history, _ = fit(model, (x, y), val, cfg.train)
+            history, _ = Trainer().fit(model, (x, y), val, cfg.train)
         else:
             history = model.fit(
                 x, y, batch_size=32, epochs=3, validation_data=val, verbose=0
@@ -239,7 +250,7 @@ def test_cnn_trains_without_xla_where_xla_cannot(
     tf.config.experimental.enable_op_determinism()  # as set_determinism does for every run
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_model(cfg.model, 10, (28, 28)), cfg.train)
-    history, _ = fit(model, (x[:250], y[:250]), (x[250:], y[250:]), cfg.train)
+    history, _ = Trainer().fit(model, (x[:250], y[:250]), (x[250:], y[250:]), cfg.train)
     assert "XLA cannot compile this model deterministically" in capsys.readouterr().err
     assert int(model.optimizer.iterations) == 8  # 250 / 32: seven full batches and one of 26
     assert np.isfinite(history["loss"][0]) and len(history["val_accuracy"]) == 1

@@ -8,8 +8,9 @@ import mlflow
 import pytest
 
 from helpers import ROOT, run_env, use_store
+from pipeline.core import names
 from pipeline.core.config import flatten
-from pipeline.tracking import names, runs, store
+from pipeline.tracking import runs, store
 
 
 @pytest.fixture

@@ -19,11 +19,12 @@ import shutil
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -31,21 +32,24 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
 
+from pipeline.core import names
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
 from pipeline.core.images import MAX_PIXELS, PNG_OR_JPEG, ImageTooLarge
-from pipeline.tools.predict import Chosen, choose_model, read_digit, top3
+from pipeline.tracking.choose import Chosen, choose_model, read_digit, top3
 
 WEB = Path(__file__).parent / "web"
 MAX_BYTES = 10 * 1024 * 1024  # a request body larger than this is refused as it streams in
 IMAGE_TYPES = ("image/png", "image/jpeg")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # MLflow's run ids: nothing else reaches the store
 FIGURES = {  # the figures compared, in page order: file under the run's figures/ -> title
-    "confusion_matrix.png": "Confusion matrix",
-    "misclassified.png": "Misclassified test digits",
-    "learning_curves.png": "Learning curves",
-    "predictions.png": "Predictions",
+    names.CONFUSION_FIGURE: "Confusion matrix",
+    names.MISCLASSIFIED_FIGURE: "Misclassified test digits",
+    names.CURVES_FIGURE: "Learning curves",
+    names.PREDICTIONS_FIGURE: "Predictions",
 }
-METRICS = ("val_accuracy", "test_accuracy", "test_loss", "macro_f1", "train_seconds")
+METRICS = (
+    names.VAL_ACCURACY, names.TEST_ACCURACY, names.TEST_LOSS, names.MACRO_F1, names.TRAIN_SECONDS
+)  # fmt: skip
 MIN_RUNS, MAX_RUNS = 2, 6
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -121,8 +125,8 @@ class Runs:
         parent = self.get(parent_id)
         children = self.client.search_runs(
             [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-            order_by=["metrics.val_accuracy DESC"],
+            filter_string=f"tags.`{names.PARENT_TAG}` = '{parent_id}'",
+            order_by=[f"metrics.{names.VAL_ACCURACY} DESC"],
             max_results=MAX_RUNS,
         )
         if len(children) < MIN_RUNS:
@@ -145,7 +149,9 @@ class Runs:
                 with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
                     local.parent.mkdir(parents=True, exist_ok=True)
                     try:
-                        got = self.client.download_artifacts(run_id, f"figures/{name}", tmp)
+                        got = self.client.download_artifacts(
+                            run_id, f"{names.FIGURES_ARTIFACT}/{name}", tmp
+                        )
                         Path(got).replace(local)
                     except (mlflow.exceptions.MlflowException, OSError):
                         self.draw(run_id, Path(tmp), local.parent)
@@ -154,7 +160,7 @@ class Runs:
     def draw(self, run_id: str, tmp: Path, into: Path) -> None:
         """Draw the run's figures from its figure data (a sweep's model whose figures are on
         demand) into `into`; a 404 where it has none."""
-        from pipeline.core import experiment
+        from pipeline.tracking import experiment
 
         try:
             drawn = experiment.draw_run_figures(run_id, tmp, self.client)
@@ -189,6 +195,148 @@ def comparison(runs: list[Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Site:
+    """What the routes serve: the model, how its pages speak of it, the runs, the templates."""
+
+    chosen: Chosen
+    wording: dict[str, Any]  # the pages' words for this model's pictures
+    pages: Environment
+    runs: Runs
+    ui: str | None  # the MLflow UI runs link to
+    # One prediction at a time: Keras models are not thread-safe.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_link(self, run_id: str | None, experiment_id: str | None) -> str | None:
+        if not (self.ui and run_id and experiment_id):
+            return None
+        return f"{self.ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    @property
+    def about(self) -> dict[str, Any]:
+        """The model, as `/api/model` tells it."""
+        about = self.chosen.about
+        return {
+            **about,
+            "mlflow_run_url": self.run_link(about.get("run_id"), about.get("experiment_id")),
+        }
+
+    def page(self, template: str, **values: Any) -> str:
+        return self.pages.get_template(template).render(**values, **self.wording)
+
+
+def wording(chosen: Chosen) -> dict[str, Any]:
+    """How the pages speak of `chosen`'s pictures: digits drawn by hand, or its dataset's."""
+    description = chosen.about.get("description") or "images"
+    handwriting = bool(chosen.about.get("handwriting", True))
+    one = "a digit" if handwriting else "a picture"
+    dataset = (chosen.about.get("dataset") or "mnist").replace("_", "-").upper()
+    return {
+        "title": f"{dataset}: {description}",
+        "handwriting": handwriting,
+        "one": one,
+        "ask": f"Draw {one}." if handwriting else f"Open or drop {one}.",
+        "description": description,
+        "classes": chosen.classes,
+        "size": " × ".join(map(str, chosen.model.input_shape[1:3])),
+    }
+
+
+def site(request: Request) -> Site:
+    return request.app.state.site
+
+
+Served = Annotated[Site, Depends(site)]
+router = APIRouter()
+
+
+def refused(request: Request, exc: HTTPException) -> Response:
+    """JSON for the API and figures, a page for the pages."""
+    if request.url.path.startswith(("/api/", "/runs/")):
+        return JSONResponse({"detail": exc.detail}, exc.status_code)
+    page = site(request).page("error.html", status=exc.status_code, message=exc.detail)
+    return HTMLResponse(page, exc.status_code)
+
+
+@router.get("/", response_class=HTMLResponse)
+def draw(served: Served) -> str:
+    return served.page("draw.html", max_mb=MAX_BYTES // 2**20)
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/api/model")
+def model(served: Served) -> dict[str, Any]:
+    return served.about
+
+
+@router.post("/api/predict")
+async def predict(served: Served, image: Annotated[UploadFile, File()]) -> dict[str, Any]:
+    if image.content_type not in IMAGE_TYPES:
+        raise HTTPException(
+            415, f"{image.filename}: content type {image.content_type!r}; send a PNG or JPEG."
+        )
+    data = await image.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise HTTPException(413, f"{image.filename}: over {MAX_BYTES} bytes.")
+    name = image.filename or "image"
+    # Decoding and predicting run in worker threads: the event loop keeps answering.
+    try:
+        answer = await run_in_threadpool(read_and_predict, served, data, name)
+    except ImageTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except DataError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {**answer, "model": served.about}
+
+
+def read_and_predict(served: Site, data: bytes, name: str) -> dict[str, Any]:
+    chosen, classes = served.chosen, served.chosen.classes
+    x = read_digit(io.BytesIO(data), name, chosen, MAX_PIXELS, PNG_OR_JPEG)
+    with served.lock:
+        probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
+    best = top3(probs, classes)
+    return {
+        "digit": best[0]["digit"],
+        "class": best[0]["class"],
+        "classes": classes,
+        "probabilities": [round(float(p), 6) for p in probs],
+        "top3": best,
+        "input": png_data_url(x),
+    }
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare(
+    served: Served,
+    runs_: Annotated[str | None, Query(alias="runs")] = None,
+    sweep: str | None = None,
+) -> str:
+    if sweep:
+        chosen_runs = served.runs.of_sweep(sweep.strip())
+    else:
+        ids = [i.strip() for i in (runs_ or "").split(",") if i.strip()]
+        if not MIN_RUNS <= len(ids) <= MAX_RUNS:
+            raise HTTPException(
+                400,
+                f"compare takes {MIN_RUNS}-{MAX_RUNS} run ids, got {len(ids)}: "
+                "/compare?runs=ID1,ID2 or /compare?sweep=PARENT_ID.",
+            )
+        chosen_runs = [served.runs.get(i) for i in ids]
+    view = comparison(chosen_runs)
+    for run, info in zip(chosen_runs, view["runs"], strict=True):
+        info["url"] = served.run_link(run.info.run_id, run.info.experiment_id)
+    return served.page("compare.html", **view, sweep=sweep)
+
+
+@router.get("/runs/{run_id}/figures/{name}")
+def figure(served: Served, run_id: str, name: str) -> FileResponse:
+    return FileResponse(served.runs.figure(run_id, name), media_type="image/png")
+
+
 def create_app(
     chosen: Chosen, store_uri: str, mlflow_ui: str | None = None, host: str | None = None
 ) -> FastAPI:
@@ -197,119 +345,21 @@ def create_app(
     Served on a loopback `host`, requests naming any other Host are refused (400): a web page
     elsewhere cannot reach the app through a DNS name that points at 127.0.0.1.
     """
-    classes = chosen.classes
-    description = chosen.about.get("description") or "images"
-    handwriting = bool(chosen.about.get("handwriting", True))
-    one = "a digit" if handwriting else "a picture"
-    dataset = (chosen.about.get("dataset") or "mnist").replace("_", "-").upper()
-    wording = {
-        "title": f"{dataset}: {description}",
-        "handwriting": handwriting,
-        "one": one,
-        "ask": f"Draw {one}." if handwriting else f"Open or drop {one}.",
-        "description": description,
-        "classes": classes,
-        "size": " × ".join(map(str, chosen.model.input_shape[1:3])),
-    }
-    app = FastAPI(title=wording["title"], docs_url="/api/docs", redoc_url=None)
+    words = wording(chosen)
+    app = FastAPI(title=words["title"], docs_url="/api/docs", redoc_url=None)
+    app.state.site = Site(
+        chosen,
+        words,
+        Environment(loader=FileSystemLoader(WEB), autoescape=select_autoescape(["html"])),
+        Runs(store_uri),
+        mlflow_ui.rstrip("/") if mlflow_ui else None,
+    )
     app.add_middleware(BodyLimit, max_bytes=MAX_BYTES + 64 * 1024)  # the picture and its form
     if host in LOOPBACK:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
-    pages = Environment(loader=FileSystemLoader(WEB), autoescape=select_autoescape(["html"]))
-    runs = Runs(store_uri)
-    lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
-    ui = mlflow_ui.rstrip("/") if mlflow_ui else None
-
-    def run_link(run_id: str | None, experiment_id: str | None) -> str | None:
-        if not (ui and run_id and experiment_id):
-            return None
-        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
-
-    about = {
-        **chosen.about,
-        "mlflow_run_url": run_link(chosen.about.get("run_id"), chosen.about.get("experiment_id")),
-    }
-
-    @app.exception_handler(HTTPException)
-    def refused(request: Request, exc: HTTPException) -> Response:
-        """JSON for the API and figures, a page for the pages."""
-        if request.url.path.startswith(("/api/", "/runs/")):
-            return JSONResponse({"detail": exc.detail}, exc.status_code)
-        page = pages.get_template("error.html").render(
-            status=exc.status_code, message=exc.detail, **wording
-        )
-        return HTMLResponse(page, exc.status_code)
-
-    @app.get("/", response_class=HTMLResponse)
-    def draw() -> str:
-        return pages.get_template("draw.html").render(max_mb=MAX_BYTES // 2**20, **wording)
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/api/model")
-    def model() -> dict[str, Any]:
-        return about
-
-    @app.post("/api/predict")
-    async def predict(image: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        if image.content_type not in IMAGE_TYPES:
-            raise HTTPException(
-                415, f"{image.filename}: content type {image.content_type!r}; send a PNG or JPEG."
-            )
-        data = await image.read(MAX_BYTES + 1)
-        if len(data) > MAX_BYTES:
-            raise HTTPException(413, f"{image.filename}: over {MAX_BYTES} bytes.")
-        name = image.filename or "image"
-        # Decoding and predicting run in worker threads: the event loop keeps answering.
-        try:
-            answer = await run_in_threadpool(read_and_predict, data, name)
-        except ImageTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        except DataError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return {**answer, "model": about}
-
-    def read_and_predict(data: bytes, name: str) -> dict[str, Any]:
-        x = read_digit(io.BytesIO(data), name, chosen, MAX_PIXELS, PNG_OR_JPEG)
-        with lock:
-            probs = chosen.predict(x[np.newaxis].astype(np.float32))[0]
-        best = top3(probs, classes)
-        return {
-            "digit": best[0]["digit"],
-            "class": best[0]["class"],
-            "classes": classes,
-            "probabilities": [round(float(p), 6) for p in probs],
-            "top3": best,
-            "input": png_data_url(x),
-        }
-
-    @app.get("/compare", response_class=HTMLResponse)
-    def compare(
-        runs_: Annotated[str | None, Query(alias="runs")] = None, sweep: str | None = None
-    ) -> str:
-        if sweep:
-            chosen_runs = runs.of_sweep(sweep.strip())
-        else:
-            ids = [i.strip() for i in (runs_ or "").split(",") if i.strip()]
-            if not MIN_RUNS <= len(ids) <= MAX_RUNS:
-                raise HTTPException(
-                    400,
-                    f"compare takes {MIN_RUNS}-{MAX_RUNS} run ids, got {len(ids)}: "
-                    "/compare?runs=ID1,ID2 or /compare?sweep=PARENT_ID.",
-                )
-            chosen_runs = [runs.get(i) for i in ids]
-        view = comparison(chosen_runs)
-        for run, info in zip(chosen_runs, view["runs"], strict=True):
-            info["url"] = run_link(run.info.run_id, run.info.experiment_id)
-        return pages.get_template("compare.html").render(**view, sweep=sweep, **wording)
-
-    @app.get("/runs/{run_id}/figures/{name}")
-    def figure(run_id: str, name: str) -> FileResponse:
-        return FileResponse(runs.figure(run_id, name), media_type="image/png")
-
+    app.add_exception_handler(HTTPException, refused)
+    app.include_router(router)
     return app
 
 

@@ -1,7 +1,8 @@
-"""The core: config schema, data, model, the training loop, metrics, plots and the experiment.
+"""The core: names, errors, paths, the config schema, data, images, the model, the training step
+(`training`), metrics and plots; plain functions over plain values.
 
-Imports only `pipeline.tracking.names`, except `experiment`, which trains and evaluates one
-model into one MLflow run through `pipeline.tracking`. Heavy libraries are imported where they
-are used: TensorFlow in `model` (and where a model is trained), matplotlib in `plots`; the rest
-imports neither, nor MLflow.
+Imports nothing else of the pipeline, and never MLflow. Heavy libraries are imported where they
+are used: TensorFlow and Keras in `model` and `training` (and by `console.load_keras`, which
+imports them quietly for a command about to train or predict), matplotlib in `plots`; the rest
+(names, config, data, metrics, errors, paths) loads none of them.
 """

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tracking.names import MACRO_F1, TEST_ACCURACY, TEST_LOSS
+from pipeline.core.names import MACRO_F1, TEST_ACCURACY, TEST_LOSS
 
 EPSILON = 1e-7  # Keras clips probabilities the same way in its cross-entropy
 

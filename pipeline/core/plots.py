@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from pipeline.core import names
 from pipeline.core.errors import DataError
 
 RIGHT, WRONG = "tab:green", "tab:red"
@@ -109,9 +110,7 @@ def misclassified_gallery(
 
 Drawing = tuple[Callable[..., Figure], tuple[Any, ...], dict[str, Any]]  # a figure to draw
 GRID = 32  # test images in the predictions grid: half of them mistakes, where there are as many
-# A model's figures, drawn from its figure data: file name -> what the data's arrays feed.
-MODEL_FIGURES = ("predictions.png", "misclassified.png", "confusion_matrix.png",
-                 "learning_curves.png")  # fmt: skip
+MODEL_FIGURES = names.MODEL_FIGURES  # a model's figures, drawn from its figure data
 FIGURE_DATA_KEYS = {  # key -> dtype kind: numbers (f, i, u) or text (U)
     "shown_images": "f", "shown_true": "iu", "shown_pred": "iu",
     "worst_images": "f", "worst_true": "iu", "worst_pred": "iu", "worst_confidence": "f",
@@ -151,12 +150,12 @@ def model_drawings(data: Mapping[str, np.ndarray]) -> dict[str, Drawing]:
     classes = {"classes": [str(c) for c in data["classes"]]}
     history = dict(zip(map(str, data["history_keys"]), data["history"].tolist(), strict=True))
     return {
-        "predictions.png": (
+        names.PREDICTIONS_FIGURE: (
             prediction_grid,
             (data["shown_images"], data["shown_true"], data["shown_pred"]),
             classes,
         ),
-        "misclassified.png": (
+        names.MISCLASSIFIED_FIGURE: (
             misclassified_gallery,
             (
                 data["worst_images"],
@@ -166,8 +165,8 @@ def model_drawings(data: Mapping[str, np.ndarray]) -> dict[str, Drawing]:
             ),
             {**classes, "mistakes": int(data["mistakes"])},
         ),  # fmt: skip
-        "confusion_matrix.png": (confusion_heatmap, (data["confusion"], classes["classes"]), {}),
-        "learning_curves.png": (learning_curves, (history,), {}),
+        names.CONFUSION_FIGURE: (confusion_heatmap, (data["confusion"], classes["classes"]), {}),
+        names.CURVES_FIGURE: (learning_curves, (history,), {}),
     }
 
 

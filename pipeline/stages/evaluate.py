@@ -57,8 +57,8 @@ def main(argv: list[str]) -> None:
     with multiprocessing.get_context("spawn").Pool(1, load_keras) as worker:
         import mlflow
 
-        from pipeline.core import experiment
-        from pipeline.tracking import names, provenance, registry, runs, store
+        from pipeline.core import names
+        from pipeline.tracking import experiment, provenance, registry, runs, store
 
         t = cfg.tracking
         where = experiment.Destination(

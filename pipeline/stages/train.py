@@ -20,8 +20,8 @@ def main(argv: list[str]) -> None:
     command_parser("train", __doc__).parse_args(argv)
     cfg = load_params()  # before the heavy imports: a bad value fails in a second
     load_keras()
-    from pipeline.core import experiment
-    from pipeline.tracking import names, runs, store
+    from pipeline.core import names
+    from pipeline.tracking import experiment, runs, store
 
     root = project_root()  # the code DVC ran, also in a queued experiment's temporary copy
     t = cfg.tracking  # on a server, checks the user may write what the run will

@@ -17,6 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline.core import names
 from pipeline.core.config import ConfigError
 from pipeline.core.console import load_keras
 from pipeline.core.data import write_json
@@ -25,7 +26,6 @@ from pipeline.core.paths import project_root
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import wait_for_evaluations
 from pipeline.sweeps.job import failures, in_process, job_outcomes, plain, reason
-from pipeline.tracking import names
 
 
 class SweepCallback(Callback):

@@ -1,8 +1,8 @@
 """Evaluating a sweep's models in the background, while the next ones train.
 
 A sweep job trains a model in its main thread, then hands the rest of the model's run to this
-process's `BackgroundEvaluator` (`evaluator()`): the logging and saving training held back
-(`Deferred`), scoring the test set, test metrics, figure data and artifacts
+process's `BackgroundEvaluator` (`evaluator()`): logging its inputs, epochs and model (from its
+detached state), scoring the test set, test metrics, figure data and artifacts
 (`experiment.evaluate_model`), then closing the run. One module holds it, so that the jobs and
 the sweep's end share one per process.
 """
@@ -10,7 +10,6 @@ the sweep's end share one per process.
 from __future__ import annotations
 
 import contextlib
-import functools
 import multiprocessing
 import os
 import signal
@@ -29,34 +28,6 @@ from typing import Any
 
 def _nothing() -> None:
     pass
-
-
-class Deferred:
-    """Calls on a model's run held back, to be made in order by `replay`: passed to
-    `experiment.train_model` as its `record`, so the next model starts training at once.
-
-    `started` is called with the first held call (training's first call on the run comes as
-    it starts fitting); `turn` before each call `replay` makes (`BackgroundEvaluator.deferred`)."""
-
-    def __init__(
-        self, started: Callable[[], None] = _nothing, turn: Callable[[], None] = _nothing
-    ) -> None:
-        self._calls: list[tuple[Future, Callable[[], Any]]] = []
-        self._started, self._yield_to_training = started, turn
-
-    def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        if not self._calls:
-            self._started()
-        future: Future = Future()
-        self._calls.append((future, functools.partial(fn, *args, **kwargs)))
-        return future
-
-    def replay(self) -> None:
-        """Make the held calls in order. The first that fails raises; the rest are dropped."""
-        calls, self._calls = self._calls, []
-        for future, call in calls:
-            self._yield_to_training()
-            future.set_result(call())
 
 
 class BackgroundEvaluator:
@@ -90,20 +61,20 @@ class BackgroundEvaluator:
         self._idle = threading.Event()  # set: the sweep's thread needs no interpreter time
         self._idle.set()
 
-    def deferred(self) -> Deferred:
-        """A model's `Deferred`: the sweep's thread is idle from its first call (the model
-        starts fitting), and its replay takes turns."""
-        return Deferred(self._idle.set, self._yield_to_training)
+    def training_starts(self) -> None:
+        """Called by the sweep's thread as a model starts fitting: it is idle from then on."""
+        self._idle.set()
 
-    def model(self, run_id: str, evaluate: Callable[[], Any]) -> Future:
-        """Queue `evaluate` for the open run `run_id`, then its closing. Called by the sweep's
-        thread once the model is trained, before it goes on to the next (no longer idle)."""
+    def model(self, run_id: str, finish: Callable[[Callable[[], None]], Any]) -> Future:
+        """Queue `finish` for the open run `run_id`, then its closing; `finish` gets a call to
+        make between its steps, which takes turns with training. Called by the sweep's thread
+        once the model is trained, before it goes on to the next (no longer idle)."""
         self._models = [f for f in self._models if not f.done()]
         while len(self._models) >= self.LIMIT:
             self._idle.set()
             wait(self._models, return_when=FIRST_COMPLETED)
             self._models = [f for f in self._models if not f.done()]
-        future = self._pool.submit(_evaluate_and_close, run_id, evaluate, self._yield_to_training)
+        future = self._pool.submit(_evaluate_and_close, run_id, finish, self._yield_to_training)
         self._models.append(future)
         self._runs[future] = run_id
         self._idle.clear()
@@ -192,7 +163,7 @@ def _exit_without(parent: int) -> None:
 
 
 def _evaluate_and_close(
-    run_id: str, evaluate: Callable[[], Any], turn: Callable[[], None]
+    run_id: str, finish: Callable[[Callable[[], None]], Any], turn: Callable[[], None]
 ) -> None:
     from pipeline.tracking import runs, store
 
@@ -202,7 +173,7 @@ def _evaluate_and_close(
     # not be closed either, is left for `pipeline.runs --cleanup`.
     store.check_store()
     try:
-        evaluate()
+        finish(turn)
     except BaseException as exc:
         runs.close_run(run_id, exc)
         raise

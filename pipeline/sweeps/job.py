@@ -2,8 +2,8 @@
 
 Hydra calls `run_job` once per combination (a grid's or a search's trial). It validates the
 config once, then trains `sweep.seeds` models of it through the same core as `dvc repro`
-(`experiment.model_run`, `train_model`, `evaluate_model`), each a child run of the sweep's parent,
-and hands each model's evaluation to the background (`finishing`). How the job ended goes to
+(`experiment.model_run`, `train`, `evaluate_model`), each a child run of the sweep's parent, and
+hands the rest of each model's run to the background (`finishing`). How the job ended goes to
 its folder's job.json, which the sweep's summary reads (`job_outcomes`).
 """
 
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.core import names
 from pipeline.core.config import Config, ConfigError, load_params, validate
 from pipeline.core.console import load_keras
 from pipeline.core.data import write_json
@@ -30,7 +32,6 @@ from pipeline.core.paths import FIGURES_DIR, PARAMS_FILE
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import BackgroundEvaluator, evaluator
 from pipeline.sweeps.stats import median_seed
-from pipeline.tracking import names
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def run_job(cfg: DictConfig) -> float | None:
     background (`BackgroundEvaluator`); a job run by the sweep's own process leaves its last one
     to the sweep's end, other jobs (another launcher's, a search's trials) wait for theirs.
     """
-    from pipeline.core import experiment
+    from pipeline.tracking import experiment
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -189,7 +190,7 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
 def _draw_figures(run_id: str, folder: Path, background: BackgroundEvaluator) -> None:
     """Draw and log the figures of a job's median seed, whose run is closed: one that cannot
     be drawn or stored is said, not failed (its run keeps what they are drawn from)."""
-    from pipeline.core import experiment
+    from pipeline.tracking import experiment
 
     try:
         experiment.draw_figures(run_id, folder, background.draw)
@@ -201,40 +202,53 @@ def _draw_figures(run_id: str, folder: Path, background: BackgroundEvaluator) ->
         )
 
 
+@functools.cache
+def trainer() -> Any:
+    """This process's `Trainer`: the seeds and epoch counts of one model, in one job or the next,
+    train with the same compiled steps (core/training.py)."""
+    from pipeline.core.training import Trainer
+
+    return Trainer()
+
+
 def _train_model(
     config: Config, where: Any, background: BackgroundEvaluator, figures: bool
 ) -> tuple[float, str, Future]:
-    """One model of the job, in its own run: trains it here; the rest of its run (the held-back
-    logging and saving, scoring the test set, its evaluation, closing it) is queued for
-    `background`. With `figures` (a job of one seed) its figures are drawn in its evaluation;
-    else only their data is kept, and the job draws its median seed's at its end.
+    """One model of the job, in its own run: trains it here, then queues the rest of its run
+    for `background`: logging its inputs, epochs and model (saved from its detached state, so
+    that the next seed trains meanwhile), scoring the test set, its evaluation, closing it.
+    With `figures` (a job of one seed) its figures are drawn in its evaluation; else only their
+    data is kept, and the job draws its median seed's at its end.
     Returns its validation accuracy, its run and the queued work."""
-    from pipeline.core import experiment, model
+    from pipeline.core import model
     from pipeline.core.data import prepared
+    from pipeline.tracking import experiment, runs
 
-    deferred = background.deferred()
-    # Seeds and epoch counts of one model train it with the same compiled steps: the jobs of a
-    # process share them (`model.compiled_model`).
     with experiment.model_run(config, where, close=False) as run_id:  # `background` closes it
+        splits = experiment.training_splits(config, where.root)
+        logger = experiment.epoch_logger(run_id, live=False)  # one call, after the model
+        background.training_starts()
         try:
-            trained = experiment.train_model(config, where, run_id, deferred)
+            trained = experiment.train(config, splits, trainer(), [logger])
         except BaseException:
             with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
-                deferred.replay()
+                experiment.log_inputs(run_id, config, splits)
+                runs.log_epochs(run_id, logger.held)
             raise
+        experiment.write_reports(trained, where.out)
+        kept = trainer().detach(trained.model, config.model, config.train)
 
-        def finish() -> None:
-            deferred.replay()
-            probs = model.predict(trained.detached.model(), prepared(where.root, "test")[0])
-            experiment.evaluate_model(
-                config,
-                where,
-                run_id,
-                probs,
-                trained.model_uri,
-                trained.history,
-                draw=background.draw if figures else None,
-            )
+        def finish(turn: Callable[[], None]) -> None:
+            """In the background, taking `turn`s with training between its calls."""
+            experiment.log_inputs(run_id, config, splits)
+            turn()
+            uri = experiment.log_model(kept, run_id, where.out, splits[1][0], trained.described)
+            turn()  # the epochs after the model: MLflow reads every metric's history of a run
+            runs.log_epochs(run_id, logger.held)  # when it logs a model to it, per metric
+            turn()
+            probs = model.predict(kept.model(), prepared(where.root, "test")[0])
+            draw = background.draw if figures else None
+            experiment.evaluate_model(config, where, run_id, probs, uri, trained.history, draw)
 
         future = background.model(run_id, finish)
     return trained.history[names.VAL_ACCURACY][-1], run_id, future

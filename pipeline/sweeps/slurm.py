@@ -22,8 +22,8 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
 )
 
+from pipeline.core import names
 from pipeline.core.data import write_json
-from pipeline.tracking import names
 
 # SLURM's job states in which a job may still write its result.
 ACTIVE = {

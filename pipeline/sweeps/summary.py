@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import PipelineError
-from pipeline.sweeps.stats import METHOD as TEST_METHOD
-from pipeline.sweeps.stats import VERDICT, aggregate
-from pipeline.tracking.names import (
+from pipeline.core.names import (
     FAILURE_TAG,
     OVERRIDES_TAG,
     PARENT_TAG,
@@ -28,6 +26,8 @@ from pipeline.tracking.names import (
     TRAIN_SECONDS,
     VAL_ACCURACY,
 )
+from pipeline.sweeps.stats import METHOD as TEST_METHOD
+from pipeline.sweeps.stats import VERDICT, aggregate
 
 COLUMNS = (
     "run_name", "model", "hidden_units", "epochs", "seed", "val_accuracy", "test_accuracy",
@@ -42,25 +42,47 @@ SUMMARY_COLUMNS = (
 AGGREGATED = (VAL_ACCURACY, TEST_ACCURACY, TRAIN_SECONDS)
 
 
-def row_of(run: Any) -> dict[str, Any]:
-    """One leaderboard row from an MLflow run."""
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+def make_row(
+    run_name: str,
+    params: dict[str, str],
+    metric: Callable[[str], float | None],
+    status: str,
+    overrides: str,
+    run_id: str,
+    failure_reason: str,
+) -> dict[str, Any]:
+    """One leaderboard row (COLUMNS, and the run's `params`); `metric` gives a metric's value
+    by name (None where the run has none)."""
     return {
-        "run_name": run.info.run_name,
+        "run_name": run_name,
         "model": params.get("model.name", ""),
         "hidden_units": params.get("model.hidden_units", ""),
         "epochs": params.get("train.epochs", ""),
         "seed": params.get("seed", ""),
-        "val_accuracy": metrics.get(VAL_ACCURACY),
-        "test_accuracy": metrics.get(TEST_ACCURACY),
-        "test_loss": metrics.get(TEST_LOSS),
-        "train_seconds": metrics.get(TRAIN_SECONDS),
-        "status": run.info.status,
-        "overrides": tags.get(OVERRIDES_TAG, ""),
-        "run_id": run.info.run_id,
-        "failure_reason": tags.get(FAILURE_TAG, ""),
+        "val_accuracy": metric(VAL_ACCURACY),
+        "test_accuracy": metric(TEST_ACCURACY),
+        "test_loss": metric(TEST_LOSS),
+        "train_seconds": metric(TRAIN_SECONDS),
+        "status": status,
+        "overrides": overrides,
+        "run_id": run_id,
+        "failure_reason": failure_reason,
         "params": params,
     }
+
+
+def row_of(run: Any) -> dict[str, Any]:
+    """One leaderboard row from an MLflow run."""
+    tags = run.data.tags
+    return make_row(
+        run.info.run_name,
+        run.data.params,
+        run.data.metrics.get,
+        run.info.status,
+        tags.get(OVERRIDES_TAG, ""),
+        run.info.run_id,
+        tags.get(FAILURE_TAG, ""),
+    )
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -206,20 +228,13 @@ def _csv_row(raw: dict[str, str]) -> dict[str, Any]:
     for short, key in SHORT_PARAMS.items():
         if raw.get(short):
             params.setdefault(key, raw[short])
-    return {
-        "run_name": cell("run_name", "tags.mlflow.runName"),
-        "model": params.get("model.name", ""),
-        "hidden_units": params.get("model.hidden_units", ""),
-        "epochs": params.get("train.epochs", ""),
-        "seed": params.get("seed", ""),
-        "val_accuracy": number(VAL_ACCURACY),
-        "test_accuracy": number(TEST_ACCURACY),
-        "test_loss": number(TEST_LOSS),
-        "train_seconds": number(TRAIN_SECONDS),
-        "status": cell("status") or "FINISHED",
-        "overrides": cell("overrides", f"tags.{OVERRIDES_TAG}"),
-        "run_id": cell("run_id"),
-        "failure_reason": cell("failure_reason", f"tags.{FAILURE_TAG}"),
-        "params": params,
-        "columns": dict(raw),  # every column as written: --group-by takes any of them
-    }
+    row = make_row(
+        cell("run_name", "tags.mlflow.runName"),
+        params,
+        number,
+        cell("status") or "FINISHED",
+        cell("overrides", f"tags.{OVERRIDES_TAG}"),
+        cell("run_id"),
+        cell("failure_reason", f"tags.{FAILURE_TAG}"),
+    )
+    return row | {"columns": dict(raw)}  # every column as written: --group-by takes any

@@ -119,7 +119,8 @@ def champion_history() -> str:
     was judged against the champion, on which examples, with what evidence."""
     import mlflow
 
-    from pipeline.tracking import names, registry, store
+    from pipeline.core import names
+    from pipeline.tracking import registry, store
 
     cfg = load_params()
     store.connect(cfg.tracking.uri)

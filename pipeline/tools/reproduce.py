@@ -34,9 +34,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import names
 from pipeline.core.errors import PipelineError, command_parser, raise_interrupt, run_cli
 from pipeline.core.paths import PARAMS_FILE, RAW_DIR, RUN_FILE, project_root
-from pipeline.tracking import names, provenance
+from pipeline.tracking import provenance
 
 TOLERANCE = 0.002  # absolute, on every metric, when the environment differs
 TIMEOUT = 3600.0  # seconds each for the install and `dvc repro`, unless --timeout says

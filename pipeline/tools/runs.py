@@ -19,9 +19,9 @@ import platform
 import sys
 from typing import Any
 
+from pipeline.core import names
 from pipeline.core.errors import command_parser, run_cli
-from pipeline.tracking import names
-from pipeline.tracking.names import HOST_TAG, PID_TAG
+from pipeline.core.names import HOST_TAG, PID_TAG
 
 
 def process_alive(pid: int) -> bool:
@@ -46,8 +46,7 @@ def draw_figures(run_id: str) -> None:
     import tempfile
     from pathlib import Path
 
-    from pipeline.core import experiment
-    from pipeline.tracking import runs
+    from pipeline.tracking import experiment, runs
 
     run = runs.get_run(run_id, "pass the id of a sweep's model run.")
     if run.data.tags.get(names.FIGURES_TAG) == names.FIGURES_DRAWN:

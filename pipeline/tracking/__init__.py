@@ -1,9 +1,7 @@
-"""MLflow tracking: `names` (import-free), `store`, `runs`, `registry`, `models` (models read from
-the store, checked before they load) and `provenance`.
+"""MLflow tracking: `store` (where runs go), `runs` (one run's calls), `registry` (versions and
+the champion), `models` (models read from the store, checked before they load), `choose` (the
+model a command or the app reads pictures with), `provenance` (git state, digests, versions) and
+`experiment` (one model's run, from its config to its logged model and test metrics).
 
-`names` holds every tag, metric, artifact and file name one module writes and another reads; it
-imports nothing, so statistics, summaries and tools can use it without loading MLflow. `store`,
-`runs`, `registry` and `models` use MLflow; `provenance` (git state, digests, versions) does
-not. Imports from `pipeline.core` only its foundations (errors, paths, config, data, model),
-never the experiment.
+Imports `core` only. MLflow is imported by the modules that use it; `provenance` does not.
 """

@@ -19,8 +19,8 @@ from typing import Any
 
 import mlflow
 
+from pipeline.core import names
 from pipeline.core.errors import PipelineError
-from pipeline.tracking import names
 
 KERAS_FILE = "data/model.keras"
 # Everything the TensorFlow flavour writes for a `.keras` model; nothing here can run code.

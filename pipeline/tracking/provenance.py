@@ -1,7 +1,7 @@
 """What a result was made from: git state, digests, library versions, processor. No MLflow here.
 
 Plain functions returning plain strings; tracking/runs.py records them as run tags,
-tools/reproduce.py compares them. The tag names they produce live in tracking/names.py.
+tools/reproduce.py compares them. The tag names they produce live in core/names.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
+from pipeline.core import names
 from pipeline.core.data import sha256_file
-from pipeline.tracking import names
 
 ENV_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy")
 REPRODUCES_ENV = "PIPELINE_REPRODUCES"  # set by reproduce.py for the run it makes

@@ -30,9 +30,9 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from pipeline.core import names
 from pipeline.core.config import RegistryConfig
 from pipeline.core.errors import PipelineError
-from pipeline.tracking import names
 from pipeline.tracking.runs import set_tags
 
 SETTLE_SECONDS = 0.2  # after moving the alias, before reading it back

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from pipeline.core import names
 from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError, raise_interrupt
-from pipeline.tracking import names, provenance
+from pipeline.tracking import provenance
 
 
 def process_tags() -> dict[str, str]:

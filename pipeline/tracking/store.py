@@ -17,9 +17,9 @@ from pathlib import Path
 import mlflow
 from filelock import FileLock
 
+from pipeline.core import names
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import PARAMS_FILE, project_root
-from pipeline.tracking import names
 
 
 def store_root() -> Path:

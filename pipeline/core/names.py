@@ -56,6 +56,12 @@ CONFIG_ARTIFACT = "config.yaml"
 DIFF_ARTIFACT = "uncommitted.diff"
 FIGURES_ARTIFACT = "figures"
 FIGURE_DATA_FILE = "figure_data.npz"  # what a model's figures are drawn from, when on demand
+# A model's figures, files under FIGURES_ARTIFACT (core/plots.py draws them)
+PREDICTIONS_FIGURE = "predictions.png"
+MISCLASSIFIED_FIGURE = "misclassified.png"
+CONFUSION_FIGURE = "confusion_matrix.png"
+CURVES_FIGURE = "learning_curves.png"
+MODEL_FIGURES = (PREDICTIONS_FIGURE, MISCLASSIFIED_FIGURE, CONFUSION_FIGURE, CURVES_FIGURE)
 MODEL_ARTIFACT = "model"
 SUMMARY_ARTIFACT = "summary.csv"
 

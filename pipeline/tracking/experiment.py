@@ -1,17 +1,19 @@
 """The experiment core: train and evaluate one configuration into one explicit MLflow run.
 
 Every model goes down one path, whoever asks for it (the train and evaluate stages, each seed of
-a sweep job): `model_run` opens its run with its provenance, `train_model` trains it into the
-run, `evaluate_model` scores it on the test split and logs its figures (the evaluate stage then
-registers it, tracking/registry.py). Inputs are plain values: a validated `Config` and a
-`Destination` (the project, the output folder, the experiment). Below the output folder it
-writes the layout of core/paths.py: models/model.keras, reports/history.csv, reports/train.json,
-reports/metrics.json, reports/predictions.csv and reports/figures/*.png; the run gets the same.
+a sweep job): `model_run` opens its run with its provenance; `train` fits it (with
+core/training.py's `Trainer`) and returns what it got, `log_inputs`, `write_reports` and
+`log_model` record it; `evaluate_model` scores it on the test split and logs its figures (the
+evaluate stage then registers it, tracking/registry.py). Inputs are plain values: a validated
+`Config` and a `Destination` (the project, the output folder, the experiment). Below the output
+folder it writes the layout of core/paths.py: models/model.keras, reports/history.csv,
+reports/train.json, reports/metrics.json, reports/predictions.csv and reports/figures/*.png;
+the run gets the same.
 
 `dvc repro` trains and evaluates in two processes (stages train and evaluate), with the project
-root as output folder; a sweep job does both in one process, each model with its own folder, and
-passes `train_model` a `record` that holds the run's logging back for its background evaluation
-(pipeline/sweeps/finishing.py).
+root as output folder: `train_model` is the train stage's path through the steps above. A sweep
+job does both in one process, each model with its own folder, and leaves the recording and
+evaluating of a trained model to its background (pipeline/sweeps/).
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import csv
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from pipeline.core import names
 from pipeline.core.config import Config, flatten, to_yaml
 from pipeline.core.data import prepared, project_data_digests, sha256_file, write_json
 from pipeline.core.errors import PipelineError
@@ -42,15 +44,14 @@ from pipeline.core.paths import (
     PREDICTIONS_CSV,
     TRAIN_JSON,
 )
-from pipeline.tracking import names, runs
+from pipeline.tracking import runs
 
 if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, so the evaluate
     import keras  # stage's own process, which only scores predictions, never loads it.
 
-    from pipeline.core import model
+    from pipeline.core import training
 
-Split = tuple[np.ndarray, np.ndarray]
-Record = Callable[..., Future]  # makes a call on the run: now, or held back (a sweep's)
+Split = tuple[Any, Any]  # (images, labels): arrays, or tensors for training
 EXAMPLE_INPUTS = 5  # validation images the logged model's signature is read from
 
 
@@ -73,23 +74,16 @@ class Destination:
 
 @dataclass(frozen=True)
 class Trained:
+    """A trained model and what its training measured."""
+
     model: keras.Model
     history: dict[str, list[float]]
-    summary: dict[str, Any]
-    logged: Future[str]  # the logged model's URI, once `train`'s calls on the run are made
-    detached: model.Detached | None = None  # with held-back calls: the state they work on
+    described: dict[str, Any]  # seconds, examples, parameters, layers: logged with the model
 
     @property
-    def model_uri(self) -> str:
-        """The logged model's URI, once the calls `train_model` recorded are made."""
-        return self.logged.result(timeout=0)
-
-
-def log_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-    """The default `Record`: make the call at once; its result as a done future."""
-    future: Future = Future()
-    future.set_result(fn(*args, **kwargs))
-    return future
+    def summary(self) -> dict[str, Any]:
+        """reports/train.json: `described` and the last validation accuracy (`dvc exp show`)."""
+        return {**self.described, names.VAL_ACCURACY: self.history[names.VAL_ACCURACY][-1]}
 
 
 def draw_here(fn: Callable[..., Any], *args: Any) -> Any:
@@ -196,12 +190,18 @@ def model_run(cfg: Config, where: Destination, close: bool = True) -> Iterator[s
         yield run_id
 
 
-def start(cfg: Config) -> None:
-    """Fix threads, seeds and determinism. Call before the first tensor: TensorFlow fixes its
-    thread counts once it has started."""
-    from pipeline.core import model
+def training_splits(cfg: Config, root: Path) -> tuple[Split, Split]:
+    """Fix threads, seeds and determinism (before the first tensor: TensorFlow fixes its thread
+    counts once it has started); return the project's prepared train split, limited to
+    `train.max_examples`, and its validation split, as tensors."""
+    from pipeline.core import training
 
-    model.set_determinism(cfg.seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
+    train = cfg.train
+    training.set_determinism(cfg.seed, train.intra_op_threads, train.inter_op_threads)
+    return (
+        training.limit(training.prepared_tensors(root, "train"), train.max_examples),
+        training.prepared_tensors(root, "val"),
+    )
 
 
 def epoch_logger(run_id: str, live: bool = True) -> keras.callbacks.Callback:
@@ -224,78 +224,54 @@ def epoch_logger(run_id: str, live: bool = True) -> keras.callbacks.Callback:
     return callback
 
 
-def train_model(cfg: Config, where: Destination, run_id: str, record: Record = log_now) -> Trained:
-    """Train `cfg`'s model on the project's prepared train and validation splits into the open
-    run `run_id`, writing its files under `where.out` (see `train`)."""
-    from pipeline.core import model
-
-    start(cfg)  # before the splits become tensors
-    train_split = model.limit(model.prepared_tensors(where.root, "train"), cfg.train.max_examples)
-    val_split = model.prepared_tensors(where.root, "val")
-    return train(cfg, train_split, val_split, run_id, where.out, record)
+def log_inputs(run_id: str, cfg: Config, splits: tuple[Split, Split]) -> None:
+    """Log the config's keys and the training and validation splits (as MLflow datasets)."""
+    runs.log_params(run_id, flatten(cfg.to_dict()))
+    runs.log_datasets(run_id, dict(zip(("train", "val"), splits, strict=True)), cfg.data.name)
 
 
 def train(
     cfg: Config,
-    train_split: Split,
-    val_split: Split,
+    splits: tuple[Split, Split],
+    trainer: training.Trainer,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> Trained:
+    """Build and fit the configured model on (train, val) `splits` with `trainer` (which may
+    hand out its last model, reset, with its compiled steps: core/training.py)."""
+    shape = tuple(cfg.data.image_size)
+    net = trainer.new_model(cfg.model, cfg.train, len(cfg.data.class_names), shape)
+    history, seconds = trainer.fit(net, *splits, cfg.train, callbacks)
+    described = {
+        names.TRAIN_SECONDS: round(seconds, 3),
+        "train_examples": len(splits[0][1]),
+        "model_params": int(net.count_params()),
+        "model_layers": len(net.layers),
+    }
+    return Trained(net, history, described)
+
+
+def write_reports(trained: Trained, out: Path) -> None:
+    """reports/history.csv and reports/train.json under `out`."""
+    write_history(trained.history, out / HISTORY_CSV)
+    write_json(out / TRAIN_JSON, trained.summary)
+
+
+def log_model(
+    net: keras.Model | training.Detached,
     run_id: str,
     out: Path,
-    record: Record = log_now,
-) -> Trained:
-    """Build and fit the configured model; save it, its history and summary under `out`; log
-    the config, each epoch, the summary, the weights' digest and the model to `run_id`.
-
-    Every call on the run and the model's saving go through `record`. One that holds them back
-    (a sweep's) gets them made on the model's detached state (`Trained.detached`): the returned
-    model is free to train the next one.
-    """
-    from pipeline.core import model
-
-    # The last one's compiled steps, if it can.
-    shape = tuple(cfg.data.image_size)
-    net = model.compiled_model(cfg.model, cfg.train, len(cfg.data.class_names), shape)
-    record(runs.log_params, run_id, flatten(cfg.to_dict()))
-    splits = {"train": train_split, "val": val_split}
-    record(runs.log_datasets, run_id, splits, cfg.data.name)
-    logger = epoch_logger(run_id, live=record is log_now)  # held back: one call, after the model
-    try:
-        history, seconds = model.fit(net, train_split, val_split, cfg.train, [logger])
-    except BaseException:
-        if logger.held:  # the epochs it finished are kept
-            record(runs.log_epochs, run_id, logger.held)
-        raise
-    summary = {
-        names.TRAIN_SECONDS: round(seconds, 3),
-        "train_examples": len(train_split[1]),
-        **model.describe(net),
-    }
-    described = dict(summary)  # a copy: `summary` grows below
-    summary[names.VAL_ACCURACY] = history[names.VAL_ACCURACY][-1]  # for `dvc exp show`
-    write_history(history, out / HISTORY_CSV)
-    write_json(out / TRAIN_JSON, summary)
-    kept = None if record is log_now else model.detached(net, cfg.model, cfg.train)
-    example = np.asarray(val_split[0][:EXAMPLE_INPUTS])
-    logged = record(_keep_model, kept or net, out / MODEL_PATH, run_id, example, described)
-    if logger.held:  # logged after the model: MLflow reads every metric's history of a run
-        record(runs.log_epochs, run_id, logger.held)  # it logs a model to, per metric
-    return Trained(net, history, summary, logged, kept)
-
-
-def _keep_model(
-    net: keras.Model | model.Detached,
-    model_file: Path,
-    run_id: str,
     example: np.ndarray,
     described: dict[str, Any],
 ) -> str:
-    """Save `net` (or the detached state of a model that trains again) to `model_file`, tag
-    the run with its digests, log it with the metrics that describe it (`described`, shown on
-    its page); return its URI."""
-    from pipeline.core import model
+    """Save `net` (or the detached state of a model that trains again) to `out`/models/
+    model.keras, tag the run with its digests, log it with the metrics that describe it
+    (`described`, shown on its page) and its signature, read from the first of `example`
+    inputs; return its URI."""
+    from pipeline.core import model, training
 
-    if isinstance(net, model.Detached):
+    if isinstance(net, training.Detached):
         net = net.model()
+    model_file = out / MODEL_PATH
     model.save_model(net, model_file)
     runs.set_tags(
         run_id,
@@ -304,9 +280,23 @@ def _keep_model(
             names.MODEL_SHA256_TAG: sha256_file(model_file),
         },
     )
-    uri = runs.log_keras_model(run_id, net, example)
+    uri = runs.log_keras_model(run_id, net, np.asarray(example[:EXAMPLE_INPUTS]))
     runs.log_metrics(run_id, described, model_uri=uri)
     return uri
+
+
+def train_model(cfg: Config, where: Destination, run_id: str) -> Trained:
+    """The train stage's model: train `cfg`'s model on the project's prepared splits into the
+    open run `run_id`, logging each epoch as it ends; write its reports and model under
+    `where.out` and log the model."""
+    from pipeline.core import training
+
+    splits = training_splits(cfg, where.root)
+    log_inputs(run_id, cfg, splits)
+    trained = train(cfg, splits, training.Trainer(), [epoch_logger(run_id)])
+    write_reports(trained, where.out)
+    log_model(trained.model, run_id, where.out, splits[1][0], trained.described)
+    return trained
 
 
 def evaluate_model(
