@@ -97,9 +97,19 @@ def test_split_round_trip_and_missing(tmp_path: Path) -> None:
         load_split(tmp_path, "test")
 
 
-def test_a_full_disk_keeps_no_half_file_and_says_so(tmp_path: Path) -> None:
-    """A real full filesystem (a 1 MB tmpfs) under save_split: no temporary file is left, the
-    command says which file and what to do in one line."""
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ("size=1m", "no space left on the device writing {disk}/train.npz"),
+        ("size=1m,ro", "cannot write {disk}/train.npz (Read-only file system;"),
+    ],
+    ids=["full", "read-only"],
+)
+def test_a_full_or_read_only_disk_keeps_no_half_file_and_says_so(
+    tmp_path: Path, options: str, says: str
+) -> None:
+    """A real full (1 MB) or read-only tmpfs under save_split: no temporary file is left, the
+    command says which file, the free space and what to do in one line."""
     import subprocess
     import sys
 
@@ -107,7 +117,7 @@ def test_a_full_disk_keeps_no_half_file_and_says_so(tmp_path: Path) -> None:
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
                              capture_output=True, text=True)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
@@ -123,7 +133,7 @@ def test_a_full_disk_keeps_no_half_file_and_says_so(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", code, str(disk)], cwd=ROOT, env=run_env(),
                               capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"no space left on the device writing {disk}/train.npz" in proc.stderr
+        assert says.format(disk=disk) in proc.stderr, proc.stderr
         assert "MB free there now" in proc.stderr and len(proc.stderr.splitlines()) == 1
         assert list(disk.iterdir()) == []  # no .train.npz.*.tmp left behind
     finally:

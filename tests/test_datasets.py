@@ -308,3 +308,32 @@ def test_a_folder_of_real_digits_runs_end_to_end(mnist: dict, tmp_path: Path) ->
     Image.new("L", (28, 28), 0).save(root / "zero" / "extra.png")
     status = run(["dvc", "status"], project).stdout
     assert f"fetch@{root}" in status and "modified" in status, status
+
+
+@pytest.mark.slow
+def test_a_folder_of_twelve_pictures_trains_and_is_warned_about(
+    mnist: dict, tmp_path: Path
+) -> None:
+    """Six real zeros and six real ones: fewer pictures than one batch of 32 get through every
+    stage (each epoch one smaller batch, as Keras's `fit` trains), and preprocess warns, naming
+    the counts."""
+    root = tmp_path / "tiny"
+    for digit in (0, 1):
+        (root / WORDS[digit]).mkdir(parents=True)
+        images = mnist["xt"][mnist["yt"] == digit][:6]
+        for i, image in enumerate(images):
+            picture = Image.fromarray(np.round(image * 255).astype(np.uint8))
+            picture.save(root / WORDS[digit] / f"{i}.png")
+    project = copy_project(tmp_path / "project")
+    proc = run(["dvc", "exp", "run", "-S", "data=folder", "-S", f"data.path={root}"], project)
+    assert "12 pictures in 2 classes" in proc.stdout, proc.stdout
+    counts = json.loads((project / "reports/data.json").read_text())
+    train = counts["train"]["per_class"]
+    assert sum(counts[s]["examples"] for s in ("train", "val", "test")) == 12
+    warning = next(line for line in proc.stderr.splitlines() if "too few pictures" in line)
+    assert f"one {train['0']}, zero {train['1']}" in warning, warning
+    assert "2 of 2 classes have fewer than 10 training pictures" in warning, warning
+    history = (project / "reports/history.csv").read_text().splitlines()
+    assert len(history) == 1 + 5 and "nan" not in "".join(history)  # the default 5 epochs
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "Traceback" not in proc.stderr

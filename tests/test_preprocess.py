@@ -66,3 +66,16 @@ def test_preprocess_names_a_corrupt_file(small_mnist: Path, tmp_path: Path) -> N
     assert proc.returncode == 1
     assert "t10k-labels-idx1-ubyte: header says shape (9,)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_too_few_training_pictures_are_warned_about_with_their_counts() -> None:
+    from pipeline.core.data import too_small
+
+    def report(per_class: dict[str, int]) -> dict:
+        split = {"examples": sum(per_class.values()), "per_class": per_class}
+        return {"train": split, "val": split, "test": split}
+
+    warning = too_small(report({"0": 9, "1": 40}), ["cats", "dogs"])
+    assert warning and "1 of 2 classes have fewer than 10 training pictures (cats 9;" in warning
+    assert "examples per split: train 49, val 49, test 49" in warning
+    assert too_small(report({"0": 10, "1": 10}), ["cats", "dogs"]) is None

@@ -66,7 +66,8 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             exc.filename = str(path)
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # on a read-only folder there is none, and unlink would fail
+            tmp.unlink()
 
 
 def check_model_file(path: Path, sha256: str | None = None) -> None:
@@ -174,6 +175,25 @@ def split_by_class(
 
 def class_counts(y: np.ndarray, num_classes: int) -> dict[str, int]:
     return {str(c): int(n) for c, n in enumerate(np.bincount(y, minlength=num_classes))}
+
+
+MIN_TRAINING_PER_CLASS = 10  # fewer: a model learns next to nothing, its scores say little
+
+
+def too_small(report: dict[str, Any], class_names: list[str]) -> str | None:
+    """A warning naming the counts when a class has fewer than MIN_TRAINING_PER_CLASS training
+    examples (`report`: preprocess's, examples and per-class counts per split); else None."""
+    train = report["train"]["per_class"]
+    few = [f"{class_names[int(c)]} {n}" for c, n in train.items() if n < MIN_TRAINING_PER_CLASS]
+    if not few:
+        return None
+    sizes = ", ".join(f"{split} {report[split]['examples']}" for split in report)
+    return (
+        f"too few pictures to learn from: {len(few)} of {len(class_names)} classes have fewer "
+        f"than {MIN_TRAINING_PER_CLASS} training pictures ({', '.join(few)}; examples per "
+        f"split: {sizes}). The model trains all the same, but what it learns and its scores "
+        "mean little: add pictures to each class."
+    )
 
 
 def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:

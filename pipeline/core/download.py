@@ -132,7 +132,8 @@ def download(
             raise DataError(f"SHA-256 {digest.hexdigest()} does not match {spec.sha256}")
         os.replace(tmp, dest)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # on a read-only folder there is none, and unlink would fail
+            tmp.unlink()
 
 
 class _Counting:

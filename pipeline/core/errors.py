@@ -40,21 +40,33 @@ def raise_interrupt(signum: int, _frame: Any) -> None:
 
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def full_disk(exc: OSError) -> str:
-    """What to tell a user whose disk (or quota) filled up while a file was written."""
-    where = exc.filename or "a file"
+def _free_space(where: str) -> str:
     try:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(where)) or ".").free
-        left = f"{free / 2**20:.0f} MB free there now"
+        return f"{free / 2**20:.0f} MB free there now"
     except OSError:
-        left = "its free space unknown"
-    return (
-        f"no space left on the device writing {where} ({exc.strerror}; {left}). Nothing half "
-        "written was kept: free some space (`uv run dvc gc` drops cached data no commit "
-        "uses) and run the command again."
-    )
+        return "its free space unknown"
+
+
+def cannot_write(exc: OSError) -> str | None:
+    """What to tell a user whose disk (or quota) filled up, or whose folder cannot be written,
+    while a file was written; None for any other error."""
+    where = exc.filename or "a file"
+    if exc.errno in FULL_DISK:
+        return (
+            f"no space left on the device writing {where} ({exc.strerror}; "
+            f"{_free_space(where)}). Nothing half written was kept: free some space (`uv run "
+            "dvc gc` drops cached data no commit uses) and run the command again."
+        )
+    if exc.errno in NOT_WRITABLE:
+        return (
+            f"cannot write {where} ({exc.strerror}; {_free_space(where)}): make its folder "
+            "writable by this user (or the file system read-write) and run the command again."
+        )
+    return None
 
 
 def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -> None:
@@ -72,9 +84,10 @@ def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except OSError as exc:
-        if exc.errno not in FULL_DISK:
+        said = cannot_write(exc)
+        if said is None:
             raise
-        print(f"error: {full_disk(exc)}", file=sys.stderr)
+        print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
     if skip_teardown:
         exit_now()

@@ -102,7 +102,8 @@ def save_model(model: keras.Model, path: Path) -> None:
         model.save(tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # on a read-only folder there is none, and unlink would fail
+            tmp.unlink()
 
 
 def load_model(path: Path, sha256: str | None = None) -> keras.Model:

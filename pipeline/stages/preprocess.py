@@ -20,6 +20,7 @@ from pipeline.core.data import (
     scale,
     split_by_class,
     split_validation,
+    too_small,
     write_json,
 )
 from pipeline.core.errors import command_parser, run_cli
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> None:
         print(f"preprocess: {split}: {len(y)} examples -> {PROCESSED_DIR / split}.npz")
     (root / DATA_REPORT).parent.mkdir(parents=True, exist_ok=True)
     write_json(root / DATA_REPORT, report)
+    if warning := too_small(report, cfg.data.class_names):
+        print(f"preprocess: warning: {warning}", file=sys.stderr)
 
 
 def cli() -> None:
