@@ -106,13 +106,17 @@ def logged_digest(uri: str) -> str:
         return sha256_file(Path(local))
 
 
-def load_logged(uri: str) -> tuple[Any, dict[str, Any]]:
-    """The Keras model at `uri` and what is known of it, or a `PipelineError` saying why not.
+def load_logged(uri: str, reading: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The Keras model at `uri` and what is known of it, or a `PipelineError` saying why not;
+    with `reading`, the model to read pictures with (`numpy_model.load_predictor`).
 
     Nothing from the store runs: files other than the `.keras` model and MLflow's text files are
     refused before anything is downloaded, and the model's digest must be its run's.
     """
-    from pipeline.core.model import load_model
+    if reading:
+        from pipeline.core.numpy_model import load_predictor as load_model
+    else:
+        from pipeline.core.model import load_model
 
     place = locate(uri)
     files = listing(place.location)
