@@ -52,6 +52,27 @@ def test_a_model_with_another_layer_is_left_to_keras(tmp_path: Path) -> None:
     assert isinstance(loaded, keras.Model)
 
 
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
+    import io
+
+    import h5py
+
+    path = tmp_path / "m.keras"
+    save_model(build_mlp(4, 10, (28, 28)), path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    buffer = io.BytesIO(files["model.weights.h5"])
+    with h5py.File(buffer, "r+") as weights:
+        del weights["layers/dense/vars/1"]
+        weights["layers/dense/vars/1"] = np.zeros(1, np.float32)  # would broadcast over 4
+    files["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with pytest.raises(PipelineError, match=r"Dense dense\w*: weights \(784, 4\), bias \(1,\)"):
+        numpy_model.load(path)
+
+
 def test_a_changed_or_broken_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.keras"
     save_model(build_mlp(4, 10, (28, 28)), path)

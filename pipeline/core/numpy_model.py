@@ -25,7 +25,7 @@ from pipeline.core.data import check_model_file
 from pipeline.core.errors import PipelineError
 
 MEMBERS = {"metadata.json", "config.json", "model.weights.h5"}
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES = 1 << 20, 1 << 31
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -83,10 +83,14 @@ def _layer(kind: str, config: dict[str, Any], weights: list[np.ndarray]) -> Call
         if config["padding"] != "valid" or config["data_format"] != "channels_last":
             raise Unsupported(f"MaxPooling2D {config['padding']}, {config['data_format']}")
         return lambda x: _windows(x, size, strides).max(axis=(-2, -1))
+    if kind not in ("Dense", "Conv2D"):
+        raise Unsupported(f"layer {kind}")
     if activation is None:
         raise Unsupported(f"activation {config.get('activation')!r}")
-    bias = weights[1] if config.get("use_bias", True) else 0
-    kernel = weights[0]
+    width = config["units"] if kind == "Dense" else config.get("filters")
+    kernel, bias = weights[0], weights[1] if config.get("use_bias", True) else np.float32(0)
+    if kernel.shape[-1] != width or (np.ndim(bias) and bias.shape != (width,)):
+        raise ValueError(f"{kind} {config['name']}: weights {kernel.shape}, bias {np.shape(bias)}")
     if kind == "Dense":
         return lambda x: activation(x @ kernel + bias)
     if kind == "Conv2D":
@@ -104,7 +108,6 @@ def _layer(kind: str, config: dict[str, Any], weights: list[np.ndarray]) -> Call
             return activation(np.einsum("nrcihw,hwio->nrco", windows, kernel) + bias)
 
         return conv
-    raise Unsupported(f"layer {kind}")
 
 
 class NumpyModel:
@@ -132,7 +135,11 @@ def load(path: Path, sha256: str | None = None) -> NumpyModel | None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = {i.filename: i for i in archive.infolist()}
-            if set(members) - MEMBERS or members["config.json"].file_size > MAX_CONFIG_BYTES:
+            too_big = (
+                members["config.json"].file_size > MAX_CONFIG_BYTES
+                or members["model.weights.h5"].file_size > MAX_WEIGHTS_BYTES
+            )
+            if set(members) - MEMBERS or too_big:
                 return None  # not one the project saved: Keras's safe mode decides
             config = json.loads(archive.read("config.json"))
             weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
@@ -143,7 +150,7 @@ def load(path: Path, sha256: str | None = None) -> NumpyModel | None:
             return _model(config, weights)
         except Unsupported:
             return None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"refused to load {path}: its config or weights: {exc}") from None
 
 
