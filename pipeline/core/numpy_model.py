@@ -185,12 +185,12 @@ def _model(config: dict[str, Any], weights: Any) -> NumpyModel:
 def load_predictor(path: Path, sha256: str | None = None) -> Any:
     """The model at `path` to read pictures with: a `NumpyModel` where this module runs it, else
     the Keras model (`model.load_model`, safe mode), TensorFlow imported only then."""
-    model = load(path, sha256)
+    model = load(path, sha256)  # checks the file's digest first
     if model is None:
         from pipeline.core.console import load_keras
 
         load_keras()
         from pipeline.core.model import load_model
 
-        model = load_model(path, sha256)
+        model = load_model(path)  # its digest checked above, once
     return model

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +32,9 @@ from pipeline.core.paths import FIGURES_DIR, PARAMS_FILE
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import BackgroundEvaluator, evaluator
 from pipeline.sweeps.stats import median_seed
+
+if TYPE_CHECKING:
+    from pipeline.core.training import Trainer  # TensorFlow: imported once a job trains
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -203,7 +206,7 @@ def _draw_figures(run_id: str, folder: Path, background: BackgroundEvaluator) ->
 
 
 @functools.cache
-def trainer() -> Any:
+def trainer() -> Trainer:
     """This process's `Trainer`: the seeds and epoch counts of one model, in one job or the next,
     train with the same compiled steps (core/training.py)."""
     from pipeline.core.training import Trainer

@@ -114,9 +114,9 @@ def load_logged(uri: str, reading: bool = False) -> tuple[Any, dict[str, Any]]:
     refused before anything is downloaded, and the model's digest must be its run's.
     """
     if reading:
-        from pipeline.core.numpy_model import load_predictor as load_model
+        from pipeline.core.numpy_model import load_predictor as loader
     else:
-        from pipeline.core.model import load_model
+        from pipeline.core.model import load_model as loader
 
     place = locate(uri)
     files = listing(place.location)
@@ -150,7 +150,7 @@ def load_logged(uri: str, reading: bool = False) -> tuple[Any, dict[str, Any]]:
             artifact_uri=f"{place.location.rstrip('/')}/{KERAS_FILE}", dst_path=tmp
         )
         try:
-            model = load_model(Path(local), digest)
+            model = loader(Path(local), digest)
         except PipelineError as exc:
             raise Refused(f"refused {place.what} ({uri}): {exc}") from exc
     return model, {**place.about, "run_id": place.run_id}
