@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pipeline.core import compile_cache
 from pipeline.core.config import ModelConfig, TrainConfig
 from pipeline.core.data import prepared
 from pipeline.core.errors import PipelineError
@@ -49,8 +50,11 @@ def diverged(loss: float) -> bool:
 
 
 def set_determinism(seed: int, intra_op_threads: int, inter_op_threads: int) -> None:
-    """Seed Python, NumPy and TensorFlow, fix its thread counts, make its ops deterministic."""
+    """Seed Python, NumPy and TensorFlow, fix its thread counts, make its ops deterministic;
+    keep compiled steps for the next process (core/compile_cache.py)."""
     import tensorflow as tf
+
+    compile_cache.enable()
 
     threading = tf.config.threading
     wanted = {"intra_op": intra_op_threads, "inter_op": inter_op_threads}
@@ -151,6 +155,20 @@ class CompiledSteps:
 
         try:
             return getattr(self, step)(*args)
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
+            cache = compile_cache.in_use()
+            if cache is None or not self.jit_compile:
+                raise
+            ours = cache == compile_cache.folder()
+            if ours:
+                compile_cache.clear(cache)
+            raise PipelineError(
+                f"XLA could not read what it compiled before from its cache {cache} "
+                f"({exc.message.splitlines()[0]}); "
+                + ("it is cleared now: " if ours else "delete what it holds and ")
+                + "run the command again (or set "
+                f"{compile_cache.CACHE_ENV}=off to compile without the cache)."
+            ) from None
         except tf.errors.UnimplementedError as exc:
             if not self.jit_compile:
                 raise

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,15 @@ from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
-from pipeline.sweeps.finishing import wait_for_evaluations
-from pipeline.sweeps.job import failures, in_process, job_outcomes, plain, reason
+from pipeline.sweeps.finishing import prepare_jobs, wait_for_evaluations
+from pipeline.sweeps.job import (
+    failures,
+    in_process,
+    job_outcomes,
+    load_training_data,
+    plain,
+    reason,
+)
 
 
 class SweepCallback(Callback):
@@ -61,39 +69,45 @@ class SweepCallback(Callback):
             )
         command = [sys.executable, "-m", "dvc", "repro", "preprocess"]
         preprocess = subprocess.Popen(command, cwd=root)
-        try:
-            if in_process(config.hydra.launcher):
-                load_keras()  # the jobs run in this process: import TensorFlow meanwhile
+        jobs_here = in_process(config.hydra.launcher)
+        try:  # meanwhile, what does not need the data
+            if jobs_here:  # the jobs run in this process: their background, TensorFlow
+                prepare_jobs()
+                load_keras()
+            t = config.tracking
+            experiment_id = store.setup(t.experiment_name, t.uri, t.registered_model)
         finally:
             if preprocess.wait() != 0:
                 raise subprocess.CalledProcessError(preprocess.returncode, preprocess.args)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        t = config.tracking
-        experiment_id = store.setup(t.experiment_name, t.uri, t.registered_model)
-        # A resumed search goes on under its parent run.
-        resumed = json.loads(earlier.read_text(encoding="utf-8")) if earlier.exists() else {}
-        parent_id = runs.open_run(
-            experiment_id,
-            f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
-            {
-                names.SWEEP_TAG: names.SWEEP_PARENT,
-                names.OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
-                **provenance.git_state(root),
-                **provenance.source(root, "pipeline/sweep.py"),
-            },
-            run_id=resumed.get("run_id"),
-        )
-        # Jobs log where the parent does, wherever a launcher runs them.
-        info = {
-            "workspace": str(root),
-            "run_id": parent_id,
-            "experiment_id": experiment_id,
-            "tracking_uri": store.tracking_uri(config.tracking.uri),
-        }
-        write_json(sweep_dir / names.PARENT_FILE, info)
-        self.parent_id: str | None = parent_id
-        # If the sweep itself dies, the parent must not stay RUNNING.
-        atexit.register(self._close, RuntimeError("the sweep ended before its summary"))
+        with ThreadPoolExecutor(1) as pool:  # the data loads while the parent run opens
+            loaded = pool.submit(load_training_data, config, root) if jobs_here else None
+            # A resumed search goes on under its parent run.
+            resumed = json.loads(earlier.read_text(encoding="utf-8")) if earlier.exists() else {}
+            parent_id = runs.open_run(
+                experiment_id,
+                f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+                {
+                    names.SWEEP_TAG: names.SWEEP_PARENT,
+                    names.OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
+                    **provenance.git_state(root),
+                    **provenance.source(root, "pipeline/sweep.py"),
+                },
+                run_id=resumed.get("run_id"),
+            )
+            # If the sweep itself dies, the parent must not stay RUNNING.
+            self.parent_id: str | None = parent_id
+            atexit.register(self._close, RuntimeError("the sweep ended before its summary"))
+            # Jobs log where the parent does, wherever a launcher runs them.
+            info = {
+                "workspace": str(root),
+                "run_id": parent_id,
+                "experiment_id": experiment_id,
+                "tracking_uri": store.tracking_uri(config.tracking.uri),
+            }
+            write_json(sweep_dir / names.PARENT_FILE, info)
+            if loaded is not None:
+                loaded.result()
 
     def _close(self, error: BaseException | None = None) -> None:
         from pipeline.tracking import runs, store

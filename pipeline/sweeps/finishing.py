@@ -95,14 +95,21 @@ class BackgroundEvaluator:
         here otherwise. `fn` and its arguments are plain data, sent to the process."""
         if not self._low_priority:
             return fn(*args)
+        drawn = self.start_drawing().submit(fn, *args).result()
+        self._yield_to_training()
+        return drawn
+
+    def start_drawing(self) -> ProcessPoolExecutor:
+        """The figure process, started by the first call: it imports what it draws with at once,
+        so that the sweep's start, not a model's evaluation, waits for it (at its low priority,
+        under training, that takes seconds)."""
         if self._figures is None:
             spawn = multiprocessing.get_context("spawn")  # TensorFlow's threads: no fork
             self._figures = ProcessPoolExecutor(
                 1, spawn, initializer=_figure_process, initargs=(os.getpid(),)
             )
-        drawn = self._figures.submit(fn, *args).result()
-        self._yield_to_training()
-        return drawn
+            self._figures.submit(_import_plots)
+        return self._figures
 
     def queue_after(self, work: Callable[[], Any]) -> Future:
         """Queue `work` after everything queued so far."""
@@ -156,6 +163,10 @@ def _figure_process(parent: int) -> None:
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
 
 
+def _import_plots() -> None:
+    import pipeline.core.plots  # noqa: F401  (matplotlib, NumPy: what drawing needs)
+
+
 def _exit_without(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
@@ -189,6 +200,12 @@ def evaluator(low_priority: bool = True) -> BackgroundEvaluator:
     if _evaluator is None:
         _evaluator = BackgroundEvaluator(low_priority)
     return _evaluator
+
+
+def prepare_jobs() -> None:
+    """In the sweep's process, before the jobs it runs itself: its `evaluator`, with the figure
+    process starting while the sweep does."""
+    evaluator().start_drawing()
 
 
 def ran_jobs() -> bool:

@@ -59,6 +59,19 @@ def _project_params(root: Path) -> Config:
     return load_params(root / PARAMS_FILE)
 
 
+def load_training_data(config: DictConfig, root: Path) -> None:
+    """Before the jobs of the sweep's own process: the training and validation data, loaded
+    once as tensors (`experiment.training_splits` keeps them), so that the first job starts
+    fitting at once. A config that is not valid loads nothing: each job says what is wrong."""
+    from pipeline.tracking import experiment
+
+    try:
+        settings = validate(plain(config))
+    except ConfigError:
+        return
+    experiment.training_splits(settings, root)
+
+
 def in_process(launcher: DictConfig) -> bool:
     """Whether `launcher` (the `hydra.launcher` node) runs the jobs in the sweep's process."""
     return str(launcher._target_).endswith("BasicLauncher")
