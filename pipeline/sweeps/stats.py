@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 ALPHA = 0.05
 
@@ -62,6 +61,8 @@ def mean_sd_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     if n == 1:
         return float(x[0]), math.nan, math.nan
     sd = float(x.std(ddof=1))
+    from scipy import stats  # half a second to import: not for a sweep's start
+
     return float(x.mean()), sd, float(stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n))
 
 
@@ -75,6 +76,8 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
         return 1.0 if x.mean() == y.mean() else 0.0
     t = (x.mean() - y.mean()) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+    from scipy import stats
+
     return float(2 * stats.t.sf(abs(t), df))  # as scipy.stats.ttest_ind(equal_var=False)
 
 
