@@ -167,6 +167,17 @@ def test_fetch_and_preprocess_do_not_load_tensorflow() -> None:
     )
 
 
+def test_keras_loads_without_scikit_learn_and_matplotlib_which_still_import_after() -> None:
+    assert loaded_after(
+        "from pipeline.core.console import load_keras\nload_keras()\n"
+        "assert 'sklearn' not in __import__('sys').modules"
+    ) == {"tensorflow"}
+    assert loaded_after(
+        "from pipeline.core.console import load_keras\nload_keras()\n"
+        "import sklearn\nfrom pipeline.core import plots\nplots.figure_data"
+    ) == {"tensorflow", "matplotlib"}
+
+
 def closure(module: str) -> set[str]:
     """`module` and every pipeline module it imports, directly or not."""
     known, seen, todo = modules(), set(), [module]

@@ -15,6 +15,7 @@ from types import ModuleType
 VERBOSE_ENV = "PIPELINE_VERBOSE"
 # MLflow warns about this on every model it logs: the project's environment comes from uv.lock.
 NOISE = ("Failed to resolve installed pip version",)
+UNUSED_BY_KERAS = ("sklearn", "matplotlib")  # what Keras imports where it can, for features unused
 
 
 def verbose() -> bool:
@@ -58,16 +59,18 @@ def load_keras() -> ModuleType:
     """Import Keras (and TensorFlow), without the lines TensorFlow's C++ core prints while it
     loads (before any log setting applies), and with Keras's progress bars off."""
     quiet()
-    # Keras imports scikit-learn (0.7 s here) only for its scikit-learn wrappers, which nothing
-    # here uses: where scikit-learn has not been imported yet, Keras is told it is absent.
-    blocked = "sklearn" not in sys.modules
-    if blocked:
-        sys.modules["sklearn"] = None  # type: ignore[assignment]
+    # Keras imports scikit-learn (0.7 s here) only for its scikit-learn wrappers and matplotlib
+    # (0.45 s) only for its image galleries, none of which is used here: where they have not
+    # been imported yet, Keras is told they are absent (it imports both only if it can).
+    blocked = [name for name in UNUSED_BY_KERAS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         return _import_keras()
     finally:
-        if blocked and sys.modules.get("sklearn", 0) is None:
-            del sys.modules["sklearn"]  # later imports of scikit-learn work as usual
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]  # later imports work as usual
 
 
 def _import_keras() -> ModuleType:
