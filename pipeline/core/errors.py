@@ -70,7 +70,8 @@ def cannot_write(exc: OSError) -> str | None:
 
 
 def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -> None:
-    """Call a command's `main`, turning a `PipelineError` into a message and an exit code.
+    """Call a command's `main`, turning a `PipelineError` into a message and an exit code, and
+    an interrupt into one line and exit code 130 (the runs it opened are closed KILLED by then).
 
     With `skip_teardown`, a `main` that succeeded ends with `exit_now`: the next stage starts
     sooner.
@@ -89,6 +90,9 @@ def run_cli(main: Callable[..., Any], *args: Any, skip_teardown: bool = False) -
             raise
         print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM the command turned into one
+        print(f"stopped ({exc or 'Ctrl-C'})", file=sys.stderr)
+        sys.exit(130)
     if skip_teardown:
         exit_now()
 

@@ -209,7 +209,8 @@ def prepare_jobs() -> None:
 
 
 def ran_jobs() -> bool:
-    """Whether this process ran sweep jobs (with another launcher, its workers did)."""
+    """Whether this process runs the sweep's jobs (`prepare_jobs` or a first job made its
+    evaluator; with another launcher, its workers run them)."""
     return _evaluator is not None
 
 
