@@ -25,7 +25,7 @@ from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
-from pipeline.sweeps.finishing import prepare_jobs, wait_for_evaluations
+from pipeline.sweeps.finishing import draw_aside, prepare_jobs, wait_for_evaluations
 from pipeline.sweeps.job import (
     failures,
     in_process,
@@ -131,12 +131,13 @@ class SweepCallback(Callback):
             SUMMARY_COLUMNS,
             format_summary,
             leaderboard,
+            save_sweep_figures,
             summarise,
             write_csv,
         )
         from pipeline.tracking import runs, store
 
-        wait_for_evaluations()  # the last jobs' models, evaluated in the background
+        wait_for_evaluations(keep_drawing=True)  # the last jobs' models, in the background
         store.check_store()
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = json.loads((sweep_dir / names.PARENT_FILE).read_text(encoding="utf-8"))
@@ -166,12 +167,12 @@ class SweepCallback(Callback):
             means = {f"best_{k}": v for k, v in best.items() if k.endswith("_mean")}
             runs.log_metrics(parent_id, means)
             runs.set_tags(parent_id, {names.BEST_TAG: best["config"]})
-        figures = sweep_figures(table, heatmap=not search.is_search(config.hydra.sweeper))
-        if search.is_search(config.hydra.sweeper):
-            figures |= log_search(config, parent_id, sweep_dir)
-        for name, fig in figures.items():
+        is_search = search.is_search(config.hydra.sweeper)
+        # Drawn in the figure process, if any, while the best model is registered here.
+        drawn = draw_aside(save_sweep_figures, table, not is_search, sweep_dir)
+        searched = log_search(config, parent_id, sweep_dir) if is_search else {}
+        for name, fig in searched.items():
             fig.savefig(sweep_dir / name, dpi=100)
-            runs.log_artifact(parent_id, sweep_dir / name, names.FIGURES_ARTIFACT)
         jobs = job_outcomes(sweep_dir)
         failed, reasons = failures(jobs)
         counts = {"jobs": len(jobs), "failed_jobs": len(failed), "models": len(rows)}
@@ -181,6 +182,8 @@ class SweepCallback(Callback):
         print(f"\n{METHOD}")
         if table:
             print(register_best(config, table[0], parent_id))
+        for name in [*drawn.result(), *searched]:
+            runs.log_artifact(parent_id, sweep_dir / name, names.FIGURES_ARTIFACT)
         print(
             f"\nsummary: {sweep_dir / names.SUMMARY_ARTIFACT} "
             f"(one row per model: {names.RUNS_CSV})"
@@ -264,30 +267,3 @@ def log_search(config: DictConfig, parent_id: str, sweep_dir: Path) -> dict[str,
         )
     values = [t["val_accuracy_mean"] for t in trials]
     return {"search_history.png": plots.search_history(values)}
-
-
-def sweep_figures(table: list[dict[str, Any]], heatmap: bool = True) -> dict[str, Any]:
-    """The sweep's figures from its summary: validation accuracy, the mean over seeds with its
-    95% interval (no bars with one seed); the hidden units x epochs heatmap for a grid."""
-    from pipeline.core import plots
-
-    if not table:
-        return {}
-    hidden = [int(r["hidden_units"]) for r in table]
-    epochs = [int(r["epochs"]) for r in table]
-    mean = [r["val_accuracy_mean"] for r in table]
-    ci = [r["val_accuracy_ci95"] for r in table]
-    several_models = len({r["model"] for r in table}) > 1
-    groups = [
-        f"{r['model']} e{r['epochs']}" if several_models else f"e{r['epochs']}" for r in table
-    ]
-    labels = [f"h{h}-e{e}" for h, e in zip(hidden, epochs, strict=True)]
-    figures = {
-        "accuracy_by_hidden_units.png": plots.sweep_lines(hidden, mean, groups, ci),
-        "accuracy_vs_seconds.png": plots.accuracy_vs_seconds(
-            [r["train_seconds_mean"] for r in table], mean, labels, ci
-        ),
-    }
-    if heatmap:
-        figures["accuracy_heatmap.png"] = plots.sweep_heatmap(hidden, epochs, mean, ci)
-    return figures

@@ -111,6 +111,11 @@ class BackgroundEvaluator:
             self._figures.submit(_import_plots)
         return self._figures
 
+    @property
+    def drawing(self) -> bool:
+        """Whether the figure process is running."""
+        return self._figures is not None
+
     def queue_after(self, work: Callable[[], Any]) -> Future:
         """Queue `work` after everything queued so far."""
         return self._pool.submit(work)
@@ -214,11 +219,26 @@ def ran_jobs() -> bool:
     return _evaluator is not None
 
 
-def wait_for_evaluations() -> None:
-    """Wait for the models this process evaluates in the background (none if it ran no job)."""
+def wait_for_evaluations(keep_drawing: bool = False) -> None:
+    """Wait for the models this process evaluates in the background (none if it ran no job),
+    then end its figure process, unless `keep_drawing` (for `draw_aside`)."""
     if _evaluator is not None:
         _evaluator.wait()
-        _evaluator.stop_drawing()
+        if not keep_drawing:
+            _evaluator.stop_drawing()
+
+
+def draw_aside(fn: Callable[..., Any], *args: Any) -> Future:
+    """`fn(*args)` (plain data in and out) in this process's figure process, while the caller
+    goes on; here, at once, where the process has none (its jobs ran elsewhere). Its future."""
+    if _evaluator is not None and _evaluator.drawing:
+        return _evaluator.start_drawing().submit(fn, *args)
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as exc:
+        done.set_exception(exc)
+    return done
 
 
 def abandon(reason: BaseException) -> None:

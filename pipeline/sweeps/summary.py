@@ -2,8 +2,8 @@
 
 `leaderboard` reads a sweep's or an experiment's runs from MLflow into rows; `summarise` turns
 rows into the per-configuration table (mean, spread, 95% interval, the comparison with the best:
-see stats.py); `format_*` and `write_csv` show and keep them. The sweep's end and
-`pipeline.compare` both use them.
+see stats.py); `format_*` and `write_csv` show and keep them; `sweep_figures` draws the table.
+The sweep's end and `pipeline.compare` both use them.
 """
 
 from __future__ import annotations
@@ -238,3 +238,39 @@ def _csv_row(raw: dict[str, str]) -> dict[str, Any]:
         cell("failure_reason", f"tags.{FAILURE_TAG}"),
     )
     return row | {"columns": dict(raw)}  # every column as written: --group-by takes any
+
+
+def save_sweep_figures(table: list[dict[str, Any]], heatmap: bool, folder: Path) -> list[str]:
+    """Draw the sweep's figures (`sweep_figures`) into `folder`; return their file names. Plain
+    data in and out: the sweep's end has it done in its figure process."""
+    figures = sweep_figures(table, heatmap)
+    for name, fig in figures.items():
+        fig.savefig(folder / name, dpi=100)
+    return list(figures)
+
+
+def sweep_figures(table: list[dict[str, Any]], heatmap: bool = True) -> dict[str, Any]:
+    """The sweep's figures from its summary: validation accuracy, the mean over seeds with its
+    95% interval (no bars with one seed); the hidden units x epochs heatmap for a grid."""
+    from pipeline.core import plots
+
+    if not table:
+        return {}
+    hidden = [int(r["hidden_units"]) for r in table]
+    epochs = [int(r["epochs"]) for r in table]
+    mean = [r["val_accuracy_mean"] for r in table]
+    ci = [r["val_accuracy_ci95"] for r in table]
+    several_models = len({r["model"] for r in table}) > 1
+    groups = [
+        f"{r['model']} e{r['epochs']}" if several_models else f"e{r['epochs']}" for r in table
+    ]
+    labels = [f"h{h}-e{e}" for h, e in zip(hidden, epochs, strict=True)]
+    figures = {
+        "accuracy_by_hidden_units.png": plots.sweep_lines(hidden, mean, groups, ci),
+        "accuracy_vs_seconds.png": plots.accuracy_vs_seconds(
+            [r["train_seconds_mean"] for r in table], mean, labels, ci
+        ),
+    }
+    if heatmap:
+        figures["accuracy_heatmap.png"] = plots.sweep_heatmap(hidden, epochs, mean, ci)
+    return figures
