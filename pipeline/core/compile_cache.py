@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import stat
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -91,9 +90,7 @@ def in_use() -> Path | None:
 
 
 def clear(path: Path) -> None:
-    """Remove what the cache folder `path` holds (an entry XLA could not read)."""
+    """Remove the entries of the cache folder `path` (one XLA could not read): XLA keeps one
+    file per compiled step there, nothing else."""
     for entry in path.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        entry.unlink(missing_ok=True)

@@ -232,7 +232,7 @@ def draw_aside(fn: Callable[..., Any], *args: Any) -> Future:
     """`fn(*args)` (plain data in and out) in this process's figure process, while the caller
     goes on; here, at once, where the process has none (its jobs ran elsewhere). Its future."""
     if _evaluator is not None and _evaluator.drawing:
-        return _evaluator.start_drawing().submit(fn, *args)
+        return _evaluator.start_drawing().submit(fn, *args)  # the running one
     done: Future = Future()
     try:
         done.set_result(fn(*args))

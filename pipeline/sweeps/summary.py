@@ -249,7 +249,7 @@ def save_sweep_figures(table: list[dict[str, Any]], heatmap: bool, folder: Path)
     return list(figures)
 
 
-def sweep_figures(table: list[dict[str, Any]], heatmap: bool = True) -> dict[str, Any]:
+def sweep_figures(table: list[dict[str, Any]], heatmap: bool) -> dict[str, Any]:
     """The sweep's figures from its summary: validation accuracy, the mean over seeds with its
     95% interval (no bars with one seed); the hidden units x epochs heatmap for a grid."""
     from pipeline.core import plots
