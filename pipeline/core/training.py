@@ -93,8 +93,9 @@ def build_state(model: keras.Model, batch: tuple[Any, Any]) -> None:
 class CompiledSteps:
     """Keras's own `train_step` and `test_step`, run as compiled TensorFlow loops.
 
-    One call trains a whole epoch: a `tf.while_loop` over its batches in one graph, so Python,
-    the data adapter and the per-step dispatch cost nothing per batch. The math is Keras's
+    One call trains a whole epoch: a `tf.while_loop` over its full batches, then the smaller last
+    one, in one graph (one compilation), so Python, the data adapter and the per-step dispatch
+    cost nothing per batch. The math is Keras's
     (same loss, optimizer, metrics and batch size); with `jit_compile` XLA fuses each step.
     """
 
@@ -109,27 +110,38 @@ class CompiledSteps:
 
         model, size = self.model, self.batch_size
 
+        def ok(loss: tf.Tensor) -> tf.Tensor:
+            return tf.math.is_finite(loss) & (loss <= DIVERGED_LOSS)
+
         def batches(x: tf.Tensor, y: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            full, rest = divmod(order.shape[0], size)  # known when traced
+
             def going(i: tf.Tensor, loss: tf.Tensor) -> tf.Tensor:
-                ok = tf.math.is_finite(loss) & (loss <= DIVERGED_LOSS)
-                return (i < tf.shape(order)[0] // size) & ok
+                return (i < full) & ok(loss)
+
+            def train(start: tf.Tensor, length: int) -> tf.Tensor:
+                index = tf.slice(order, [start], [length])
+                logs = model.train_step((tf.gather(x, index), tf.gather(y, index)))
+                return tf.cast(logs["loss"], tf.float32)
 
             def step(i: tf.Tensor, loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                index = tf.slice(order, [i * size], [size])
-                logs = model.train_step((tf.gather(x, index), tf.gather(y, index)))
-                return i + 1, tf.cast(logs["loss"], tf.float32)
+                return i + 1, train(i * size, size)
 
-            return tf.while_loop(going, step, (tf.constant(0), tf.constant(0.0)))
+            def last() -> tuple[tf.Tensor, tf.Tensor]:
+                return tf.constant(full + 1), train(tf.constant(full * size), rest)
 
-        def one_batch(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-            return tf.cast(model.train_step((x, y))["loss"], tf.float32)
+            done = (tf.constant(0), tf.constant(0.0))
+            if full:
+                done = tf.while_loop(going, step, done)
+            if not rest:
+                return done
+            return tf.cond((done[0] == full) & ok(done[1]), last, lambda: done)
 
         def test(x: tf.Tensor, y: tf.Tensor) -> None:
             model.test_step((x, y))
 
         jit = self.jit_compile
         self._batches = tf.function(batches, jit_compile=jit)
-        self._one_batch = tf.function(one_batch, jit_compile=jit)
         self._test = tf.function(test, jit_compile=jit)
 
     def train_epoch(self, x: Any, y: Any, order: np.ndarray) -> tuple[int, float]:
@@ -139,14 +151,8 @@ class CompiledSteps:
         """
         import tensorflow as tf
 
-        full = len(order) // self.batch_size
-        done, loss = self._xla_or_not("_batches", x, y, tf.constant(order)) if full else (0, 0.0)
-        done, loss = int(done), float(loss)
-        rest = order[done * self.batch_size :]
-        if len(rest) and done == full and not diverged(loss):
-            loss = float(self._xla_or_not("_one_batch", tf.gather(x, rest), tf.gather(y, rest)))
-            done += 1
-        return done, loss
+        done, loss = self._xla_or_not("_batches", x, y, tf.constant(order))
+        return int(done), float(loss)
 
     def _xla_or_not(self, step: str, *args: Any) -> Any:
         """Run the compiled `step`; where XLA cannot compile the model deterministically, say
