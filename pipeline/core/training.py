@@ -95,8 +95,8 @@ class CompiledSteps:
 
     One call trains a whole epoch: a `tf.while_loop` over its full batches, then the smaller last
     one, in one graph (one compilation), so Python, the data adapter and the per-step dispatch
-    cost nothing per batch. The math is Keras's
-    (same loss, optimizer, metrics and batch size); with `jit_compile` XLA fuses each step.
+    cost nothing per batch. The math is Keras's (same loss, optimizer, metrics and batch size);
+    with `jit_compile` XLA fuses each step.
     """
 
     def __init__(self, model: keras.Model, batch_size: int, jit_compile: bool) -> None:
@@ -151,16 +151,16 @@ class CompiledSteps:
         """
         import tensorflow as tf
 
-        done, loss = self._xla_or_not("_batches", x, y, tf.constant(order))
+        done, loss = self._xla_or_not(x, y, tf.constant(order))
         return int(done), float(loss)
 
-    def _xla_or_not(self, step: str, *args: Any) -> Any:
-        """Run the compiled `step`; where XLA cannot compile the model deterministically, say
+    def _xla_or_not(self, *args: Any) -> Any:
+        """Run the compiled epoch; where XLA cannot compile the model deterministically, say
         so and run it without XLA from then on (XLA refuses before anything runs)."""
         import tensorflow as tf
 
         try:
-            return getattr(self, step)(*args)
+            return self._batches(*args)
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
             cache = compile_cache.in_use()
             if cache is None or not self.jit_compile:
@@ -186,7 +186,7 @@ class CompiledSteps:
             )
             self.jit_compile = False
             self._compile()
-            return getattr(self, step)(*args)
+            return self._batches(*args)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         self.model.reset_metrics()
