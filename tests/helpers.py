@@ -55,6 +55,26 @@ def spec_of(path: Path) -> FileSpec:
     return FileSpec(name=path.name, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
+def write_processed(folder: Path, splits: dict, classes: list[str]) -> Path:
+    """`folder`/data/processed as preprocess writes it, from `splits` (split -> uint8 images of
+    (n, height, width, channels) and labels): for tests of what comes after preprocess."""
+    from pipeline.core.shards import Writing
+
+    with Writing(folder / "data/processed") as writing:
+        entries = {}
+        for split, (x, y) in splits.items():
+            writer = writing.writer(split, x.shape[1:], len(classes), 128)
+            writer.add(x, y)
+            entries[split] = writer.close()
+        shape = list(next(iter(splits.values()))[0].shape[1:])
+        color = "rgb" if shape[-1] == 3 else "grayscale"
+        writing.commit(
+            {"dataset": "test", "shape": shape, "color": color, "classes": classes,
+             "splits": entries, "skipped": []}
+        )  # fmt: skip
+    return folder / "data/processed"
+
+
 def run_env(**extra: str) -> dict[str, str]:
     """The environment for commands under test: this venv first on PATH, no MLflow URIs."""
     drop = (

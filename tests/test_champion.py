@@ -69,13 +69,13 @@ def test_the_champion_moves_only_on_paired_evidence(tmp_path: Path) -> None:
     kept = version_tags(project, "2")
     assert kept["promotion.champion_version"] == "1" and float(kept["promotion.p_value"]) >= 0.05
     # Judged on the examples of this run's own validation split (seed 1 draws another split).
-    from pipeline.core.data import load_split
+    from pipeline.core.shards import Shards
     from pipeline.tracking.registry import examples_sha256
 
-    val = load_split(project / "data/processed", "val")
-    assert kept["promotion.examples_sha256"] == examples_sha256(*val)
+    val = Shards(project / "data/processed", "val")
+    assert kept["promotion.examples_sha256"] == examples_sha256(val)
     used, left_out = map(int, re.findall(r"\d+", kept["promotion.examples"]))
-    assert used + left_out == len(val[1]) and used > 300  # seed 1 drew another split
+    assert used + left_out == len(val) and used > 300  # seed 1 drew another split
     assert kept["promotion.examples"].endswith(" the champion trained on left out)")
 
     cnn = run(["dvc", "exp", "run", *EPOCHS, "-S", "model=cnn", "-S", "train.epochs=1"], project)

@@ -19,8 +19,8 @@ from pipeline.core.training import Trainer, set_determinism
 cfg = validate(compose(["train.epochs=2", "train.batch_size=16"]))
 set_determinism(cfg.seed, 2, 1)
 rng = np.random.default_rng(0)
-x, y = rng.random((200, 28, 28), dtype=np.float32), rng.integers(0, 10, 200)
-model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
+x, y = rng.random((200, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 200)
+model = compile_model(build_mlp(32, 10, (28, 28, 1)), cfg.train)
 Trainer().fit(model, (x[:150], y[:150]), (x[150:], y[150:]), cfg.train)
 print(weights_sha256(model))
 """

@@ -4,14 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.data import (
-    load_split,
-    read_idx,
-    read_mnist_pair,
-    save_split,
-    sha256_file,
-    write_idx,
-)
+from pipeline.core.data import read_idx, read_mnist_pair, sha256_file, write_idx
 from pipeline.core.errors import DataError
 
 
@@ -86,30 +79,19 @@ def test_sha256_file(tmp_path: Path) -> None:
     )
 
 
-def test_split_round_trip_and_missing(tmp_path: Path) -> None:
-    x = np.random.default_rng(1).random((5, 28, 28), dtype=np.float32)
-    save_split(tmp_path, "val", x, np.arange(5, dtype=np.uint8))
-    x2, y2 = load_split(tmp_path, "val")
-    np.testing.assert_array_equal(x2, x)
-    np.testing.assert_array_equal(y2, np.arange(5))
-    assert [p.name for p in tmp_path.iterdir()] == ["val.npz"]
-    with pytest.raises(DataError, match="test.npz not found; run `uv run dvc repro preprocess`"):
-        load_split(tmp_path, "test")
-
-
 @pytest.mark.parametrize(
     ("options", "says"),
     [
-        ("size=1m", "no space left on the device writing {disk}/train.npz"),
-        ("size=1m,ro", "cannot write {disk}/train.npz (Read-only file system;"),
+        ("size=1m", "no space left on the device writing {disk}/processed/train-00000.npy"),
+        ("size=1m,ro", "cannot write {disk}/processed (Read-only file system;"),
     ],
     ids=["full", "read-only"],
 )
 def test_a_full_or_read_only_disk_keeps_no_half_file_and_says_so(
     tmp_path: Path, options: str, says: str
 ) -> None:
-    """A real full (1 MB) or read-only tmpfs under save_split: no temporary file is left, the
-    command says which file, the free space and what to do in one line."""
+    """A real full (1 MB) or read-only tmpfs under the shard writer: no temporary file or folder
+    is left, the command says which file, the free space and what to do in one line."""
     import subprocess
     import sys
 
@@ -125,16 +107,21 @@ def test_a_full_or_read_only_disk_keeps_no_half_file_and_says_so(
         code = (
             "import sys, numpy as np\n"
             "from pathlib import Path\n"
-            "from pipeline.core.data import save_split\n"
             "from pipeline.core.errors import run_cli\n"
-            "x, y = np.zeros((1000, 28, 28), np.float32), np.zeros(1000, np.uint8)\n"
-            "run_cli(lambda: save_split(Path(sys.argv[1]), 'train', x, y))\n"
+            "from pipeline.core.shards import Writing\n"
+            "x, y = np.zeros((3000, 28, 28, 1), np.uint8), np.zeros(3000, np.uint8)\n"
+            "def write():\n"
+            "    with Writing(Path(sys.argv[1]) / 'processed') as writing:\n"
+            "        writer = writing.writer('train', (28, 28, 1), 10, 128)\n"
+            "        writer.add(x, y)\n"
+            "        writing.commit({'splits': {'train': writer.close()}})\n"
+            "run_cli(write)\n"
         )
         proc = subprocess.run([sys.executable, "-c", code, str(disk)], cwd=ROOT, env=run_env(),
                               capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert says.format(disk=disk) in proc.stderr, proc.stderr
         assert "MB free there now" in proc.stderr and len(proc.stderr.splitlines()) == 1
-        assert list(disk.iterdir()) == []  # no .train.npz.*.tmp left behind
+        assert list(disk.iterdir()) == []  # no .processed.*.tmp folder left behind
     finally:
         subprocess.run(["umount", str(disk)], check=False)

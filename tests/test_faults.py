@@ -29,9 +29,10 @@ from helpers import (
     runs_in,
     spec_of,
     started_until,
+    write_processed,
 )
 from pipeline.core.config import compose, validate
-from pipeline.core.data import save_split, sha256_file
+from pipeline.core.data import sha256_file
 from pipeline.core.download import NoDowngradeRedirects, fetch_file
 from pipeline.core.errors import ConfigError, DataError, PipelineError
 
@@ -182,9 +183,11 @@ def processed_workdir(small_mnist: Path, tmp_path: Path, **train: object) -> Pat
     (work / "data").mkdir()
     (work / "data/raw").symlink_to(small_mnist)
     rng = np.random.default_rng(0)
-    for split, n in (("train", 512), ("val", 64), ("test", 64)):
-        x = rng.random((n, 28, 28), dtype=np.float32)
-        save_split(work / "data/processed", split, x, rng.integers(0, 10, n).astype(np.uint8))
+    splits = {
+        split: (rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n, np.uint8))
+        for split, n in (("train", 512), ("val", 64), ("test", 64))
+    }
+    write_processed(work, splits, [str(c) for c in range(10)])
     return work
 
 
@@ -287,7 +290,7 @@ with runs.tracked_run(experiment_id, f"job-{sys.argv[1]}") as run_id:
     wave = sys.argv[1].split("-")[0]  # a new dataset (by its digest) per wave
     runs.set_tags(run_id, {"data.processed.test.sha256": wave})
     time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all log it at once
-    runs.log_datasets(run_id, {"test": (np.zeros((3, 28, 28)), np.zeros(3))})
+    runs.log_datasets(run_id, {"test": (3, 28, 28, 1)})
     for step in range(25):
         runs.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
 """

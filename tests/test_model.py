@@ -21,8 +21,8 @@ from pipeline.core.training import Trainer, build_state, limit
 
 
 def test_mlp_is_the_seed_model() -> None:
-    model = build_mlp(128, 10, (28, 28))
-    assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
+    model = build_mlp(128, 10, (28, 28, 1))
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
     assert [type(layer).__name__ for layer in model.layers] == ["Flatten", "Dense", "Dense"]
     assert model.layers[1].units == 128 and model.layers[1].activation.__name__ == "relu"
     assert model.layers[2].activation.__name__ == "softmax"
@@ -36,9 +36,9 @@ def test_cnn_shapes() -> None:
         hidden_units=32,
         dropout=0.25,
         num_classes=10,
-        shape=(28, 28),
+        shape=(28, 28, 1),
     )
-    assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
     convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [8, 16]
 
@@ -51,9 +51,9 @@ def test_cnn_shapes() -> None:
     ],
 )
 def test_build_model_dispatches_on_name(cfg) -> None:
-    model = build_model(cfg, 10, (28, 28))
+    model = build_model(cfg, 10, (28, 28, 1))
     assert model.name == cfg.name and model.output_shape == (None, 10)
-    probs = model.predict(np.zeros((2, 28, 28), np.float32), verbose=0)
+    probs = model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
@@ -78,7 +78,7 @@ def tiny_fit(
 def test_fit_returns_history_and_save_load_round_trip(
     default_params: dict, tmp_path: Path
 ) -> None:
-    model, history, seconds, x = tiny_fit(default_params, 40, 32, 10, (28, 28), batch_size=8)
+    model, history, seconds, x = tiny_fit(default_params, 40, 32, 10, (28, 28, 1), batch_size=8)
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"}
     assert all(len(v) == 2 for v in history.values()) and seconds > 0
     path = tmp_path / "models/model.keras"
@@ -110,8 +110,8 @@ from pipeline.core.training import Trainer, set_determinism
 cfg = validate(compose(["train.epochs=1", "train.batch_size=16"]))
 set_determinism(cfg.seed, int(sys.argv[1]), 1)
 rng = np.random.default_rng(0)
-x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
-model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
+x, y = rng.random((256, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 256)
+model = compile_model(build_mlp(32, 10, (28, 28, 1)), cfg.train)
 Trainer().fit(model, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
 print(weights_sha256(model))
 """
@@ -136,13 +136,13 @@ overrides = ["train.batch_size=16", f"model={model}"]
 if model == "cnn":
     overrides += ["model.filters=[4]", "model.hidden_units=8", "model.dropout=0.5"]
 rng = np.random.default_rng(0)
-x, y = rng.random((256, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
+x, y = rng.random((256, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 256)
 previous, trainer = None, Trainer()
 for arg in sys.argv[2:]:
     seed, epochs = arg.split(":")
     cfg = validate(compose(overrides + [f"seed={seed}", f"train.epochs={epochs}"]))
     set_determinism(cfg.seed, 1, 1)
-    net = trainer.new_model(cfg.model, cfg.train, 10, (28, 28))
+    net = trainer.new_model(cfg.model, cfg.train, 10, (28, 28, 1))
     trainer.fit(net, (x[:200], y[:200]), (x[200:], y[200:]), cfg.train)
     traced = trainer.compiled_steps(net, None, cfg.train)._batches.experimental_get_tracing_count()
     # As in a sweep: the state is detached (the shadow's first building drawing random numbers)
@@ -177,7 +177,7 @@ def test_later_seeds_reuse_the_compiled_model_bit_identically(model: str) -> Non
 
 
 def test_weights_sha256_tracks_every_weight() -> None:
-    model = build_mlp(4, 10, (28, 28))
+    model = build_mlp(4, 10, (28, 28, 1))
     before = weights_sha256(model)
     weights = model.get_weights()
     weights[-1][0] += 1e-7
@@ -208,7 +208,7 @@ def separable_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`n` images whose class is written in them: a bright 5x5 block at a place per class."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n).astype(np.uint8)
-    x = rng.random((n, 28, 28), dtype=np.float32) * 0.3
+    x = rng.random((n, 28, 28, 1), dtype=np.float32) * 0.3
     for i, label in enumerate(y):
         x[i, 2 + 2 * label : 7 + 2 * label, 5:10] = 1.0
     return x, y
@@ -222,7 +222,7 @@ def test_the_loop_matches_keras_fit_in_steps_and_loss(default_params: dict) -> N
     results = {}
     for how in ("loop", "fit"):
         keras.utils.set_random_seed(cfg.seed)
-        model = compile_model(build_mlp(32, 10, (28, 28)), cfg.train)
+        model = compile_model(build_mlp(32, 10, (28, 28, 1)), cfg.train)
         if how == "loop":
             history, _ = Trainer().fit(model, (x, y), val, cfg.train)
         else:
@@ -249,7 +249,7 @@ def test_cnn_trains_without_xla_where_xla_cannot(
     x, y = separable_digits(300)
     tf.config.experimental.enable_op_determinism()  # as set_determinism does for every run
     keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_model(cfg.model, 10, (28, 28)), cfg.train)
+    model = compile_model(build_model(cfg.model, 10, (28, 28, 1)), cfg.train)
     history, _ = Trainer().fit(model, (x[:250], y[:250]), (x[250:], y[250:]), cfg.train)
     assert "XLA cannot compile this model deterministically" in capsys.readouterr().err
     assert int(model.optimizer.iterations) == 8  # 250 / 32: seven full batches and one of 26

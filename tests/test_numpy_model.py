@@ -27,11 +27,12 @@ def keras_and_numpy(model: keras.Model, x: np.ndarray, path: Path) -> tuple:
 @pytest.mark.parametrize(
     ("build", "shape"),
     [
-        (lambda shape: build_mlp(16, 3, shape), (28, 28)),
-        (lambda shape: build_cnn([4, 8], 3, 16, 0.5, 10, shape), (28, 28)),
-        (lambda shape: build_cnn([3], 5, 8, 0.0, 4, shape), (31, 22)),  # odd sizes: padding
+        (lambda shape: build_mlp(16, 3, shape), (28, 28, 1)),
+        (lambda shape: build_mlp(16, 3, shape), (20, 24, 3)),
+        (lambda shape: build_cnn([4, 8], 3, 16, 0.5, 10, shape), (28, 28, 1)),
+        (lambda shape: build_cnn([3], 5, 8, 0.0, 4, shape), (31, 22, 3)),  # odd sizes, colour
     ],
-    ids=["mlp", "cnn", "cnn-odd-size"],
+    ids=["mlp", "mlp-colour", "cnn", "cnn-odd-size-colour"],
 )
 def test_numpy_answers_as_keras(build, shape: tuple[int, int], tmp_path: Path) -> None:
     keras.utils.set_random_seed(3)

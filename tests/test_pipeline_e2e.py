@@ -143,11 +143,12 @@ def test_logged_model_loads_and_predicts_like_the_stage_output(project: Path, de
     )
     assert logged.name == "model" and logged.params["model.hidden_units"] == "128"
     assert logged.model_id and logged.artifact_location.startswith((project / "mlruns").as_uri())
-    with np.load(project / "data/processed/test.npz") as test:
-        x, y = test["x"][:200], test["y"][:200]
+    from pipeline.core.shards import Shards
+
+    x, y = Shards(project / "data/processed", "test").whole(200)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     (spec,) = pyfunc.metadata.signature.inputs.to_dict()
-    assert list(spec["tensor-spec"]["shape"]) == [-1, 28, 28]
+    assert list(spec["tensor-spec"]["shape"]) == [-1, 28, 28, 1]
     probs = np.asarray(pyfunc.predict(x))
     local = keras.models.load_model(project / "models/model.keras").predict(x, verbose=0)
     np.testing.assert_allclose(probs, local, atol=1e-6)

@@ -141,10 +141,10 @@ def small_figure_data() -> dict[str, np.ndarray]:
     probs = rng.dirichlet(np.ones(3), size=60).astype(np.float32)
     cm = np.zeros((3, 3), dtype=np.int64)
     np.add.at(cm, (y, probs.argmax(1)), 1)
-    x = rng.random((60, 28, 28), dtype=np.float32)
+    x = rng.integers(0, 256, (60, 28, 28, 1), np.uint8)
     history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7], "val_loss": [1.1, 0.6],
                "val_accuracy": [0.4, 0.6]}  # fmt: skip
-    return plots.figure_data(x, y, probs, cm, history, ["a", "b", "c"])
+    return plots.figure_data(x.__getitem__, y, probs, cm, history, ["a", "b", "c"])
 
 
 def test_figure_data_round_trips_and_draws_every_model_figure(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ import numpy as np
 import yaml
 
 from helpers import ROOT, run_stage
-from pipeline.core.data import class_counts, load_split, scale, sha256_file, split_validation
+from pipeline.core.data import class_counts, sha256_file, split_validation
+from pipeline.core.shards import Shards, scale
 
 
 def test_scale_maps_bytes_to_unit_floats() -> None:
@@ -47,10 +48,20 @@ def test_preprocess_stage_writes_splits_and_report(small_mnist: Path, tmp_path: 
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     (work / "data/raw").symlink_to(small_mnist)
     run_stage("preprocess", work)
-    sizes = {s: len(load_split(work / "data/processed", s)[1]) for s in ("train", "val", "test")}
+    sizes = {s: len(Shards(work / "data/processed", s)) for s in ("train", "val", "test")}
     assert sizes == {"train": 45, "val": 15, "test": 20}
-    x, _ = load_split(work / "data/processed", "train")
-    assert x.dtype == np.float32 and x.shape[1:] == (28, 28) and 0 <= x.min() <= x.max() <= 1
+    x, _ = Shards(work / "data/processed", "train").whole()
+    assert x.dtype == np.float32 and x.shape[1:] == (28, 28, 1) and 0 <= x.min() <= x.max() <= 1
+    # The test split is the test files, in their order, pixel for pixel.
+    from pipeline.core.data import read_mnist_pair
+
+    want, labels = read_mnist_pair(
+        work / "data/raw/t10k-images-idx3-ubyte", work / "data/raw/t10k-labels-idx1-ubyte", 10,
+        (28, 28),
+    )  # fmt: skip
+    got, got_labels = Shards(work / "data/processed", "test").whole()
+    np.testing.assert_array_equal(got[..., 0], scale(want))
+    np.testing.assert_array_equal(got_labels, labels)
     report = json.loads((work / "reports/data.json").read_text())
     assert {s: r["examples"] for s, r in report.items()} == sizes
     assert sum(report["val"]["per_class"].values()) == 15

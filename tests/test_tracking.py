@@ -144,22 +144,21 @@ def test_read_run_id_errors(experiment_id: str, tmp_path: Path) -> None:
 def test_splits_are_logged_as_datasets_and_figures_as_keyed_images(
     experiment_id: str, tmp_path: Path
 ) -> None:
-    import numpy as np
     from PIL import Image
 
     digest = "ab" * 32
     tags = {"data.processed.train.sha256": digest}
     with runs.tracked_run(experiment_id, "data", tags) as run_id:
-        x, y = np.zeros((7, 28, 28), np.float32), np.zeros(7, np.uint8)
-        runs.log_datasets(run_id, {"train": (x, y), "test": (x[:3], y[:3])})
+        runs.log_datasets(run_id, {"train": (7, 28, 28, 1), "test": (3, 28, 28, 1)})
         Image.new("RGB", (40, 30), "red").save(tmp_path / "confusion_matrix.png")
         runs.log_images(run_id, tmp_path)
     inputs = {d.dataset.name: d for d in mlflow.get_run(run_id).inputs.dataset_inputs}
     assert set(inputs) == {"mnist-train", "mnist-test"}
     train = inputs["mnist-train"]
-    assert train.dataset.digest == digest[:32] and '"features_shape": [7, 28, 28]' in (
+    assert train.dataset.digest == digest[:32] and '"features_shape": [7, 28, 28, 1]' in (
         train.dataset.profile
     )
+    assert '"targets_shape": [7]' in train.dataset.profile
     assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "train"
     images = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "images")}
     assert any("confusion_matrix" in path for path in images)

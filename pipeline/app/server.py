@@ -35,6 +35,7 @@ from PIL import Image
 from pipeline.core import names
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
 from pipeline.core.images import MAX_PIXELS, PNG_OR_JPEG, ImageTooLarge
+from pipeline.core.shards import picture_shape
 from pipeline.tracking.choose import Chosen, choose_model, read_digit, top3
 
 WEB = Path(__file__).parent / "web"
@@ -89,9 +90,12 @@ class BodyLimit:
 
 
 def png_data_url(image: np.ndarray) -> str:
-    """A 0-1 grayscale image as a PNG data URL (the input the model saw)."""
+    """A 0-1 image, grayscale or colour, as a PNG data URL (the input the model saw)."""
+    pixels = np.round(np.asarray(image) * 255).astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
     buffer = io.BytesIO()
-    Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(buffer, "PNG")
+    Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L").save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -239,6 +243,7 @@ def wording(chosen: Chosen) -> dict[str, Any]:
         "description": description,
         "classes": chosen.classes,
         "size": " × ".join(map(str, chosen.model.input_shape[1:3])),
+        "colour": "colour" if picture_shape(chosen.model.input_shape[1:])[2] == 3 else "grayscale",
     }
 
 

@@ -76,13 +76,19 @@ def _class_names(value: list[str] | None) -> bool:
 Fraction = Annotated[
     Number, Field(gt=0, lt=1), Says("a number", "a number strictly between 0 and 1")
 ]
-# A folder dataset is read into these files of data/raw/ (all its pictures, and where they came
-# from); preprocess splits them.
-FOLDER_FILES = {
-    "images": "images-idx3-ubyte",
-    "labels": "labels-idx1-ubyte",
-    "source": "folder.json",
-}
+# A folder dataset's fetch writes only its manifest to data/raw/ (each picture's digest, size
+# and mode); preprocess reads the pictures from the folder, checked against it.
+FOLDER_FILES = {"source": "folder.json"}
+
+
+def _colour(value: str | None) -> bool:
+    """A colour Pillow names: "white", "black", "#808080", "rgb(0,128,255)"."""
+    from PIL import ImageColor
+
+    try:
+        return value is None or len(ImageColor.getrgb(value)) >= 3
+    except ValueError:
+        return False
 
 
 class DataConfig(Section):
@@ -108,8 +114,15 @@ class DataConfig(Section):
         Field(min_length=2, max_length=2),
         Says("a list of an integer", "[height, width] in pixels, each > 0"),
     ]
+    # rgb or grayscale; null (a folder): rgb when any of its pictures has colour.
+    color: Annotated[
+        Literal["rgb", "grayscale"] | None,
+        Says("a string or null", "'rgb', 'grayscale' or null (a folder decides)"),
+    ]
     handwriting: Annotated[bool, Says("true or false")]
     registered_model: NonEmpty
+    # Records per file of data/processed/ (about this many megabytes each).
+    shard_mb: PositiveInt
     # format idx: files downloaded from mirrors, the test set its own files.
     mirror_env: Annotated[str | None, Says("a string or null")]
     mirrors: Annotated[
@@ -137,6 +150,22 @@ class DataConfig(Section):
         Number | None,
         Field(gt=0, lt=1),
         Says("a number or null", "a number strictly between 0 and 1"),
+    ]
+    # How a picture of another shape becomes `image_size`: stretched (aspect not kept, Keras's
+    # default), cropped to its aspect ratio first, or padded to it with `background`.
+    resize: Annotated[
+        Literal["stretch", "crop", "pad"] | None,
+        Says("a string or null", "one of 'stretch', 'crop', 'pad'"),
+    ]
+    # What transparent parts (and padding) become: a colour name or #rrggbb.
+    background: Annotated[
+        str | None,
+        _check(_colour),
+        Says("a string or null", "a colour: a name (white) or #rrggbb"),
+    ]
+    # A file that is not a picture, or is cut short: stop naming it, or leave it out and list it.
+    on_bad_picture: Annotated[
+        Literal["error", "skip"] | None, Says("a string or null", "one of 'error', 'skip'")
     ]
     val_fraction: Fraction
 
@@ -201,6 +230,11 @@ class TrainConfig(Section):
     max_examples: Annotated[
         Annotated[int, Field(gt=0)] | None, Says("an integer or null", "an integer > 0")
     ]
+    # A training split whose pixels as float32 take at most this many megabytes is loaded whole
+    # (fastest); a larger one streams from its shards (0: always stream).
+    in_memory_mb: Annotated[int, Field(ge=0), Says("an integer", "an integer >= 0")]
+    # Megabytes of pictures a streamed split is shuffled through (the rest waits on disk).
+    shuffle_buffer_mb: PositiveInt
     intra_op_threads: PositiveInt
     inter_op_threads: PositiveInt
     jit_compile: Annotated[bool, Says("true or false")]
@@ -342,7 +376,7 @@ def validate(data: dict[str, Any]) -> Config:
 # What each format needs, which the other leaves null.
 NEEDS = {
     "idx": ("source", "classes", "mirrors", "files", "timeout_s", "min_speed_kb_s"),
-    "folder": ("path", "test_fraction"),
+    "folder": ("path", "test_fraction", "resize", "background", "on_bad_picture"),
 }
 HOW = "Fix it in conf/data/ or in your override (e.g. `dvc exp run -S data.path=/abs/path`)."
 
@@ -357,6 +391,11 @@ def check_dataset(data: DataConfig) -> None:
                 f"received {getattr(data, key)!r}. {HOW}"
             )
     if data.format == "idx":
+        if data.color == "rgb":
+            raise ConfigError(
+                f"data.color must be 'grayscale' for a dataset of format 'idx' (its files hold "
+                f"one channel), received 'rgb'. {HOW}"
+            )
         return
     path = Path(data.path)
     if not path.is_absolute():

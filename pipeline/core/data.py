@@ -1,4 +1,4 @@
-"""IDX and npz files: reading, writing, checking, preparing; SHA-256 digests. No TensorFlow here.
+"""IDX files, splits, atomic writes, the prepared data and its digests. No TensorFlow here.
 
 IDX is MNIST's format: a 4-byte magic number (two zero bytes, a type code, the number of
 dimensions), one big-endian uint32 per dimension, then the values. MNIST uses unsigned bytes:
@@ -23,9 +23,9 @@ import numpy as np
 
 from pipeline.core.errors import DataError
 from pipeline.core.paths import PROCESSED_DIR, RAW_DIR
+from pipeline.core.shards import MANIFEST, SPLITS, Shards
 
 UBYTE = 0x08
-SPLITS = ("train", "val", "test")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -143,11 +143,6 @@ def read_mnist_pair(
     return images, labels
 
 
-def scale(images: np.ndarray) -> np.ndarray:
-    """Pixels 0-255 to float32 0-1, the seed model's only preprocessing."""
-    return images.astype(np.float32) / 255.0
-
-
 def split_validation(
     x: np.ndarray, y: np.ndarray, fraction: float, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -196,31 +191,14 @@ def too_small(report: dict[str, Any], class_names: list[str]) -> str | None:
     )
 
 
-def save_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:
-    """Write one split as `<split>.npz` (x: float32 images in 0-1, y: uint8 labels), atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{split}.npz"
-    with atomic_file(path) as fh:
-        np.savez(fh, x=x, y=y)
-    return path
-
-
-def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = Path(directory) / f"{split}.npz"
-    if not path.is_file():
-        raise DataError(f"{path} not found; run `uv run dvc repro preprocess` first.")
-    with np.load(path) as npz:
-        return npz["x"], npz["y"]
-
-
 @functools.cache
-def prepared(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split of the project's prepared data, read once per process: every job of a sweep
-    trains on the same data.
+def prepared(root: Path, split: str) -> Shards:
+    """A split of the project's prepared data (data/processed/, core/shards.py), its shards
+    checked as they are opened.
 
     A job on a machine without it (a cluster node) takes it from the DVC cache or remote.
     """
-    if not (root / PROCESSED_DIR / f"{split}.npz").exists():
+    if not (root / PROCESSED_DIR / MANIFEST).exists():
         pulled = subprocess.run(
             [sys.executable, "-m", "dvc", "pull", str(PROCESSED_DIR)],
             cwd=root,
@@ -233,13 +211,16 @@ def prepared(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                 f"(exit {pulled.returncode}): {pulled.stderr.strip()[-500:]}. Configure the DVC "
                 "remote (docs/scaling.md) or run `uv run dvc repro preprocess` here."
             )
-    return load_split(root / PROCESSED_DIR, split)
+    shards = Shards(root / PROCESSED_DIR, split)
+    shards.entry  # noqa: B018  (the manifest read and checked now)
+    return shards
 
 
 def project_data_digests(root: Path, files: dict[str, str]) -> dict[str, str]:
     """SHA-256 of each raw file (`files`: key -> name in data/raw/, a dataset's `raw_files`)
-    and each processed split under `root`: the data a model was trained on. A folder dataset's
-    folder.json holds its pictures' digests, so its digest stands for the folder. Computed once
+    and each processed split under `root` (of its manifest entry, which lists its shards'
+    SHA-256, each checked): the data a model was trained on. A folder dataset's folder.json
+    holds its pictures' digests, so its digest stands for the folder. Computed once
     per process for the same files: the models of a sweep all train on the data `dvc repro`
     prepared, which they never change."""
     return dict(_digests_once(root, tuple(files.items())))
@@ -247,7 +228,11 @@ def project_data_digests(root: Path, files: dict[str, str]) -> dict[str, str]:
 
 @functools.cache
 def _digests_once(root: Path, files: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    raw, processed = root / RAW_DIR, root / PROCESSED_DIR
+    raw = root / RAW_DIR
     digests = {f"raw.{key}": sha256_file(raw / name) for key, name in files}
-    digests.update({f"processed.{s}": sha256_file(processed / f"{s}.npz") for s in SPLITS})
+    for split in SPLITS:
+        shards = prepared(root, split)
+        for index in range(len(shards.files())):
+            shards.records(index)  # each shard checked against its SHA-256 in the manifest
+        digests[f"processed.{split}"] = shards.digest
     return tuple(digests.items())

@@ -44,8 +44,11 @@ NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _free_space(where: str) -> str:
+    folder = os.path.dirname(os.path.abspath(where)) or "."
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # the nearest folder that exists: the same device
     try:
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(where)) or ".").free
+        free = shutil.disk_usage(folder).free
         return f"{free / 2**20:.0f} MB free there now"
     except OSError:
         return "its free space unknown"

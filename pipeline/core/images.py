@@ -1,17 +1,26 @@
-"""Turn any picture of one digit into an MNIST-style 28x28 input. No TensorFlow here.
+"""Pictures into model inputs. No TensorFlow here.
 
-MNIST digits are white on black, fitted into a 20x20 box (aspect kept, anti-aliased) and placed
-in 28x28 so that their centre of mass is at the centre. A photo, scan or drawing must be
-normalised the same way or the model misreads it.
+`read_picture` reads any picture a camera or an editor writes (colour or grey, transparent,
+palette, 16-bit, CMYK, rotated by its EXIF orientation) as a folder dataset's settings say
+(`PictureSettings`: size, colour, how the aspect ratio is met, the background): how a folder's
+pictures become its images, and how predict and the web app read a picture for its models.
+
+For handwriting, `load_image` and `normalize` turn a picture of one digit into an MNIST-style
+28x28 input: MNIST digits are white on black, fitted into a 20x20 box (aspect kept,
+anti-aliased) and placed in 28x28 so that their centre of mass is at the centre. A photo, scan
+or drawing must be normalised the same way or the model misreads it.
 """
 
 from __future__ import annotations
 
+import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageColor, ImageOps, UnidentifiedImageError
 
 from pipeline.core.errors import DataError
 
@@ -71,6 +80,158 @@ def load_image(
         raise ImageTooLarge(f"{path}: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable image ({exc}).") from exc
+
+
+@dataclass(frozen=True)
+class PictureSettings:
+    """How a dataset's pictures become its images: `size` (height, width), `color` ("rgb" or
+    "grayscale"), `resize` ("stretch", "crop" or "pad") and the `background` colour that
+    transparent parts and padding become."""
+
+    size: tuple[int, int]
+    color: str = "rgb"
+    resize: str = "stretch"
+    background: str = "white"
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def read_picture(
+    source: Path | BinaryIO,
+    settings: PictureSettings,
+    name: str | None = None,
+    max_pixels: int | None = MAX_PIXELS,
+    formats: tuple[str, ...] = PNG_OR_JPEG,
+) -> np.ndarray:
+    """A picture file as uint8 (height, width, channels) of `settings`.
+
+    EXIF orientation is applied (phone photos); transparency (alpha, a palette's or a grey
+    picture's transparent entry) is composited on `settings.background`; CMYK and pictures
+    with an ICC profile other than sRGB are converted to sRGB through the profile (CMYK without
+    one as Pillow converts it: R = (255 - C)(255 - K)/255); 16-bit grey levels are scaled to
+    8 bits (v / 257), not clipped. A JPEG larger than needed is decoded at 1/2, 1/4 or 1/8
+    scale (Pillow's `draft`). Raises `DataError` naming the file and what is wrong: not a
+    picture, cut short, too large.
+    """
+    path = name or str(source)
+    try:
+        with Image.open(source, formats=formats) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(
+                    f"{path}: {img.width} x {img.height} pixels, more than the "
+                    f"{max_pixels / 1e6:g} megapixels allowed; scale it down first."
+                )
+            if img.format == "JPEG":
+                _draft(img, settings)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            picture = _to_8bit(img, settings)
+            return np.asarray(_resized(picture, settings), dtype=np.uint8).reshape(
+                *settings.size, settings.channels
+            )
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file.") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(
+            f"{path}: not a picture in a format read here ({', '.join(formats)})."
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{path}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, ImageCms.PyCMSError) as exc:
+        raise DataError(f"{path}: unreadable picture ({exc}).") from exc
+
+
+def _draft(img: Image.Image, settings: PictureSettings) -> None:
+    """Let a JPEG decode at the smallest of 1/8, 1/4, 1/2 and full scale that still covers
+    what `settings` takes of it (its EXIF orientation may swap the sides)."""
+    height, width = settings.size
+    across, down = img.size  # as stored
+    turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+    if turned:
+        across, down = down, across  # as shown
+    if settings.resize == "stretch":
+        need = (width, height)
+    else:  # crop keeps the part of the right aspect, pad the whole picture
+        scale = (max if settings.resize == "crop" else min)(width / across, height / down)
+        need = (math.ceil(across * scale), math.ceil(down * scale))
+    if turned:
+        need = need[::-1]
+    mode = "L" if settings.color == "grayscale" and img.mode == "RGB" else None
+    img.draft(mode, (max(1, need[0]), max(1, need[1])))
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def _to_8bit(img: Image.Image, settings: PictureSettings) -> Image.Image:
+    """`img` as 8-bit RGB or L of `settings.color`, transparency on the background."""
+    if img.mode in SIXTEEN_BIT:
+        levels = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(levels / 257), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "F":
+        raise ValueError("floating-point pixels; save it as 8- or 16-bit PNG or as JPEG")
+    profile = img.info.get("icc_profile")
+    if profile and img.mode in ("RGB", "RGBA", "CMYK") and not _is_srgb(profile):
+        img = _to_srgb(img, profile)
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (*ImageColor.getrgb(settings.background)[:3], 255))
+        img = Image.alpha_composite(paper, rgba)
+    return img.convert("RGB" if settings.color == "rgb" else "L")
+
+
+def _is_srgb(profile: bytes) -> bool:
+    try:
+        described = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
+    except (ImageCms.PyCMSError, OSError, TypeError):
+        return True  # a profile that cannot be read is left out, as most viewers do
+    return "srgb" in described.lower()
+
+
+def _to_srgb(img: Image.Image, profile: bytes) -> Image.Image:
+    """`img` converted from its embedded ICC `profile` to sRGB (alpha kept)."""
+    alpha = img.getchannel("A") if img.mode == "RGBA" else None
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    rgb = ImageCms.profileToProfile(
+        img.convert("RGB") if alpha is not None else img,
+        source,
+        ImageCms.createProfile("sRGB"),
+        outputMode="RGB",
+    )
+    if alpha is not None:
+        rgb.putalpha(alpha)
+    return rgb
+
+
+def _resized(img: Image.Image, settings: PictureSettings) -> Image.Image:
+    """`img` at `settings.size`, bilinear: stretched, centre-cropped to the aspect ratio, or
+    padded to it with the background."""
+    height, width = settings.size
+    across, down = img.size
+    if (across, down) == (width, height):
+        return img
+    bilinear = Image.Resampling.BILINEAR
+    if settings.resize == "stretch":
+        return img.resize((width, height), bilinear)
+    if settings.resize == "crop":
+        scale = max(width / across, height / down)
+        box_w, box_h = width / scale, height / scale
+        left, top = (across - box_w) / 2, (down - box_h) / 2
+        return img.resize((width, height), bilinear, box=(left, top, left + box_w, top + box_h))
+    scale = min(width / across, height / down)
+    inner = (max(1, round(across * scale)), max(1, round(down * scale)))
+    fill = ImageColor.getcolor(settings.background, img.mode)
+    canvas = Image.new(img.mode, (width, height), fill)
+    canvas.paste(img.resize(inner, bilinear), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    return canvas
 
 
 class ImageTooLarge(DataError):
@@ -167,6 +328,10 @@ def _centre_by_mass(image: np.ndarray) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    """Write a 0-1 image as an 8-bit grayscale PNG (what the model saw)."""
+    """Write a 0-1 image, (height, width) or with 1 or 3 channels, as an 8-bit grayscale or
+    colour PNG (what the model saw)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(path)
+    pixels = np.round(np.asarray(image) * 255).astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L").save(path)

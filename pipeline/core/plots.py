@@ -21,22 +21,37 @@ def _digit_grid(
     images: np.ndarray, titles: Sequence[str], colours: Sequence[str], cols: int, title: str
 ) -> Figure:
     """The images tiled into one image, each captioned above: one Axes, however many images.
-    Captions of two lines (long class names) get room for two lines, in a smaller font."""
+    Images are (n, height, width[, channels]), uint8 or 0-1 floats: grayscale is shown dark on
+    light (as digits are drawn), colour as it is, on white. Captions of two lines (long class
+    names) get room for two lines, in a smaller font."""
+    images = np.asarray(images)
+    pixels = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    if pixels.ndim == 4 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    colour = pixels.ndim == 4
     rows = max(1, -(-len(images) // cols))
     lines = max((t.count("\n") + 1 for t in titles), default=1)
-    side, gap, caption = 28, 4, 12 * lines  # pixels of an image, between images, of a caption
-    cell_w, cell_h = side + gap, side + gap + caption
-    mosaic = np.zeros((rows * cell_h, cols * cell_w), dtype=np.float32)
+    height, width = pixels.shape[1:3] if len(pixels) else (28, 28)
+    unit = max(height, width) / 28  # captions and gaps grow with the pictures
+    gap, caption = round(4 * unit), round(12 * lines * unit)
+    cell_w, cell_h = width + gap, height + gap + caption
+    shape = (rows * cell_h, cols * cell_w, *((3,) if colour else ()))
+    mosaic = np.full(shape, 1.0 if colour else 0.0, dtype=np.float32)
     fig = Figure(figsize=(cols * 1.3, rows * 1.5 + 0.5))
     ax = fig.add_axes((0.0, 0.0, 1.0, 1 - 0.5 / (rows * 1.5 + 0.5)))
     ax.axis("off")
     fig.suptitle(title, y=1 - 0.1 / (rows * 1.5 + 0.5), va="top")
-    for k, (image, text, colour) in enumerate(zip(images, titles, colours, strict=False)):
+    for k, (image, text, ink) in enumerate(zip(pixels, titles, colours, strict=False)):
         top, left = (k // cols) * cell_h + caption, (k % cols) * cell_w + gap // 2
-        mosaic[top : top + side, left : left + side] = image
+        mosaic[top : top + height, left : left + width] = image
         size = 9 if lines == 1 else 7
-        ax.text(left + side / 2, top - 2, text, color=colour, fontsize=size, ha="center")
-    ax.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        ax.text(left + width / 2, top - 2 * unit, text, color=ink, fontsize=size, ha="center")
+    if colour:
+        ax.imshow(np.clip(mosaic, 0, 1), aspect="auto", interpolation="nearest")
+    else:
+        ax.imshow(
+            mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
+        )
     return fig
 
 
@@ -112,15 +127,15 @@ Drawing = tuple[Callable[..., Figure], tuple[Any, ...], dict[str, Any]]  # a fig
 GRID = 32  # test images in the predictions grid: half of them mistakes, where there are as many
 MODEL_FIGURES = names.MODEL_FIGURES  # a model's figures, drawn from its figure data
 FIGURE_DATA_KEYS = {  # key -> dtype kind: numbers (f, i, u) or text (U)
-    "shown_images": "f", "shown_true": "iu", "shown_pred": "iu",
-    "worst_images": "f", "worst_true": "iu", "worst_pred": "iu", "worst_confidence": "f",
+    "shown_images": "fu", "shown_true": "iu", "shown_pred": "iu",
+    "worst_images": "fu", "worst_true": "iu", "worst_pred": "iu", "worst_confidence": "f",
     "mistakes": "iu", "confusion": "iu", "classes": "U", "history_keys": "U", "history": "f",
 }  # fmt: skip
 MAX_FIGURE_DATA_BYTES = 20 * 1024 * 1024
 
 
 def figure_data(
-    x: np.ndarray,
+    take: Callable[[np.ndarray], np.ndarray],
     y_true: np.ndarray,
     probs: np.ndarray,
     confusion: np.ndarray,
@@ -128,14 +143,15 @@ def figure_data(
     classes: Sequence[str],
 ) -> dict[str, np.ndarray]:
     """What a model's figures (`MODEL_FIGURES`) are drawn from, as plain arrays of a few tens of
-    kB: the test images shown, predictions, confidences, the confusion matrix, the history."""
+    kB: the test images shown (`take(indices)` gives them, uint8), predictions, confidences, the
+    confusion matrix, the history."""
     y_pred = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     shown = showcase(y_true, y_pred, GRID)
     worst = worst_mistakes(y_true, y_pred, confidence)  # only they are kept
     return {
-        "shown_images": x[shown], "shown_true": y_true[shown], "shown_pred": y_pred[shown],
-        "worst_images": x[worst], "worst_true": y_true[worst], "worst_pred": y_pred[worst],
+        "shown_images": take(shown), "shown_true": y_true[shown], "shown_pred": y_pred[shown],
+        "worst_images": take(worst), "worst_true": y_true[worst], "worst_pred": y_pred[worst],
         "worst_confidence": confidence[worst],
         "mistakes": np.asarray(int((y_true != y_pred).sum())),
         "confusion": confusion,

@@ -30,6 +30,7 @@ from pipeline.core.config import ModelConfig, TrainConfig
 from pipeline.core.data import prepared
 from pipeline.core.errors import PipelineError
 from pipeline.core.model import build_model, compile_model
+from pipeline.core.streaming import Streamed
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, validation included
@@ -37,6 +38,7 @@ EPOCH_SECONDS = "epoch_seconds"  # also in the history: each epoch's wall time, 
 # is unmistakable divergence even before it overflows to NaN.
 DIVERGED_LOSS = 1e3
 EVAL_CHUNK = 1000  # examples per validation step: any size gives the same per-example results
+DIVERGENCE_CHECK = 50  # a streamed epoch's batches between two looks at the loss
 
 Split = tuple[Any, Any]  # (images, labels), as NumPy arrays or TensorFlow tensors
 
@@ -140,8 +142,12 @@ class CompiledSteps:
         def test(x: tf.Tensor, y: tf.Tensor) -> None:
             model.test_step((x, y))
 
+        def one(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            return tf.cast(model.train_step((x, y))["loss"], tf.float32)
+
         jit = self.jit_compile
         self._batches = tf.function(batches, jit_compile=jit)
+        self._one = tf.function(one, jit_compile=jit)  # a streamed batch
         self._test = tf.function(test, jit_compile=jit)
 
     def train_epoch(self, x: Any, y: Any, order: np.ndarray) -> tuple[int, float]:
@@ -151,16 +157,28 @@ class CompiledSteps:
         """
         import tensorflow as tf
 
-        done, loss = self._xla_or_not(x, y, tf.constant(order))
+        done, loss = self._xla_or_not("_batches", x, y, tf.constant(order))
         return int(done), float(loss)
 
-    def _xla_or_not(self, *args: Any) -> Any:
-        """Run the compiled epoch; where XLA cannot compile the model deterministically, say
+    def train_stream(self, batches: Any) -> tuple[int, float]:
+        """Train on each (images, labels) batch of a streamed epoch (core/streaming.py), one
+        compiled step each; stop early if the loss diverges. Returns the batches trained and
+        the running loss after the last."""
+        done, loss = 0, None
+        for x, y in batches:
+            loss = self._xla_or_not("_one", x, y)
+            done += 1
+            if done % DIVERGENCE_CHECK == 0 and diverged(float(loss)):
+                break
+        return done, 0.0 if loss is None else float(loss)
+
+    def _xla_or_not(self, step: str, *args: Any) -> Any:
+        """Run a compiled `step`; where XLA cannot compile the model deterministically, say
         so and run it without XLA from then on (XLA refuses before anything runs)."""
         import tensorflow as tf
 
         try:
-            return self._batches(*args)
+            return getattr(self, step)(*args)
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
             cache = compile_cache.in_use()
             if cache is None or not self.jit_compile:
@@ -186,12 +204,18 @@ class CompiledSteps:
             )
             self.jit_compile = False
             self._compile()
-            return self._batches(*args)
+            return getattr(self, step)(*args)
 
-    def evaluate(self, x: Any, y: Any) -> dict[str, float]:
+    def evaluate(self, data: Split | Streamed) -> dict[str, float]:
+        """The loss and metrics over `data`, EVAL_CHUNK examples at a time."""
         self.model.reset_metrics()
-        for start in range(0, len(y), EVAL_CHUNK):
-            self._test(x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK])
+        if isinstance(data, Streamed):
+            for x, y in data.in_order(EVAL_CHUNK):
+                self._test(x, y)
+        else:
+            x, y = data
+            for start in range(0, len(y), EVAL_CHUNK):
+                self._test(x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK])
         return {k: float(v) for k, v in self.model.get_metrics_result().items()}
 
 
@@ -287,8 +311,8 @@ class Trainer:
     def fit(
         self,
         model: keras.Model,
-        train: Split,
-        val: Split,
+        train: Split | Streamed,
+        val: Split | Streamed,
         cfg: TrainConfig,
         callbacks: Sequence[keras.callbacks.Callback] = (),
     ) -> tuple[dict[str, list[float]], float]:
@@ -298,11 +322,19 @@ class Trainer:
         validation set. Keras callbacks get `on_epoch_begin`/`on_epoch_end` with the epoch's
         logs, as under `model.fit`, and `model.stop_training` ends training. Returns the
         per-epoch history (HISTORY_KEYS and EPOCH_SECONDS) and the seconds it took. Shuffling
-        draws from NumPy's global generator, which `set_determinism` seeds.
+        draws from NumPy's global generator, which `set_determinism` seeds: a split in memory
+        is shuffled whole, a `Streamed` one through its bounded buffer (core/streaming.py).
         """
         start = time.perf_counter()
-        (x, y), (x_val, y_val) = as_tensors(train), as_tensors(val)  # no copy for tensors
-        steps = self.compiled_steps(model, (x[:1], y[:1]), cfg)
+        streamed = isinstance(train, Streamed)
+        if not streamed:
+            train = as_tensors(train)  # no copy for tensors
+        if not isinstance(val, Streamed):
+            val = as_tensors(val)
+        first = (
+            (train.head(1), np.zeros(1, np.uint8)) if streamed else (train[0][:1], train[1][:1])
+        )
+        steps = self.compiled_steps(model, first, cfg)
         hooks = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=cfg.epochs)
         history: dict[str, list[float]] = {k: [] for k in (*HISTORY_KEYS, EPOCH_SECONDS)}
         model.stop_training = False
@@ -311,8 +343,12 @@ class Trainer:
             hooks.on_epoch_begin(epoch)
             began = time.perf_counter()
             model.reset_metrics()
-            order = np.random.permutation(len(train[1])).astype(np.int32)
-            done, loss = steps.train_epoch(x, y, order)
+            if streamed:
+                batches = train.epoch(cfg.batch_size, cfg.shuffle_buffer_mb << 20)
+                done, loss = steps.train_stream(batches)
+            else:
+                order = np.random.permutation(len(train[1])).astype(np.int32)
+                done, loss = steps.train_epoch(train[0], train[1], order)
             if diverged(loss):
                 raise TrainingDiverged(
                     f"training diverged in epoch {epoch + 1} at batch {done}: loss {loss:.4g} (a "
@@ -320,7 +356,7 @@ class Trainer:
                     f"there. Lower train.learning_rate (received {cfg.learning_rate})."
                 )
             logs = {k: float(v) for k, v in model.get_metrics_result().items()}
-            logs |= {f"val_{k}": v for k, v in steps.evaluate(x_val, y_val).items()}
+            logs |= {f"val_{k}": v for k, v in steps.evaluate(val).items()}
             logs[EPOCH_SECONDS] = time.perf_counter() - began
             hooks.on_epoch_end(epoch, logs)
             for key in history:
@@ -343,7 +379,7 @@ class Trainer:
         last = self._last if self._last is not None and self._last.model is model else None
         if last is not None and last.shadow is not None:
             return Detached(arrays, last.shadow)
-        classes, shape = model.output_shape[-1], tuple(model.input_shape[1:3])
+        classes, shape = model.output_shape[-1], tuple(model.input_shape[1:])
         shadow = compile_model(build_model(model_cfg, classes, shape), train_cfg)
         shadow.optimizer.build(shadow.trainable_variables)
         if last is not None:
@@ -361,10 +397,31 @@ def as_tensors(data: Split) -> Split:
 
 @functools.cache
 def prepared_tensors(root: Path, split: str) -> Split:
-    """A split of the project's prepared data (`data.prepared`) as tensors, converted once per
+    """A split of the project's prepared data (`data.prepared`) as tensors, loaded once per
     process: the models of a sweep train on the same data, and a copy of the training set costs
     up to half a second. Call after `set_determinism`."""
-    return as_tensors(prepared(root, split))
+    return as_tensors(prepared(root, split).whole())
+
+
+def training_data(root: Path, split: str, cfg: TrainConfig, first: int | None = None) -> Any:
+    """A prepared split to train or validate on: its first `first` examples (all: None) as
+    tensors in memory when their pixels as float32 take at most `cfg.in_memory_mb` megabytes,
+    else `Streamed` from its shards."""
+    shards = prepared(root, split)
+    n = len(shards) if first is None else min(first, len(shards))
+    if n * int(np.prod(shards.shape)) * 4 > cfg.in_memory_mb << 20:
+        return Streamed(shards, first)
+    return limit(prepared_tensors(root, split), first)
+
+
+def shape_of(data: Split | Streamed) -> tuple[int, ...]:
+    """(examples, height, width, channels) of a split in memory or streamed."""
+    return tuple(data.shape) if isinstance(data, Streamed) else tuple(data[0].shape)
+
+
+def head(data: Split | Streamed, n: int) -> np.ndarray:
+    """The first `n` images of a split, as float32 inputs."""
+    return data.head(n) if isinstance(data, Streamed) else np.asarray(data[0][:n])
 
 
 def limit(data: Split, max_examples: int | None) -> Split:

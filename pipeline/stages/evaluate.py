@@ -1,7 +1,8 @@
 """Stage evaluate: score the trained model on the test set and draw what it got wrong.
 
 Inputs: models/model.keras and models/run.json (from train), reports/history.csv,
-data/processed/test.npz; `tracking` from params.yaml.
+data/processed/ (the test split, and the validation split the champion is judged on);
+`tracking` from params.yaml.
 Outputs: reports/metrics.json (test_accuracy, test_loss, macro_f1, per-class precision, recall
 and F1), reports/predictions.csv (true and predicted label per image: the DVC confusion plot)
 and reports/figures/*.png, all logged to the MLflow run that train started. The model becomes a
@@ -28,30 +29,31 @@ from pipeline.core.errors import command_parser, run_cli
 from pipeline.core.paths import HISTORY_CSV, MODEL_PATH, RUN_FILE, project_root
 
 
-def predict_in_worker(path: Path, sha256: str | None, x: np.ndarray) -> np.ndarray:
-    """`model.predict_file`, imported here so that only the worker loads TensorFlow."""
+def predict_in_worker(path: Path, sha256: str | None, root: Path, split: str) -> np.ndarray:
+    """`model.predict_file` on a prepared split, read a chunk at a time, imported here so that
+    only the worker loads TensorFlow."""
     from pipeline.core.model import predict_file
 
-    return predict_file(path, sha256, x)
+    return predict_file(path, sha256, prepared(root, split))
 
 
-def labels_in_worker(store_uri: str, model_uri: str, x: np.ndarray, classes: list[str]) -> Any:
-    """The labels a registered model predicts for `x` (`models.predicted_labels`), here in the
-    worker, which has TensorFlow loaded."""
+def labels_in_worker(store_uri: str, model_uri: str, root: Path, classes: list[str]) -> Any:
+    """The labels a registered model predicts for the validation split
+    (`models.predicted_labels`), here in the worker, which has TensorFlow loaded."""
     import mlflow
 
     from pipeline.tracking import models
 
     mlflow.set_tracking_uri(store_uri)
     mlflow.set_registry_uri(store_uri)
-    return models.predicted_labels(model_uri, x, classes)
+    return models.predicted_labels(model_uri, prepared(root, "val"), classes)
 
 
 def main(argv: list[str]) -> None:
     command_parser("evaluate", __doc__).parse_args(argv)
     cfg = load_params()  # before the heavy imports: a bad value fails in a second
     root = project_root()
-    test_x = prepared(root, "test")[0]
+    prepared(root, "test")  # the manifest read and checked before the worker starts
     # TensorFlow and MLflow take seconds each to import: a worker imports TensorFlow while this
     # process imports MLflow and opens the run, then predicts. Leaving the block stops it.
     with multiprocessing.get_context("spawn").Pool(1, load_keras) as worker:
@@ -68,22 +70,24 @@ def main(argv: list[str]) -> None:
         tags = run.data.tags
         with runs.tracked_run(run_id=run.info.run_id) as run_id:
             digest = tags.get(names.MODEL_SHA256_TAG)
-            probs = worker.apply(predict_in_worker, (root / MODEL_PATH, digest, test_x))
+            probs = worker.apply(predict_in_worker, (root / MODEL_PATH, digest, root, "test"))
             history = experiment.read_history(root / HISTORY_CSV)
             model_uri = tags[names.MODEL_URI_TAG]
             scores = experiment.evaluate_model(cfg, where, run_id, probs, model_uri, history)
             if os.environ.get(provenance.REPRODUCES_ENV):  # it checks, it does not compete
                 registered = "not registered (a reproduction)"
             else:
-                val_x, val_y = prepared(root, "val")
+                val = prepared(root, "val")
                 store_uri, classes = mlflow.get_tracking_uri(), cfg.data.class_names
                 examples = registry.Examples(
-                    val_y,
-                    registry.examples_sha256(val_x, val_y),
-                    worker.apply(predict_in_worker, (root / MODEL_PATH, digest, val_x)).argmax(1),
-                    lambda uri: worker.apply(labels_in_worker, (store_uri, uri, val_x, classes)),
-                    registry.example_keys(val_x),
-                    registry.example_keys(prepared(root, "train")[0][: cfg.train.max_examples]),
+                    val.labels(),
+                    registry.examples_sha256(val),
+                    worker.apply(
+                        predict_in_worker, (root / MODEL_PATH, digest, root, "val")
+                    ).argmax(1),
+                    lambda uri: worker.apply(labels_in_worker, (store_uri, uri, root, classes)),
+                    registry.example_keys(val),
+                    registry.example_keys(prepared(root, "train"), cfg.train.max_examples),
                 )
                 name = cfg.tracking.registered_model
                 version, promoted = registry.register(

@@ -6,10 +6,12 @@ An IDX dataset (`data.format: idx`): its four files from `data.mirrors`, `data.f
 before the mirrors. Outputs data/raw/<name> for each file, decompressed, its size and SHA-256
 checked; a file already present and verified is kept (see download.py).
 
-A folder dataset (`data.format: folder`): every picture of `data.path`'s class subfolders, as
-grayscale of `data.image_size`, into data/raw/images-idx3-ubyte and labels-idx1-ubyte, with
-folder.json (the classes, each picture's SHA-256 and the folder's digest). A file that is not a
-PNG or JPEG picture, or a class with too few pictures, stops it before anything is written.
+A folder dataset (`data.format: folder`): data/raw/folder.json, the folder's manifest: the
+classes, each picture's SHA-256, the folder's digest and its colour (`data.color`, or rgb when
+any picture has colour). The pictures are read once, not decoded or copied: preprocess reads
+them from the folder. A file that is not a PNG or JPEG picture stops it before anything is
+written (with `data.on_bad_picture: skip`, it is listed and left out), as does a class with too
+few pictures.
 
 Command: `uv run dvc repro fetch` (or `uv run python -m pipeline.fetch`).
 """
@@ -20,10 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.core.config import DataConfig, load_params
-from pipeline.core.data import write_idx, write_json
+from pipeline.core.data import write_json
 from pipeline.core.download import env_mirrors, fetch_file, sources
 from pipeline.core.errors import command_parser, run_cli
 from pipeline.core.paths import RAW_DIR, project_root
@@ -53,20 +53,27 @@ def download(data: DataConfig, raw_dir: Path) -> None:
 
 
 def read_pictures(data: DataConfig, raw_dir: Path) -> None:
-    from pipeline.core.folder import read_folder
+    from pipeline.core.folder import scan_folder
 
-    images, labels, manifest = read_folder(data)
-    names = data.raw_files
-    write_idx(raw_dir / names["images"], images)
-    write_idx(raw_dir / names["labels"], labels)
-    write_json(raw_dir / names["source"], manifest)
-    classes = manifest["classes"]
-    per_class = np.bincount(labels, minlength=len(classes))
+    manifest = scan_folder(data)
+    write_json(raw_dir / data.raw_files["source"], manifest)
+    classes, files = manifest["classes"], manifest["files"]
+    per_class = [sum(rel.split("/", 1)[0] == c for rel in files) for c in classes]
     counts = ", ".join(f"{c} {n}" for c, n in zip(classes, per_class, strict=True))
     print(
-        f"fetch: {len(labels)} pictures in {len(classes)} classes ({counts}) <- {data.path} "
-        f"(sha256 {manifest['sha256'][:12]}) -> {RAW_DIR}"
+        f"fetch: {len(files)} pictures in {len(classes)} classes ({counts}) <- {data.path} "
+        f"(sha256 {manifest['sha256'][:12]}) -> {RAW_DIR / data.raw_files['source']}"
     )
+    for bad in manifest["skipped"]:
+        print(f"fetch: skipped {bad['file']}: {bad['reason']}", file=sys.stderr)
+    if data.color is None:
+        why = (
+            f"{manifest['colour_pictures']} of {len(files)} pictures have colour"
+            if manifest["color"] == "rgb"
+            else "no picture has colour"
+        )
+        other = "grayscale" if manifest["color"] == "rgb" else "rgb"
+        print(f"fetch: color {manifest['color']} ({why}; set data.color={other} to change it)")
 
 
 def cli() -> None:

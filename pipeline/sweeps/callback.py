@@ -223,14 +223,14 @@ def register_best(config: DictConfig, best: dict[str, Any], parent_id: str) -> s
     max_examples = None if limit == "None" else int(limit)
     model_uri = run.data.tags[names.MODEL_URI_TAG]
     load_keras()
-    val_x, val_y = prepared(project_root(), "val")
+    val = prepared(project_root(), "val")
     examples = registry.Examples(
-        val_y,
-        registry.examples_sha256(val_x, val_y),
-        models.predicted_labels(model_uri, val_x, classes),
-        lambda uri: models.predicted_labels(uri, val_x, classes),
-        registry.example_keys(val_x),
-        registry.example_keys(prepared(project_root(), "train")[0][:max_examples]),
+        val.labels(),
+        registry.examples_sha256(val),
+        models.predicted_labels(model_uri, val, classes),
+        lambda uri: models.predicted_labels(uri, val, classes),
+        registry.example_keys(val),
+        registry.example_keys(prepared(project_root(), "train"), max_examples),
     )
     version, promoted = registry.register(
         chosen["run_id"], model_uri, name, settings.registry, examples

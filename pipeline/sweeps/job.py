@@ -236,7 +236,7 @@ def _train_model(
     With `figures` (a job of one seed) its figures are drawn in its evaluation; else only their
     data is kept, and the job draws its median seed's at its end.
     Returns its validation accuracy, its run and the queued work."""
-    from pipeline.core import model
+    from pipeline.core import model, training
     from pipeline.core.data import prepared
     from pipeline.tracking import experiment, runs
 
@@ -258,11 +258,12 @@ def _train_model(
             """In the background, taking `turn`s with training between its calls."""
             experiment.log_inputs(run_id, config, splits)
             turn()
-            uri = experiment.log_model(kept, run_id, where.out, splits[1][0], trained.described)
+            example = training.head(splits[1], experiment.EXAMPLE_INPUTS)
+            uri = experiment.log_model(kept, run_id, where.out, example, trained.described)
             turn()  # the epochs after the model: MLflow reads every metric's history of a run
             runs.log_epochs(run_id, logger.held)  # when it logs a model to it, per metric
             turn()
-            probs = model.predict(kept.model(), prepared(where.root, "test")[0])
+            probs = model.predict(kept.model(), prepared(where.root, "test"))
             draw = background.draw if figures else None
             experiment.evaluate_model(config, where, run_id, probs, uri, trained.history, draw)
 

@@ -1,13 +1,13 @@
-"""Read digits from real images: photos, scans, drawings, any size, either polarity.
+"""Read digits, or a dataset's classes, from real images: photos, scans, drawings, any size.
 
 Inputs: image files (PNG, JPEG, BMP, GIF, TIFF or WebP); a model: `--model PATH` (default
 models/model.keras), `--run RUN_ID` (the model that run logged) or `--model-uri URI`
 (models:/NAME@ALIAS). A model from the store is loaded only if its folder holds nothing but
 the `.keras` file (see tracking/models.py) and that file has the digest its run recorded.
 Outputs: per image the digit and the top-3 probabilities; `--json` prints one JSON object per
-line; `--save-normalized DIR` writes the images the model was fed (28x28 for MNIST). A file that
-is not an image, unreadable or blank gets an error, the others are still predicted, and the exit
-status is 1.
+line; `--save-normalized DIR` writes the images the model was fed (28x28 for MNIST; in colour
+for a colour model). A file that is not an image, unreadable or blank gets an error, the others
+are still predicted, and the exit status is 1.
 Command: `uv run python -m pipeline.predict IMAGE [IMAGE ...]`.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import DataError, PipelineError, command_parser, run_cli
-from pipeline.core.images import load_image, save_png
+from pipeline.core.images import save_png
 from pipeline.core.paths import MODEL_PATH
-from pipeline.tracking.choose import choose_model, top3
+from pipeline.tracking.choose import choose_model, read_digit, top3
 
 
 def main(argv: list[str]) -> None:
@@ -36,17 +36,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--save-normalized", type=Path, metavar="DIR")
     args = parser.parse_args(argv)
 
-    pictures, inputs, failed = {}, {}, 0
+    inputs, failed = {}, 0
+    present = [path for path in args.images if path.is_file()]
+    chosen = choose_model(args.model, args.run, args.model_uri) if present else None
     for path in args.images:
         try:
-            pictures[path] = load_image(path, str(path))
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-    chosen = choose_model(args.model, args.run, args.model_uri) if pictures else None
-    for path, gray in pictures.items():
-        try:
-            inputs[path] = chosen.to_input(gray, str(path))
+            if chosen is None:
+                raise DataError(f"{path}: no such file.")
+            inputs[path] = read_digit(path, str(path), chosen)
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1

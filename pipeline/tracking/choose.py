@@ -17,9 +17,17 @@ import numpy as np
 
 from pipeline.core import names
 from pipeline.core.errors import PipelineError
-from pipeline.core.images import FORMATS, fit, load_image, normalize, resize
+from pipeline.core.images import (
+    FORMATS,
+    PictureSettings,
+    fit,
+    load_image,
+    normalize,
+    read_picture,
+)
 from pipeline.core.numpy_model import load_predictor
 from pipeline.core.paths import MODEL_PATH, project_root
+from pipeline.core.shards import picture_shape
 
 
 @dataclass(frozen=True)
@@ -36,22 +44,43 @@ class Chosen:
         """The model's class names in label order (its dataset's `data.classes`)."""
         return self.about.get("classes") or [str(c) for c in range(self.model.output_shape[-1])]
 
-    def to_input(self, gray: np.ndarray, name: str) -> np.ndarray:
-        """A grayscale picture -> this model's input (28x28, or its dataset's `image_size`):
-        handwriting is cropped and centred as MNIST's digits are (`normalize`); for a model of
-        a folder dataset it is resized as that folder's pictures were (`resize`); another
-        picture of an object is scaled down whole (`fit`)."""
-        shape = tuple(self.model.input_shape[1:3])
+    @property
+    def picture_settings(self) -> PictureSettings:
+        """How a picture becomes this model's input when it was trained on a folder: the
+        model's input size and channels, its dataset's `resize` and `background`."""
+        height, width, channels = picture_shape(self.model.input_shape[1:])
+        return PictureSettings(
+            (height, width),
+            "rgb" if channels == 3 else "grayscale",
+            self.about.get("resize") or "stretch",
+            self.about.get("background") or "white",
+        )
+
+    def read(
+        self,
+        source: Path | BinaryIO,
+        name: str,
+        max_pixels: int | None = None,
+        formats: tuple[str, ...] = FORMATS,
+    ) -> np.ndarray:
+        """A picture file -> this model's input (float32 0-1, its input shape): for a model of
+        a folder dataset it is read as that folder's pictures were (`read_picture`: colour or
+        grey, resized as the dataset says); handwriting is cropped and centred as MNIST's
+        digits are (`normalize`); another picture of an object is scaled down whole (`fit`)."""
+        shape = tuple(self.model.input_shape[1:])
         if self.about.get("format") == "folder":
-            return resize(gray, shape).astype(np.float32) / np.float32(255)
+            picture = read_picture(source, self.picture_settings, name, max_pixels, formats)
+            return (picture.astype(np.float32) / np.float32(255)).reshape(shape)
+        gray = load_image(source, name, max_pixels, formats)
+        side = picture_shape(shape)[:2]
         if self.about.get("handwriting", True):
-            return normalize(gray, name, shape)
-        return fit(gray, name, shape)
+            return normalize(gray, name, side).reshape(shape)
+        return fit(gray, name, side).reshape(shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n, 28, 28) float32 images -> (n, 10) probabilities, one image at a time: an image's
-        answer never depends on the images it came with (a batch's last bits can), so this
-        command and the web app give the same numbers."""
+        """(n, *input shape) float32 images -> (n, classes) probabilities, one at a time: an
+        image's answer never depends on the images it came with (a batch's last bits can), so
+        this command and the web app give the same numbers."""
         if len(x) == 0:
             return np.zeros((0, self.model.output_shape[-1]), dtype=np.float32)
         return np.concatenate([self.model.predict_on_batch(x[i : i + 1]) for i in range(len(x))])
@@ -112,6 +141,8 @@ def _dataset() -> dict[str, Any]:
         "classes": data.class_names,
         "handwriting": data.handwriting,
         "format": data.format,
+        "resize": data.resize,
+        "background": data.background,
     }
 
 
@@ -134,6 +165,8 @@ def _describe(run_id: str | None) -> dict[str, Any]:
         "classes": classes,
         "handwriting": tags.get(names.HANDWRITING_TAG, "true") == "true",  # older runs: MNIST
         "format": run.data.params.get("data.format", "idx"),
+        "resize": run.data.params.get("data.resize"),
+        "background": run.data.params.get("data.background"),
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "experiment_id": run.info.experiment_id,
@@ -166,8 +199,8 @@ def read_digit(
     formats: tuple[str, ...] = FORMATS,
 ) -> np.ndarray:
     """An image file -> the 0-1 input `chosen`'s model reads: the one path from picture to
-    model input, for this command and the web app (see `Chosen.to_input`)."""
-    return chosen.to_input(load_image(source, name, max_pixels, formats), name)
+    model input, for this command and the web app (see `Chosen.read`)."""
+    return chosen.read(source, name, max_pixels, formats)
 
 
 def top3(probs: np.ndarray, classes: list[str] | None = None) -> list[dict[str, Any]]:

@@ -193,14 +193,15 @@ def model_run(cfg: Config, where: Destination, close: bool = True) -> Iterator[s
 def training_splits(cfg: Config, root: Path) -> tuple[Split, Split]:
     """Fix threads, seeds and determinism (before the first tensor: TensorFlow fixes its thread
     counts once it has started); return the project's prepared train split, limited to
-    `train.max_examples`, and its validation split, as tensors."""
+    `train.max_examples`, and its validation split: as tensors, or streamed from their shards
+    when larger than `train.in_memory_mb` (core/training.py's `training_data`)."""
     from pipeline.core import training
 
     train = cfg.train
     training.set_determinism(cfg.seed, train.intra_op_threads, train.inter_op_threads)
     return (
-        training.limit(training.prepared_tensors(root, "train"), train.max_examples),
-        training.prepared_tensors(root, "val"),
+        training.training_data(root, "train", train, train.max_examples),
+        training.training_data(root, "val", train),
     )
 
 
@@ -226,8 +227,11 @@ def epoch_logger(run_id: str, live: bool = True) -> keras.callbacks.Callback:
 
 def log_inputs(run_id: str, cfg: Config, splits: tuple[Split, Split]) -> None:
     """Log the config's keys and the training and validation splits (as MLflow datasets)."""
+    from pipeline.core import training
+
     runs.log_params(run_id, flatten(cfg.to_dict()))
-    runs.log_datasets(run_id, dict(zip(("train", "val"), splits, strict=True)), cfg.data.name)
+    shapes = {"train": training.shape_of(splits[0]), "val": training.shape_of(splits[1])}
+    runs.log_datasets(run_id, shapes, cfg.data.name)
 
 
 def train(
@@ -238,12 +242,14 @@ def train(
 ) -> Trained:
     """Build and fit the configured model on (train, val) `splits` with `trainer` (which may
     hand out its last model, reset, with its compiled steps: core/training.py)."""
-    shape = tuple(cfg.data.image_size)
+    from pipeline.core import training
+
+    examples, *shape = training.shape_of(splits[0])
     net = trainer.new_model(cfg.model, cfg.train, len(cfg.data.class_names), shape)
     history, seconds = trainer.fit(net, *splits, cfg.train, callbacks)
     described = {
         names.TRAIN_SECONDS: round(seconds, 3),
-        "train_examples": len(splits[0][1]),
+        "train_examples": examples,
         "model_params": int(net.count_params()),
         "model_layers": len(net.layers),
     }
@@ -295,7 +301,8 @@ def train_model(cfg: Config, where: Destination, run_id: str) -> Trained:
     log_inputs(run_id, cfg, splits)
     trained = train(cfg, splits, training.Trainer(), [epoch_logger(run_id)])
     write_reports(trained, where.out)
-    log_model(trained.model, run_id, where.out, splits[1][0], trained.described)
+    example = training.head(splits[1], EXAMPLE_INPUTS)
+    log_model(trained.model, run_id, where.out, example, trained.described)
     return trained
 
 
@@ -319,13 +326,13 @@ def evaluate_model(
 
     out = where.out
     test = prepared(where.root, "test")
-    x, y = test
-    runs.log_datasets(run_id, {"test": test}, cfg.data.name)
+    y = test.labels()
+    runs.log_datasets(run_id, {"test": (len(test), *test.shape)}, cfg.data.name)
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y, probs)
     classes = cfg.data.class_names
     cm = metrics.confusion_matrix(y, y_pred, len(classes))
-    data = plots.figure_data(x, y, probs, cm, history, classes)
+    data = plots.figure_data(test.take, y, probs, cm, history, classes)
     figures_dir = out / FIGURES_DIR
     if draw is None or where.in_sweep:  # a sweep's models all keep it
         plots.save_figure_data(figures_dir / names.FIGURE_DATA_FILE, data)

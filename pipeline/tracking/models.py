@@ -21,6 +21,7 @@ import mlflow
 
 from pipeline.core import names
 from pipeline.core.errors import PipelineError
+from pipeline.core.shards import Shards, picture_shape
 
 KERAS_FILE = "data/model.keras"
 # Everything the TensorFlow flavour writes for a `.keras` model; nothing here can run code.
@@ -158,17 +159,20 @@ def load_logged(uri: str, reading: bool = False) -> tuple[Any, dict[str, Any]]:
 
 def predicted_labels(uri: str, x: Any, classes: list[str]) -> Any:
     """The labels the model at `uri` (loaded as `load_logged` does) predicts for the images `x`
-    of a dataset with `classes`; a `PipelineError` saying why when it cannot score them: it reads
-    images of another size, or knows other classes, or is refused."""
+    (an array, or a prepared split read a chunk at a time) of a dataset with `classes`; a
+    `PipelineError` saying why when it cannot score them: it reads images of another size or
+    channels, or knows other classes, or is refused."""
     import json
 
     from pipeline.core.model import predict
 
     model, about = load_logged(uri)
-    shape, given = tuple(model.input_shape[1:3]), tuple(x.shape[1:3])
+    shape = picture_shape(model.input_shape[1:])
+    given = x.shape if isinstance(x, Shards) else picture_shape(x.shape[1:])
     if shape != given:
         raise PipelineError(
-            f"it reads {shape[0]}x{shape[1]} images, these are {given[0]}x{given[1]}"
+            f"it reads {shape[0]}x{shape[1]} images of {shape[2]} channel(s), these are "
+            f"{given[0]}x{given[1]} of {given[2]}"
         )
     run = mlflow.MlflowClient().get_run(about["run_id"]) if about.get("run_id") else None
     known = json.loads(run.data.tags.get(names.CLASSES_TAG, "null")) if run else None

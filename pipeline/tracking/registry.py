@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.core import names
 from pipeline.core.config import RegistryConfig
 from pipeline.core.errors import PipelineError
+from pipeline.core.shards import Shards, scale
 from pipeline.tracking.runs import set_tags
 
 SETTLE_SECONDS = 0.2  # after moving the alias, before reading it back
@@ -55,10 +56,14 @@ class Examples:
     trained_on: np.ndarray
 
 
-def example_keys(x: np.ndarray) -> np.ndarray:
-    """An 8-byte key per example (BLAKE2b of its pixels): equal for the same picture."""
-    rows = np.ascontiguousarray(x).reshape(len(x), -1)
-    keys = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
+def example_keys(x: np.ndarray | Shards, limit: int | None = None) -> np.ndarray:
+    """An 8-byte key per example (BLAKE2b of its float32 pixels in 0-1): equal for the same
+    picture. `x`: images, or a prepared split read a chunk at a time (its first `limit`)."""
+    chunks = (scale(i) for i, _ in x.batches(4096, limit)) if isinstance(x, Shards) else [x]
+    keys = []
+    for chunk in chunks:
+        rows = np.ascontiguousarray(chunk).reshape(len(chunk), -1)
+        keys += [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
     return np.frombuffer(b"".join(keys), dtype=np.uint64) if keys else np.zeros(0, np.uint64)
 
 
@@ -102,13 +107,15 @@ def training_keys(run_id: str | None) -> np.ndarray | None:
     return keys
 
 
-def examples_sha256(x: np.ndarray, y: np.ndarray) -> str:
-    """The digest of a split's images and labels: equal only for the same examples."""
-    digest = hashlib.sha256()
-    for array in (x, y):
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+def examples_sha256(x: np.ndarray | Shards, y: np.ndarray | None = None) -> str:
+    """The digest of examples' images and labels: `x` and `y`, or a prepared split `x` read a
+    chunk at a time. Equal only for the same examples."""
+    chunks = x.batches(4096) if isinstance(x, Shards) else [(x, y)]
+    pictures, labels = hashlib.sha256(), hashlib.sha256()
+    for images, targets in chunks:
+        pictures.update(np.ascontiguousarray(images).tobytes())
+        labels.update(np.ascontiguousarray(targets).tobytes())
+    return hashlib.sha256(pictures.digest() + labels.digest()).hexdigest()
 
 
 def register(

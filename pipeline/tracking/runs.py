@@ -218,11 +218,11 @@ CONTEXTS = {"train": "train", "val": "validation", "test": "test"}  # split -> M
 
 
 def log_datasets(
-    run_id: str, splits: Mapping[str, tuple[Any, Any]], data_name: str = "mnist"
+    run_id: str, splits: Mapping[str, Sequence[int]], data_name: str = "mnist"
 ) -> None:
-    """Record splits (`train`, `val`, `test`) of the dataset `data_name` as MLflow datasets of
-    the run (`<data_name>-<split>`): name, the first
-    `DIGEST_CHARS` hex digits of the split file's SHA-256 (the run's provenance tag
+    """Record splits (`train`, `val`, `test`: the shape of each, examples first) of the dataset
+    `data_name` as MLflow datasets of the run (`<data_name>-<split>`): name, the first
+    `DIGEST_CHARS` hex digits of the split's SHA-256 (the run's provenance tag
     `data.processed.<split>.sha256` holds all 64), its DVC path and shape, so the runs table's
     Dataset column and the run page show them."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -230,14 +230,16 @@ def log_datasets(
     client = mlflow.MlflowClient()
     tags = client.get_run(run_id).data.tags
     inputs = []
-    for split, (x, y) in splits.items():
+    for split, shape in splits.items():
         digest = tags.get(f"{names.DATA_PREFIX}processed.{split}.sha256", "unknown")
         dataset = Dataset(
             name=f"{data_name}-{split}",
             digest=digest[:DIGEST_CHARS],
             source_type="local",
-            source=json.dumps({"uri": f"data/processed/{split}.npz"}),
-            profile=json.dumps({"features_shape": list(x.shape), "targets_shape": list(y.shape)}),
+            source=json.dumps({"uri": f"data/processed/{split}-*.npy"}),
+            profile=json.dumps(
+                {"features_shape": [int(n) for n in shape], "targets_shape": [int(shape[0])]}
+            ),
         )
         inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", CONTEXTS[split])]))
     try:
