@@ -127,7 +127,7 @@ def predict(model: keras.Model, x: np.ndarray | Shards) -> np.ndarray:
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
     if isinstance(x, Shards):
-        chunks = (scale(images) for images, _ in x.batches(PREDICT_CHUNK))
+        chunks = (scale(images) for images, _ in x.batches(min(PREDICT_CHUNK, x.chunk())))
     else:
         chunks = (x[i : i + PREDICT_CHUNK] for i in range(0, len(x), PREDICT_CHUNK))
     shape = tuple(model.input_shape[1:])  # (height, width) alone: a model of older versions

@@ -150,8 +150,10 @@ def figure_data(
     shown = showcase(y_true, y_pred, GRID)
     worst = worst_mistakes(y_true, y_pred, confidence)  # only they are kept
     return {
-        "shown_images": take(shown), "shown_true": y_true[shown], "shown_pred": y_pred[shown],
-        "worst_images": take(worst), "worst_true": y_true[worst], "worst_pred": y_pred[worst],
+        "shown_images": thumbnails(take(shown)), "shown_true": y_true[shown],
+        "shown_pred": y_pred[shown],
+        "worst_images": thumbnails(take(worst)), "worst_true": y_true[worst],
+        "worst_pred": y_pred[worst],
         "worst_confidence": confidence[worst],
         "mistakes": np.asarray(int((y_true != y_pred).sum())),
         "confusion": confusion,
@@ -159,6 +161,30 @@ def figure_data(
         "history_keys": np.asarray(list(history), dtype=str),
         "history": np.asarray(list(history.values()), dtype=np.float64),
     }  # fmt: skip
+
+
+THUMBNAIL = 96  # pixels of a figure's picture at most: a grid shows each about an inch wide
+
+
+def thumbnails(images: np.ndarray, side: int = THUMBNAIL) -> np.ndarray:
+    """uint8 (n, height, width, channels) pictures, scaled down whole (aspect kept) to at most
+    `side` pixels on their longer side: what a figure shows of them, in a fraction of the
+    memory and the figure data's size. Smaller pictures (MNIST's) are kept as they are."""
+    images = np.asarray(images)
+    height, width = images.shape[1:3]
+    if max(height, width) <= side:
+        return images
+    from PIL import Image
+
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.zeros((len(images), size[1], size[0], images.shape[-1]), dtype=np.uint8)
+    for k, image in enumerate(images):
+        picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        small[k] = np.asarray(picture.resize(size, Image.Resampling.BILINEAR)).reshape(
+            small[k].shape
+        )
+    return small
 
 
 def model_drawings(data: Mapping[str, np.ndarray]) -> dict[str, Drawing]:

@@ -29,6 +29,7 @@ from pipeline.core.errors import DataError
 FORMAT = "mnist-pipeline shards 1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
+CHUNK_BYTES = 16 << 20  # of pictures read at a time: memory does not grow with the split
 
 
 def record_dtype(shape: Sequence[int]) -> np.dtype:
@@ -221,23 +222,35 @@ class Shards:
     def header_bytes(self, index: int) -> int:
         return int(self.records(index).offset)
 
+    def chunk(self) -> int:
+        """Examples in CHUNK_BYTES of pictures (at least one)."""
+        return max(1, CHUNK_BYTES // int(np.prod(self.shape)))
+
     def batches(
-        self, size: int, limit: int | None = None
+        self, size: int | None = None, limit: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(uint8 images, labels) of at most `size` examples at a time, in order, the first
-        `limit` examples (all with None); never more than one batch in memory."""
+        """(uint8 images, labels) of at most `size` examples at a time (`chunk()` by default),
+        in order, the first `limit` examples (all with None). Each is read from its file, not
+        mapped: only one batch is ever in memory."""
+        size = size or self.chunk()
         left = len(self) if limit is None else min(limit, len(self))
         for index in range(len(self.entry["shards"])):
-            records = self.records(index)
+            records = self.records(index)  # checked; its header's length
             for start in range(0, len(records), size):
                 if left <= 0:
                     return
-                part = records[start : start + min(size, left)]
-                left -= len(part)
-                yield np.ascontiguousarray(part["image"]), np.array(part["label"])
+                count = min(size, left, len(records) - start)
+                part = np.fromfile(
+                    self.files()[index],
+                    dtype=records.dtype,
+                    count=count,
+                    offset=records.offset + start * records.dtype.itemsize,
+                )
+                left -= count
+                yield part["image"].copy(), part["label"].copy()
 
     def labels(self, limit: int | None = None) -> np.ndarray:
-        return np.concatenate([y for _, y in self.batches(1 << 14, limit)] or [np.zeros(0, "u1")])
+        return np.concatenate([y for _, y in self.batches(None, limit)] or [np.zeros(0, "u1")])
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """The uint8 images at `indices` (in the split's order), for figures."""
@@ -254,7 +267,7 @@ class Shards:
         x = np.empty((n, *self.shape), dtype=np.float32)
         y = np.empty(n, dtype=np.uint8)
         at = 0
-        for images, labels in self.batches(4096, n):
+        for images, labels in self.batches(None, n):
             x[at : at + len(labels)] = images
             y[at : at + len(labels)] = labels
             at += len(labels)

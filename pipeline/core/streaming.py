@@ -99,5 +99,5 @@ class Streamed:
 
     def in_order(self, size: int) -> Any:
         """Its examples in order, `size` at a time, as (float32 images, labels) arrays."""
-        for images, labels in self.shards.batches(size, len(self)):
+        for images, labels in self.shards.batches(min(size, self.shards.chunk()), len(self)):
             yield images.astype(np.float32) / np.float32(255), labels

@@ -59,7 +59,7 @@ class Examples:
 def example_keys(x: np.ndarray | Shards, limit: int | None = None) -> np.ndarray:
     """An 8-byte key per example (BLAKE2b of its float32 pixels in 0-1): equal for the same
     picture. `x`: images, or a prepared split read a chunk at a time (its first `limit`)."""
-    chunks = (scale(i) for i, _ in x.batches(4096, limit)) if isinstance(x, Shards) else [x]
+    chunks = (scale(i) for i, _ in x.batches(None, limit)) if isinstance(x, Shards) else [x]
     keys = []
     for chunk in chunks:
         rows = np.ascontiguousarray(chunk).reshape(len(chunk), -1)
@@ -110,7 +110,7 @@ def training_keys(run_id: str | None) -> np.ndarray | None:
 def examples_sha256(x: np.ndarray | Shards, y: np.ndarray | None = None) -> str:
     """The digest of examples' images and labels: `x` and `y`, or a prepared split `x` read a
     chunk at a time. Equal only for the same examples."""
-    chunks = x.batches(4096) if isinstance(x, Shards) else [(x, y)]
+    chunks = x.batches() if isinstance(x, Shards) else [(x, y)]
     pictures, labels = hashlib.sha256(), hashlib.sha256()
     for images, targets in chunks:
         pictures.update(np.ascontiguousarray(images).tobytes())
