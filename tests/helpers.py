@@ -472,6 +472,35 @@ def broken_mirror(case: str, folder: Path) -> Iterator[str]:
         server.close()
 
 
+OXYGEN = Path("/usr/share/icons/oxygen/base")  # Debian's oxygen-icon-theme: real colour PNGs
+
+
+def needs(path: Path, package: str) -> None:
+    """A test's real component: missing, it fails under CI (.ci/run installs `package`) and is
+    skipped elsewhere, saying why."""
+    if Path(path).exists():
+        return
+    reason = f"{path} not found (apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; .ci/run installs it")
+    pytest.skip(reason)
+
+
+def oxygen_icons(
+    dest: Path, categories: list[str], sizes: list[str], per_size: int | None = None
+) -> Path:
+    """A folder dataset of Oxygen's icons: one class folder per category, each icon of each size
+    copied as `<size>-<name>.png` (the first `per_size` of each, sorted; all with None)."""
+    needs(OXYGEN, "oxygen-icon-theme")
+    for category in categories:
+        (dest / category).mkdir(parents=True, exist_ok=True)
+        for size in sizes:
+            icons = sorted((OXYGEN / size / category).glob("*.png"))[:per_size]
+            for icon in icons:
+                shutil.copyfile(icon, dest / category / f"{size}-{icon.name}")
+    return dest
+
+
 def fashion_mirror() -> str | None:
     """A local copy of Fashion-MNIST: FASHION_MNIST_MIRROR, else the shared folder beside the
     checkout, else Debian's dataset-fashion-mnist; None leaves the config's public mirror."""
