@@ -151,6 +151,20 @@ def test_a_colour_folder_trains_in_rgb_and_the_app_reads_a_colour_upload(
     assert seen.mode == "RGB" and seen.size == (32, 32)
     assert len(set(seen.getdata())) > 10  # a picture in colour, not grey levels
 
+    # pipeline.predict reads it the same way (the NumPy path: no TensorFlow) and saves it.
+    picture = tmp_path / "face.png"
+    picture.write_bytes(upload.getvalue())
+    uri = f"models:/folder-images/{colour_version.version}"
+    out = run(
+        ["python", "-m", "pipeline.predict", "--json", "--model-uri", uri,
+         "--save-normalized", str(tmp_path / "seen"), str(picture)],
+        project, MLFLOW_TRACKING_URI=store,
+    ).stdout  # fmt: skip
+    answer = json.loads(out.splitlines()[-1])
+    assert answer["class"] == body["class"] and answer["top3"][0] == body["top3"][0]
+    saved = Image.open(tmp_path / "seen" / "face.png")
+    assert saved.mode == "RGB" and list(saved.getdata()) == list(seen.getdata())
+
 
 def test_a_streamed_run_reproduces_bit_for_bit(tmp_path: Path) -> None:
     root = oxygen_icons(tmp_path / "icons", ["devices", "places"], ["32x32", "48x48"])

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import ROOT, run
-from pipeline.core.config import CNNConfig, MLPConfig, validate
+from pipeline.core.config import CNNConfig, MLPConfig, compose, validate
 from pipeline.core.errors import PipelineError
 from pipeline.core.model import (
     build_cnn,
@@ -54,6 +54,23 @@ def test_build_model_dispatches_on_name(cfg) -> None:
     model = build_model(cfg, 10, (28, 28, 1))
     assert model.name == cfg.name and model.output_shape == (None, 10)
     probs = model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("shape", [(64, 64, 3), (160, 160, 3), (64, 48, 1)])
+def test_both_models_train_on_pictures_of_any_size_in_colour_or_grey(
+    name: str, shape: tuple[int, int, int]
+) -> None:
+    cfg = validate(compose([f"model={name}", "train.epochs=1", "train.batch_size=4"]))
+    rng = np.random.default_rng(0)
+    x = rng.random((10, *shape), dtype=np.float32)
+    y = rng.integers(0, 3, 10).astype(np.uint8)
+    model = compile_model(build_model(cfg.model, 3, shape), cfg.train)
+    assert model.input_shape == (None, *shape) and model.output_shape == (None, 3)
+    history, _ = Trainer().fit(model, (x[:8], y[:8]), (x[8:], y[8:]), cfg.train)
+    assert np.isfinite(history["loss"][0]) and np.isfinite(history["val_loss"][0])
+    probs = model.predict(x[:2], verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 

@@ -187,6 +187,13 @@ def _decode_chunk(
     return Decoded(images, kept, reasons)
 
 
+def _ignore_interrupts() -> None:
+    """A worker leaves Ctrl-C to the stage, which stops it (and says so once)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def decode(
     root: Path,
     files: Sequence[str],
@@ -203,9 +210,13 @@ def decode(
     if not chunks:
         return
     import multiprocessing
+    import threading
 
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    # Forked workers start at once; a process with threads (fork would copy their locks held)
+    # starts them from a clean server instead.
+    method = "fork" if threading.active_count() == 1 else "forkserver"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
         pending: list[Future] = []
         ahead = 2 * workers
         submitted = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from pipeline.core.errors import DataError
 FORMAT = "mnist-pipeline shards 1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-CHUNK_BYTES = 16 << 20  # of pictures read at a time: memory does not grow with the split
+CHUNK_BYTES = 4 << 20  # of pictures read at a time: memory does not grow with the split
 
 
 def record_dtype(shape: Sequence[int]) -> np.dtype:
@@ -80,22 +81,27 @@ class ShardWriter:
     def _flush(self) -> None:
         records = self._buffer[: self._filled]
         path = self.directory / shard_name(self.split, len(self.shards))
+        header = io.BytesIO()  # np.save's header, then the records as they are
+        fmt = np.lib.format
+        fmt.write_array_header_1_0(header, fmt.header_data_from_array_1_0(records))
+        body = memoryview(np.ascontiguousarray(records)).cast("B")
         try:
-            with path.open("wb") as fh:  # np.save's header, then the records as they are
-                fmt = np.lib.format
-                fmt.write_array_header_1_0(fh, fmt.header_data_from_array_1_0(records))
-                fh.write(memoryview(np.ascontiguousarray(records)).cast("B"))
+            with path.open("wb") as fh:
+                fh.write(header.getvalue())
+                fh.write(body)
         except OSError as exc:
             exc.filename = str(self.shown / path.name)
             raise
+        digest = hashlib.sha256(header.getvalue())
+        digest.update(body)
         counts = np.bincount(records["label"], minlength=self.classes)
         self.shards.append(
             {
                 "file": path.name,
                 "examples": int(len(records)),
                 "per_class": {str(c): int(n) for c, n in enumerate(counts)},
-                "bytes": path.stat().st_size,
-                "sha256": sha256_of(path),
+                "bytes": len(header.getvalue()) + len(body),
+                "sha256": digest.hexdigest(),
             }
         )
         self._filled = 0

@@ -71,7 +71,7 @@ class Streamed:
             lambda path, header, count: tf.data.FixedLengthRecordDataset(
                 path, record, header_bytes=header
             ).take(count),
-            cycle_length=min(FILES_AT_ONCE, len(chosen)),
+            cycle_length=FILES_AT_ONCE,  # the same buffers however many files there are
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
