@@ -21,6 +21,7 @@ cores. Command: `uv run python benchmarks/pictures.py`.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -184,6 +185,7 @@ def write_doc(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     with tempfile.TemporaryDirectory(prefix="mnist-pictures-") as work:
         results = measure(Path(work))
     results["taken"] = taken(machine())

@@ -296,7 +296,9 @@ def test_every_imported_package_is_a_declared_dependency() -> None:
     assert not missing, f"imported but not in pyproject.toml's dependencies: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("script", ["benchmarks/run.py", "docs/make_images.py"])
+@pytest.mark.parametrize(
+    "script", ["benchmarks/run.py", "benchmarks/pictures.py", "docs/make_images.py"]
+)
 def test_the_benchmark_and_the_image_maker_start(script: str) -> None:
     proc = run([sys.executable, script, "--help"], ROOT)
     assert proc.stdout.startswith("usage:")
