@@ -1,6 +1,6 @@
 """The seed model trained by Keras `fit`, tuned the documented way: the yardstick for the loop.
 
-Reads the pipeline's prepared splits (`data/processed/{train,val,test}.npz` under the folder given
+Reads the pipeline's prepared splits (the shards in `data/processed/` under the folder given
 as argument 1), trains Flatten -> Dense(128, relu) -> Dense(10, softmax) with Adam for 5 epochs at
 batch size 32 on the same 54,000 digits, scoring the 6,000 validation digits after each epoch,
 with float32 inputs, `jit_compile=True` and `steps_per_execution` = the steps of one epoch.
@@ -11,17 +11,21 @@ test accuracy.
 import json
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 from plain import EpochTimer  # benchmarks/, the script's own folder, is on sys.path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project: its shards
+from pipeline.core.shards import Shards  # noqa: E402
+
 EPOCHS, BATCH = 5, 32
 
 
 def split(folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(f"{folder}/data/processed/{name}.npz") as npz:
-        return npz["x"].astype(np.float32), npz["y"]
+    x, y = Shards(Path(folder) / "data/processed", name).whole()
+    return x[..., 0], y  # 28 x 28, as the plain script's
 
 
 folder = sys.argv[1]

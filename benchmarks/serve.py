@@ -59,8 +59,9 @@ def digits(project: Path, n: int, folder: Path) -> tuple[list[Path], np.ndarray]
     """The first `n` test digits as 140 x 140 dark-on-light PNG files, and as 28 x 28 arrays."""
     from PIL import Image
 
-    with np.load(project / "data" / "processed" / "test.npz") as npz:
-        x = npz["x"][:n]
+    from pipeline.core.shards import Shards
+
+    x = Shards(project / "data" / "processed", "test").whole(n)[0][..., 0]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(x):

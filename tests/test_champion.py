@@ -29,10 +29,10 @@ val = prepared(Path("."), "val")
 right, trainer = {}, training.Trainer()
 for seed in range(42, 62):
     training.set_determinism(seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
-    net = trainer.new_model(cfg.model, train_cfg, 10, (28, 28))
+    net = trainer.new_model(cfg.model, train_cfg, 10, (28, 28, 1))
     tensors = [training.prepared_tensors(Path("."), split) for split in ("train", "val")]
     trainer.fit(net, *tensors, train_cfg)
-    right[seed] = model.predict(net, val[0]).argmax(1) == val[1]
+    right[seed] = model.predict(net, val).argmax(1) == val.labels()
 pairs = [mcnemar_greater(right[s + 1], right[s]) for s in range(42, 62, 2)]
 print(json.dumps([[int(a), int(b), p] for a, b, p in pairs]))
 """

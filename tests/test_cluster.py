@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from helpers import (
     child_runs,
     copy_project,
     run,
+    run_env,
     sweep_in_background,
     team_stack,
 )
@@ -111,3 +113,31 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
         assert len(finished) == 4 and "5 runs, 4 configurations" in said, said[-3000:]
     else:
         assert "jobs failed:" in said and re.search(r"^  job \d+ ", said, re.M), said[-3000:]
+
+
+def test_a_job_no_node_can_hold_fails_at_once(
+    cluster: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """Each node has one CPU; a sweep typed without train.intra_op_threads=1 asks 2 a job. It
+    stops before any job, in one line naming the resource, what the largest node has and the
+    setting, instead of waiting for ever for a node that cannot come."""
+    project, _, env = cluster
+    sweep = [
+        sys.executable,
+        "-m",
+        "pipeline.sweep",
+        "-m",
+        "model.hidden_units=8,16",
+        "hydra/launcher=ray_cluster",
+        "train.epochs=1",
+        "tracking.experiment_name=too-big",
+    ]
+    proc = subprocess.run(
+        sweep, cwd=project, env=run_env(**env), capture_output=True, text=True, timeout=600
+    )  # fmt: skip  (ends only a hung test)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    said = "a job asks Ray for 2 CPU(s), but the largest of its 2 node(s) has 1: no node can"
+    assert said in proc.stderr and "e.g. train.intra_op_threads=1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "No available node types" not in proc.stderr
+    with as_stack_user(env):
+        assert child_runs("too-big") == []

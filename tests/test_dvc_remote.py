@@ -32,7 +32,8 @@ def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None
     run(["dvc", "pull"], second)
     for rel in (
         "data/raw",
-        "data/processed/train.npz",
+        "data/processed/manifest.json",
+        "data/processed/train-00000.npy",
         "models/model.keras",
         "reports/metrics.json",
     ):
@@ -47,7 +48,7 @@ def test_dvc_remote_restores_everything_on_a_fresh_clone(tmp_path: Path) -> None
     shutil.rmtree(second / "data/processed")
     shutil.rmtree(second / ".dvc/cache")
     pull = "from pathlib import Path; from pipeline.core.data import prepared; "
-    pull += "print(len(prepared(Path.cwd(), 'train')[1]))"
+    pull += "print(len(prepared(Path.cwd(), 'train').labels()))"
     proc = run(["python", "-c", pull], second, MNIST_MIRROR=str(tmp_path / "no-mirror"))
     assert proc.stdout.strip().splitlines()[-1] == "54000"
-    assert (second / "data/processed/train.npz").exists()
+    assert (second / "data/processed/train-00000.npy").exists()

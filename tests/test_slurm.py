@@ -100,3 +100,28 @@ def test_a_sweep_through_sbatch_with_one_job_cancelled(
     assert len(jobs) == 4 and all(re.fullmatch(r"\d+_\d", j) for j in jobs), jobs
     assert (next((project / "multirun").glob("*/*")) / "summary.csv").is_file()
     assert queue(env) == ""
+
+
+def test_a_job_no_node_can_hold_fails_at_once(cluster: tuple[Path, dict]) -> None:
+    """The one node has the machine's CPUs and memory; a job asking for more memory than it has
+    stops the sweep before any `sbatch`, in one line naming the memory, the node's and the
+    setting."""
+    project, env = cluster
+    sweep = [
+        sys.executable,
+        "-m",
+        "pipeline.sweep",
+        "-m",
+        "model.hidden_units=8,16",
+        *SLURM,
+        "hydra.launcher.mem_gb=100000",
+        "tracking.experiment_name=too-big",
+    ]
+    proc = subprocess.run(
+        sweep, cwd=project, env=run_env(**env), capture_output=True, text=True, timeout=600
+    )  # fmt: skip  (ends only a hung test)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    said = "a job asks SLURM for 102400000 MB of memory, but the largest of its 1 node(s) has"
+    assert said in proc.stderr and "Change hydra.launcher.mem_gb" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Submitted" not in proc.stdout + proc.stderr and queue(env).strip() == ""

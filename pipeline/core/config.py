@@ -259,6 +259,9 @@ class TrackingConfig(Section):
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead)",
         ),
     ]
+    server_wait_s: Annotated[
+        Number, Field(ge=0, le=1800), Says("a number", "a number of seconds from 0 to 1800")
+    ]
 
 
 class SweepConfig(Section):

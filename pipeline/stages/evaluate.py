@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
 
         t = cfg.tracking
         where = experiment.Destination(
-            root, root, store.setup(t.experiment_name, t.uri, t.registered_model)
+            root, root, store.setup(t.experiment_name, t.uri, t.registered_model, t.server_wait_s)
         )
         run = runs.read_run(root / RUN_FILE)
         tags = run.data.tags

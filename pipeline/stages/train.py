@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     root = project_root()  # the code DVC ran, also in a queued experiment's temporary copy
     t = cfg.tracking  # on a server, checks the user may write what the run will
     where = experiment.Destination(
-        root, root, store.setup(t.experiment_name, t.uri, t.registered_model)
+        root, root, store.setup(t.experiment_name, t.uri, t.registered_model, t.server_wait_s)
     )
     with experiment.model_run(cfg, where) as run_id:
         trained = experiment.train_model(cfg, where, run_id)

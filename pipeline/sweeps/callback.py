@@ -25,6 +25,7 @@ from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
+from pipeline.sweeps.capacity import check_capacity
 from pipeline.sweeps.finishing import draw_aside, prepare_jobs, wait_for_evaluations
 from pipeline.sweeps.job import (
     failures,
@@ -59,6 +60,7 @@ class SweepCallback(Callback):
         from pipeline.tracking import provenance, runs, store
 
         root = project_root()
+        check_capacity(config.hydra.launcher)  # a job no node can hold: before anything runs
         sweep_dir = Path(config.hydra.sweep.dir)
         earlier = sweep_dir / names.PARENT_FILE
         if earlier.exists() and not search.is_search(config.hydra.sweeper):
@@ -75,7 +77,9 @@ class SweepCallback(Callback):
                 prepare_jobs()
                 load_keras()
             t = config.tracking
-            experiment_id = store.setup(t.experiment_name, t.uri, t.registered_model)
+            experiment_id = store.setup(
+                t.experiment_name, t.uri, t.registered_model, t.server_wait_s
+            )
         finally:
             if preprocess.wait() != 0:
                 raise subprocess.CalledProcessError(preprocess.returncode, preprocess.args)

@@ -154,7 +154,10 @@ def run_job(cfg: DictConfig) -> float | None:
         load_keras()  # quietly: jobs a launcher runs elsewhere start here
         from pipeline.tracking import store
 
-        experiment_id = store.setup(config.tracking.experiment_name, parent["tracking_uri"])
+        t = config.tracking
+        experiment_id = store.setup(
+            t.experiment_name, parent["tracking_uri"], wait_s=t.server_wait_s, patient=True
+        )
         scores = []
         for seed in range(config.seed, config.seed + config.sweep.seeds):
             where = experiment.Destination(

@@ -9,7 +9,9 @@ Every command that reads or writes runs resolves it here, the same way.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,19 +77,73 @@ def configured_uri() -> str | None:
     return load_params().tracking.uri
 
 
-# A server that stops answering fails a request within seconds, not the minutes of MLflow's
-# defaults (7 retries, backoff factor 2, 120 s timeout): the job fails and says so, the others
-# go on. Artifacts go through the server both ways: a server whose artifacts are in S3 offers
-# clients presigned URLs to download straight from the bucket, which a client outside the
-# bucket's network (or without its CA) cannot use. Each is set only where the environment does
-# not set it already.
+# A command that reads the store (the app, compare, runs) fails a request to a server that stops
+# answering within seconds, not the minutes of MLflow's defaults (7 retries, backoff factor 2,
+# 120 s timeout). Training and sweeps wait longer (`tracking.server_wait_s`, `retries_for`): a
+# sweep of hours outlives a server's restart. Artifacts go through the server both ways: a
+# server whose artifacts are in S3 offers clients presigned URLs to download straight from the
+# bucket, which a client outside the bucket's network (or without its CA) cannot use. Each is set
+# only where the environment does not set it already.
 SERVER_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
 }
+RETRY_LIMIT = 10  # MLflow refuses more retries than this
+BACKOFF_MAX = 120  # urllib3 waits at most this long between two tries
+
+
+def retries_for(wait_s: float) -> tuple[int, float]:
+    """The fewest of MLflow's retries (backoff factor 1: urllib3 waits 0, 2, 4, 8 ... s, at most
+    BACKOFF_MAX, between tries) that wait at least `wait_s` in all, and how long they wait."""
+    total, retries = 0.0, 0
+    while total < wait_s and retries < RETRY_LIMIT:
+        retries += 1
+        total += 0 if retries == 1 else min(BACKOFF_MAX, 2 ** (retries - 1))
+    return retries, total
+
+
+class ServerAway(logging.Handler):
+    """Says once, in one line, that the tracking server does not answer and how long requests
+    wait for it (urllib3's warning on each retry is dropped)."""
+
+    def __init__(self, uri: str, wait_s: float) -> None:
+        super().__init__(logging.WARNING)
+        self.uri, self.wait_s, self.said = uri, wait_s, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Retrying" not in record.getMessage():
+            return
+        why = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else ""
+        self.say(type(why).__name__ if isinstance(why, BaseException) else "no answer")
+
+    def say(self, reason: str) -> None:
+        if self.said:
+            return
+        self.said = True
+        print(
+            f"the MLflow server at {self.uri} does not answer ({reason}); waiting up to "
+            f"{self.wait_s:.0f} s for it (tracking.server_wait_s), then carrying on",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def wait_for_server(uri: str, wait_s: float) -> None:
+    """Make this process's requests to the server at `uri` wait up to `wait_s` seconds for it
+    when it stops answering, saying so once."""
+    retries, _ = retries_for(wait_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    logger = logging.getLogger("urllib3.connectionpool")
+    found = [h for h in logger.handlers if isinstance(h, ServerAway)]
+    if found:  # said once per process, however many jobs it runs
+        found[0].uri, found[0].wait_s = uri, wait_s
+    else:
+        logger.addHandler(ServerAway(uri, wait_s))
+    logger.propagate = False
 
 
 def server_tls():
@@ -119,21 +175,54 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
+def _health_within(uri: str, wait_s: float) -> None:
+    """Wait up to `wait_s` for the server's health check to answer, saying so once (as
+    `ServerAway` does)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            check_server(uri, timeout=5)
+            return
+        except PipelineError as exc:
+            reason = type(exc.__cause__).__name__ if exc.__cause__ else "no answer"
+            for handler in logging.getLogger("urllib3.connectionpool").handlers:
+                if isinstance(handler, ServerAway):
+                    handler.say(reason)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
 def check_store() -> None:
-    """On a tracking server, fail at once if it does not answer its health check: work that
-    would log to it then fails in a moment, not after each request's retries."""
+    """On a tracking server, check that it answers its health check, waiting for it as long as
+    this process's requests would (`wait_for_server`), else at once: work that would log to it
+    then fails in a moment, not after each request's retries."""
     uri = mlflow.get_tracking_uri()
     if is_server(uri):
+        waiting = [h for h in logging.getLogger("urllib3.connectionpool").handlers
+                   if isinstance(h, ServerAway)]  # fmt: skip
+        if waiting and waiting[0].wait_s:
+            _health_within(uri, waiting[0].wait_s)
         check_server(uri)
 
 
-def connect(configured: str | None = None) -> str:
+def connect(
+    configured: str | None = None, wait_s: float | None = None, patient: bool = False
+) -> str:
     """Point MLflow's tracking and model registry at the store; return its URI.
 
-    `configured` is `tracking.uri`; a command without a config passes `configured_uri()`.
+    `configured` is `tracking.uri`; a command without a config passes `configured_uri()`. A
+    server must answer now (a command's first contact: a wrong URL or a server not started is
+    said at once); `patient` (a sweep's job, once the sweep has reached the server) waits up to
+    `wait_s` for it. With `wait_s` (`tracking.server_wait_s`: training, sweeps), later requests
+    wait that long for the server when it stops answering.
     """
     uri = tracking_uri(configured)
     if is_server(uri):
+        if wait_s is not None:
+            wait_for_server(uri, wait_s)
+        if patient and wait_s:
+            _health_within(uri, wait_s)
         check_server(uri)
         for key, value in SERVER_SETTINGS.items():  # unless the user chose otherwise
             os.environ.setdefault(key, value)
@@ -153,16 +242,22 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 def setup(
-    experiment_name: str, configured: str | None = None, registered_model: str | None = None
+    experiment_name: str,
+    configured: str | None = None,
+    registered_model: str | None = None,
+    wait_s: float | None = None,
+    patient: bool = False,
 ) -> str:
-    """Connect to the store and return the id of `experiment_name`, creating it if new.
+    """Connect to the store and return the id of `experiment_name`, creating it if new; a
+    server's requests wait up to `wait_s` for it, and with `patient` so does this first one
+    (`connect`).
 
     On a tracking server it also checks, before any work, what a run will need: that the
     server takes the user's credentials, that the user may write to the experiment and, with
     `registered_model`, add versions to that model. It stops with the server, the user and
     what is missing otherwise.
     """
-    uri = connect(configured)
+    uri = connect(configured, wait_s, patient)
     if is_server(uri):
         with _server_access(uri, experiment_name, registered_model):
             return _server_setup(experiment_name, registered_model)
