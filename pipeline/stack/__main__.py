@@ -13,6 +13,11 @@ down    stops every process the stack started; the data stays in DIR for the nex
 
 --ray-nodes N also starts a Ray cluster of N one-CPU nodes (`ray start --block`, the first the
 head) and exports RAY_ADDRESS; status shows each node's id. `up --ray-nodes 0` leaves Ray out.
+--ray-hosts N starts a Ray head here (no CPUs: it runs no job) and N one-CPU nodes each on a host
+of its own: a network namespace on a bridge with a private /24, and a mount namespace in which
+the project's and the stack's folders are empty but for the locked environment (read-only) and
+the host's folder (DIR/hosts/hK). The services answer on the bridge's address too, which the
+exports name. Needs root; `down` removes every namespace and link it made.
 --slurm also starts a one-host SLURM cluster from Debian's slurm-wlm and munge (slurmctld, slurmd
 with the machine's CPUs; munge key, state and logs in DIR/slurm) and exports SLURM_CONF.
 
@@ -63,13 +68,16 @@ def main(argv: list[str]) -> None:
         "--ray-nodes", type=int, metavar="N", help="also a Ray cluster of N one-CPU nodes"
     )
     parser.add_argument(
+        "--ray-hosts", type=int, metavar="N", help="also a Ray head and N hosts of their own"
+    )
+    parser.add_argument(
         "--slurm", action=argparse.BooleanOptionalAction, help="also a one-host SLURM cluster"
     )
     args = parser.parse_args(argv)
     folder = args.dir if args.dir.is_absolute() else project_root() / args.dir
     port = None
     if args.port == "auto":
-        compute = {"ray_nodes": args.ray_nodes, "slurm": args.slurm}
+        compute = {"ray_nodes": args.ray_nodes, "ray_hosts": args.ray_hosts, "slurm": args.slurm}
         port = None if (folder / "stack.json").is_file() else free_port_base(folder, **compute)
     elif args.port is not None:
         if not args.port.isdigit():
@@ -77,7 +85,14 @@ def main(argv: list[str]) -> None:
         port = int(args.port)
     if args.action != "up" and not (folder / "stack.json").is_file():
         parser.exit(1, f"error: there is no stack in {folder}: start one with `up`.\n")
-    stack = Stack(folder, port=port, tls=args.tls, ray_nodes=args.ray_nodes, slurm=args.slurm)
+    stack = Stack(
+        folder,
+        port=port,
+        tls=args.tls,
+        ray_nodes=args.ray_nodes,
+        slurm=args.slurm,
+        ray_hosts=args.ray_hosts,
+    )
     if args.action == "up":
         started = time.monotonic()
         stack.up()
@@ -94,9 +109,12 @@ def main(argv: list[str]) -> None:
         ray_ids = ray_node_ids(stack.ray_address) if stack.ray and stack.ray[0].answers() else {}
         for row, service in zip(rows, stack.services, strict=True):
             answers = "answers" if row["answers"] else "does not answer"
-            node = f" node id {ray_ids.get(row['port'], '-')}" if service in stack.ray else ""
+            where = f"{row['address']}:{row['port']}"
+            node = f" node id {ray_ids.get(where, '-')}" if service in stack.ray else ""
+            at = f" address {row['address']}" if row["address"] != "127.0.0.1" else ""
             print(
-                f"{row['service']:<22} port {row['port']:<6} pid {row['pid']!s:<8} {answers}{node}"
+                f"{row['service']:<22} port {row['port']:<6} pid {row['pid']!s:<8} "
+                f"{answers}{at}{node}"
             )
         if not all(row["answers"] for row in rows):
             sys.exit(1)

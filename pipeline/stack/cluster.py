@@ -28,10 +28,10 @@ RAY_PORTS = (
 OBJECT_STORE_BYTES = 200 * 2**20  # per node: the jobs pass Ray nothing larger than a config
 
 
-def listening(port: int) -> bool:
-    """Whether something accepts a connection on 127.0.0.1:`port`."""
+def listening(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether something accepts a connection on `address`:`port`."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
+        with socket.create_connection((address, port), timeout=2):
             return True
     except OSError:
         return False
@@ -73,14 +73,21 @@ class RayNode(Service):
         head = [self.gcs_port, self.gcs_port + 1] if self.index == 0 else []
         return head + list(self.own_ports.values())
 
-    def answers(self) -> bool:
-        return listening(self.port)
+    @property
+    def address(self) -> str:
+        """Where the node listens: 127.0.0.1, or with hosts the bridge's address (the head)."""
+        return self.stack.network.address if self.stack.network else "127.0.0.1"
 
-    def start(self) -> None:
+    def answers(self) -> bool:
+        return listening(self.port, self.address)
+
+    def command(self) -> list[str]:
         ray = str(Path(sys.executable).parent / "ray")
         low, high = self.worker_ports()
+        # With hosts, the head runs no job: every job runs on a host.
+        cpus = 0 if self.index == 0 and self.stack.network else 1
         cmd = [
-            ray, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+            ray, "start", "--block", f"--node-ip-address={self.address}", f"--num-cpus={cpus}",
             "--disable-usage-stats", f"--object-store-memory={OBJECT_STORE_BYTES}",
             f"--min-worker-port={low}", f"--max-worker-port={high}",
             *(f"--{name}-port={port}" for name, port in self.own_ports.items()),
@@ -93,11 +100,19 @@ class RayNode(Service):
             ]  # fmt: skip
         else:
             cmd.append(f"--address={self.stack.ray_address}")
-        # A node's tasks log to the stack's server as its user, as a team's nodes would with
-        # their service account: the sweep's own environment does not reach Ray's workers.
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        """A node's tasks log to the stack's server as its user, as a team's nodes would with
+        their service account, and reach its DVC remote with its keys: the sweep's own
+        environment does not reach Ray's workers."""
         env = {**os.environ, **self.stack.exports(), **ray_environment()}
+        env.update(self.stack.storage_keys())
         env.pop("RAY_ADDRESS")
-        spawn(cmd, self.log, env, self.pid_file)
+        return env
+
+    def start(self) -> None:
+        spawn(self.command(), self.log, self.environment(), self.pid_file)
 
     def stop(self) -> None:
         pid = read_pid(self.pid_file)
@@ -106,14 +121,66 @@ class RayNode(Service):
         self.pid_file.unlink(missing_ok=True)
 
 
-def ray_node_ids(address: str) -> dict[int, str]:
-    """The live nodes of the Ray cluster at `address`: node manager port -> node id."""
+class RayHost(RayNode):
+    """Ray node `index` (1, 2, ...) on a host of its own (pipeline/stack/hosts.py)."""
+
+    def __init__(self, stack: Stack, index: int) -> None:
+        super().__init__(stack, index)
+        self.name = f"host-{index}"
+        self.label = f"Ray host {index}"
+
+    @property
+    def address(self) -> str:
+        return self.stack.network.host_address(self.index)
+
+    def worker_ports(self) -> tuple[int, int]:
+        first = self.stack.port + 200  # a host of its own: the same ports as the others
+        return first, first + 99
+
+    @property
+    def own_ports(self) -> dict[str, int]:
+        first = self.stack.port + RAY_FIRST + 2 + len(RAY_PORTS)
+        return {name: first + i for i, name in enumerate(RAY_PORTS)}
+
+    def ports(self) -> list[int]:
+        return []  # in its own network: nothing on this machine's 127.0.0.1
+
+    def pid(self) -> int | None:
+        from pipeline.stack.hosts import host_pids
+
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid in host_pids(self.stack, self.index) else None
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["HOME"] = str(self.stack.host_dir(self.index) / "home")  # its own caches
+        return env
+
+    def start(self) -> None:
+        from pipeline.stack.hosts import host_world, make_host
+
+        make_host(self.stack, self.index)
+        spawn(host_world(self.stack, self.index, self.command()), self.log, self.environment(),
+              self.pid_file)  # fmt: skip
+
+    def stop(self) -> None:
+        from pipeline.stack.hosts import stop_host
+
+        stop_host(self.stack, self.index, self.pid_file)
+
+
+def ray_node_ids(address: str) -> dict[str, str]:
+    """The live nodes of the Ray cluster at `address`: "address:node manager port" -> id."""
     os.environ.update(ray_environment())  # before Ray reads its settings, at import
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        return {n["NodeManagerPort"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        return {
+            f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}": n["NodeID"]
+            for n in ray.nodes()
+            if n["Alive"]
+        }
     finally:
         ray.shutdown()
 

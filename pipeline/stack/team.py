@@ -12,7 +12,7 @@ import json
 import secrets
 from pathlib import Path
 
-from pipeline.stack.cluster import Munge, RayNode, SlurmDaemon, ray_environment
+from pipeline.stack.cluster import Munge, RayHost, RayNode, SlurmDaemon, ray_environment
 from pipeline.stack.processes import StackError, port_in_use
 from pipeline.stack.services import MlflowServer, ObjectStore, Postgres, Service
 from pipeline.stack.tls import make_certificates
@@ -43,13 +43,15 @@ class Stack:
         tls: bool | None = None,
         ray_nodes: int | None = None,
         slurm: bool | None = None,
+        ray_hosts: int | None = None,
     ) -> None:
         self.folder = folder.resolve()
         self.settings_file = self.folder / "stack.json"
         saved = self._saved()
         if saved:
             # Compute is added or taken away at any `up`; the port and TLS are the stack's own.
-            ray_nodes = saved.get("ray_nodes", 0) if ray_nodes is None else ray_nodes
+            if ray_nodes is None and ray_hosts is None:
+                ray_nodes, ray_hosts = saved.get("ray_nodes", 0), saved.get("ray_hosts", 0)
             slurm = saved.get("slurm", False) if slurm is None else slurm
             given = {"port": port, "tls": tls}
             differ = [f"{k}={v}" for k, v in given.items() if v is not None and v != saved[k]]
@@ -70,10 +72,31 @@ class Stack:
         self.ports = {name: self.port + offset for name, offset in OFFSETS.items()}
         self.postgres, self.object_store = Postgres(self), ObjectStore(self)
         self.server = MlflowServer(self)
-        self.ray_nodes = ray_nodes or 0
-        if self.ray_nodes < 0:
-            raise StackError(f"--ray-nodes must be 0 or more, received {self.ray_nodes}.")
-        self.ray = [RayNode(self, i) for i in range(self.ray_nodes)]
+        self.ray_nodes, self.ray_hosts = ray_nodes or 0, ray_hosts or 0
+        if self.ray_nodes < 0 or self.ray_hosts < 0:
+            raise StackError(
+                f"--ray-nodes and --ray-hosts must be 0 or more, received {self.ray_nodes} and "
+                f"{self.ray_hosts}."
+            )
+        if self.ray_nodes and self.ray_hosts:
+            raise StackError(
+                f"--ray-nodes {self.ray_nodes} and --ray-hosts {self.ray_hosts}: choose one (Ray "
+                "nodes on this machine's 127.0.0.1, or a head here and hosts of their own)."
+            )
+        if self.ray_hosts and self.tls:
+            raise StackError(
+                "--ray-hosts with --tls: the certificates name 127.0.0.1 only; start the hosts' "
+                "stack without --tls (its network is the stack's own)."
+            )
+        from pipeline.stack.hosts import Forwarder, Network
+
+        self.network = Network(self) if self.ray_hosts else None
+        self.forwarder = [Forwarder(self)] if self.ray_hosts else []
+        self.ray: list[RayNode] = (
+            [RayNode(self, 0), *(RayHost(self, i) for i in range(1, self.ray_hosts + 1))]
+            if self.ray_hosts
+            else [RayNode(self, i) for i in range(self.ray_nodes)]
+        )
         self.slurm = bool(slurm)
         self.slurm_services: list[Service] = (
             [Munge(self), SlurmDaemon(self, "slurmctld"), SlurmDaemon(self, "slurmd")]
@@ -81,7 +104,8 @@ class Stack:
             else []
         )
         self.services: list[Service] = [
-            self.postgres, self.object_store, self.server, *self.ray, *self.slurm_services,
+            self.postgres, self.object_store, self.server, *self.forwarder, *self.ray,
+            *self.slurm_services,
         ]  # fmt: skip
         self._secrets: dict[str, str] | None = None
 
@@ -119,6 +143,19 @@ class Stack:
         return f"{self.scheme}://127.0.0.1:{self.ports['s3']}"
 
     @property
+    def public_address(self) -> str:
+        """Where clients find the services: 127.0.0.1, or with hosts the bridge's address,
+        which this machine and every host reach."""
+        return self.network.address if self.network else "127.0.0.1"
+
+    def public_url(self, service: str) -> str:
+        return f"{self.scheme}://{self.public_address}:{self.ports[service]}"
+
+    def host_dir(self, index: int) -> Path:
+        """Host `index`'s own folder: all it keeps (its home and caches)."""
+        return self.folder / "hosts" / f"h{index}"
+
+    @property
     def tls_dir(self) -> Path:
         return self.folder / "tls"
 
@@ -128,7 +165,7 @@ class Stack:
 
     @property
     def ray_address(self) -> str:
-        return f"127.0.0.1:{self.ray[0].gcs_port}"
+        return f"{self.public_address}:{self.ray[0].gcs_port}"
 
     @property
     def ray_dir(self) -> Path:
@@ -155,7 +192,7 @@ class Stack:
     def exports(self) -> dict[str, str]:
         """What a client's shell needs: the server, the stack's user, the CA with TLS."""
         env = {
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_TRACKING_URI": self.public_url("mlflow"),
             "MLFLOW_TRACKING_USERNAME": self.USER,
             "MLFLOW_TRACKING_PASSWORD": self.secrets["team_password"],
         }
@@ -171,13 +208,20 @@ class Stack:
         """The DVC remote `stack`: a folder of the same bucket, with the stack's keys."""
         remote = {
             "url": f"s3://{self.bucket}/dvc",
-            "endpointurl": self.s3_url,
+            "endpointurl": self.public_url("s3"),
             "access_key_id": self.secrets["s3_access_key"],
             "secret_access_key": self.secrets["s3_secret_key"],
         }
         if self.tls:
             remote["ssl_verify"] = str(self.ca)
         return remote
+
+    def storage_keys(self) -> dict[str, str]:
+        """The object store's keys as S3 clients read them (a node's DVC pulls with them)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.secrets["s3_access_key"],
+            "AWS_SECRET_ACCESS_KEY": self.secrets["s3_secret_key"],
+        }
 
     # -- up, status, down ---------------------------------------------------------------
     def _prepare(self) -> None:
@@ -199,7 +243,7 @@ class Stack:
             make_certificates(self.tls_dir)
         settings = {
             "format": FORMAT, "port": self.port, "tls": self.tls, "bucket": self.bucket,
-            "ray_nodes": self.ray_nodes, "slurm": self.slurm,
+            "ray_nodes": self.ray_nodes, "ray_hosts": self.ray_hosts, "slurm": self.slurm,
         }  # fmt: skip
         self.settings_file.write_text(json.dumps(settings, indent=1) + "\n")
 
@@ -219,7 +263,7 @@ class Stack:
         # SLURM's controller start and are waited for; then the services that need them start
         # (the MLflow server, the other Ray nodes, slurmd); then all are waited for.
         first = [s for s in starting if isinstance(s, ObjectStore)]
-        waited_for = [self.postgres, *self.ray[:1], *self.slurm_services[:2]]
+        waited_for = [self.postgres, *self.forwarder, *self.ray[:1], *self.slurm_services[:2]]
         needed = [s for s in starting if s in waited_for]
         order = first + needed + [s for s in starting if s not in first + needed]
         try:
@@ -237,7 +281,13 @@ class Stack:
 
     def status(self) -> list[dict]:
         return [
-            {"service": s.label, "port": s.port, "pid": s.pid(), "answers": s.answers()}
+            {
+                "service": s.label,
+                "port": s.port,
+                "pid": s.pid(),
+                "answers": s.answers(),
+                "address": getattr(s, "address", "127.0.0.1"),
+            }  # fmt: skip
             for s in self.services
         ]
 

@@ -19,13 +19,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline.core import names
-from pipeline.core.config import ConfigError
+from pipeline.core.config import ConfigError, validate
 from pipeline.core.console import load_keras
 from pipeline.core.data import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import project_root
 from pipeline.sweeps import search
-from pipeline.sweeps.capacity import check_capacity
+from pipeline.sweeps.capacity import check_capacity, ships_jobs
 from pipeline.sweeps.finishing import draw_aside, prepare_jobs, wait_for_evaluations
 from pipeline.sweeps.job import (
     failures,
@@ -60,7 +60,6 @@ class SweepCallback(Callback):
         from pipeline.tracking import provenance, runs, store
 
         root = project_root()
-        check_capacity(config.hydra.launcher)  # a job no node can hold: before anything runs
         sweep_dir = Path(config.hydra.sweep.dir)
         earlier = sweep_dir / names.PARENT_FILE
         if earlier.exists() and not search.is_search(config.hydra.sweeper):
@@ -110,6 +109,8 @@ class SweepCallback(Callback):
                 "tracking_uri": store.tracking_uri(config.tracking.uri),
             }
             write_json(sweep_dir / names.PARENT_FILE, info)
+            task_env = shipped(config, root, info) if ships_jobs(config.hydra.launcher) else None
+            check_capacity(config.hydra.launcher, task_env)  # a job no node can hold: now
             if loaded is not None:
                 loaded.result()
 
@@ -203,6 +204,27 @@ def stop(message: str) -> None:
     """End the sweep with `message` and exit status 1."""
     print(f"sweep: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def shipped(config: DictConfig, root: Path, info: dict[str, Any]) -> dict[str, str]:
+    """For a launcher that ships jobs (pipeline/sweeps/shipping.py): the prepared data pushed to
+    the DVC remote the jobs pull from, and the jobs' environment: the parent run, the data's
+    digests, the code's git state, the remote (no secret)."""
+    from pipeline.core.data import project_data_digests
+    from pipeline.sweeps import shipping
+    from pipeline.tracking import provenance
+
+    settings = validate(plain(config))
+    remote = shipping.jobs_remote(root)
+    shipping.ship_data(root, remote)
+    parent = {
+        **info,
+        "shipped": True,
+        "remote": remote,
+        "digests": project_data_digests(root, settings.data.raw_files),
+        "git": provenance.git_state(root),
+    }
+    return shipping.task_environment(parent)
 
 
 def _plain(value: Any) -> Any:

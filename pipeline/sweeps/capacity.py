@@ -20,12 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import ConfigError
 
 
-def check_capacity(launcher: DictConfig) -> None:
+def check_capacity(launcher: DictConfig, task_env: dict[str, str] | None = None) -> None:
     """Fail with a `ConfigError` when no node of the launcher's cluster can hold one job (Ray's
-    `ray_cluster` and the `slurm` preset; other launchers run jobs on this machine)."""
+    `ray_cluster` and the `slurm` preset; other launchers run jobs on this machine). Ray is
+    connected here, as the launcher would, with `task_env` added to its tasks' environment."""
     target = str(launcher.get("_target_", ""))
     if target.endswith("RayLauncher"):
         init = OmegaConf.to_container(launcher.ray.init, resolve=True)
+        runtime_env = init.setdefault("runtime_env", {}) or {}
+        runtime_env.setdefault("env_vars", {}).update(task_env or {})
+        init["runtime_env"] = runtime_env
         remote = OmegaConf.to_container(launcher.ray.remote, resolve=True)
         asked = {"CPU": remote.get("num_cpus") or 1, "GPU": remote.get("num_gpus") or 0}
         fits(asked, ray_nodes(init), "Ray", RAY_SETTINGS)
@@ -80,13 +84,18 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def ships_jobs(launcher: DictConfig) -> bool:
+    """Whether `launcher` runs jobs on nodes that may not share the sweep's disk (Ray's)."""
+    return str(launcher.get("_target_", "")).endswith("RayLauncher")
+
+
 def ray_nodes(init: dict[str, Any]) -> list[dict[str, float]]:
     """The alive nodes' resources of the Ray cluster the launcher uses (`init`: its ray.init
     arguments). Ray stays connected: the launcher goes on with this connection."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(**init)
+        ray.init(**{"logging_level": "ERROR", **init})
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 

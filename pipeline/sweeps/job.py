@@ -124,6 +124,45 @@ def cluster_tags() -> dict[str, str]:
     return tags
 
 
+def sweep_parent(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's parent run and what a job needs of it: from the task's environment for a job
+    shipped to another machine (pipeline/sweeps/shipping.py), else the sweep folder's
+    parent_run.json."""
+    from pipeline.sweeps.shipping import shipped_parent
+
+    return shipped_parent() or json.loads(
+        (sweep_dir / names.PARENT_FILE).read_text(encoding="utf-8")
+    )
+
+
+def job_workspace(parent: dict[str, Any]) -> Path:
+    """Where the job's code and data are: the sweep's project folder, or for a shipped job
+    this task's working directory (its copy of the code), the prepared data pulled into it
+    from the DVC remote and checked against the sweep's digests."""
+    if not parent.get("shipped"):
+        return Path(parent["workspace"])
+    from pipeline.sweeps.shipping import pull_prepared
+
+    root = Path.cwd()
+    if not (root / PARAMS_FILE).is_file():
+        raise PipelineError(
+            f"this job's working directory {root} holds no copy of the project ({PARAMS_FILE} "
+            "is missing): the launcher must ship it (ray.init.runtime_env.working_dir)."
+        )
+    pull_prepared(root, parent["remote"], parent["digests"])
+    return root
+
+
+def shipped_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> dict[str, Any]:
+    """A job on another machine: `task`'s objective and the job's outcome (its job.json),
+    returned through the launcher to the sweep, which writes job.json in its own folder."""
+    objective = task(cfg)
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    outcome_file = folder / names.JOB_FILE
+    outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+    return {"objective": objective, "outcome": outcome, "folder": str(folder)}
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """One configuration, `sweep.seeds` times, through the same core as `dvc repro`: a child run
     of the sweep per seed. Returns the mean validation accuracy over the seeds (an optimiser's
@@ -147,9 +186,9 @@ def run_job(cfg: DictConfig) -> float | None:
     trained: list[tuple[float, str, Path]] = []  # each model's validation accuracy, run, figures
     objective = None
     try:
-        parent = json.loads((Path(hc.sweep.dir) / names.PARENT_FILE).read_text(encoding="utf-8"))
+        parent = sweep_parent(Path(hc.sweep.dir))
         config = validate(plain(cfg))  # once: each seed is a copy with its own seed
-        root = Path(parent["workspace"])
+        root = job_workspace(parent)
         check_data_settings(config, root)
         load_keras()  # quietly: jobs a launcher runs elsewhere start here
         from pipeline.tracking import store
@@ -167,6 +206,8 @@ def run_job(cfg: DictConfig) -> float | None:
                 parent_run_id=parent["run_id"],
                 tags={names.OVERRIDES_TAG: overrides, **cluster_tags()},
                 entry_point="pipeline/sweep.py",
+                data_digests=parent.get("digests") if parent.get("shipped") else None,
+                code_state=parent.get("git") if parent.get("shipped") else None,
             )
             score, run_id, model = _train_model(
                 config.model_copy(update={"seed": seed}),

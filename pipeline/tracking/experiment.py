@@ -66,6 +66,10 @@ class Destination:
     parent_run_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     entry_point: str = "pipeline/train.py"  # the command that makes the run: MLflow's Source
+    # A job shipped to another machine (pipeline/sweeps/shipping.py): the data's digests and
+    # the code's git state as its sweep found them (its copy has neither raw data nor git).
+    data_digests: Mapping[str, str] | None = None
+    code_state: Mapping[str, str] | None = None
 
     @property
     def in_sweep(self) -> bool:
@@ -170,10 +174,11 @@ def model_run(cfg: Config, where: Destination, close: bool = True) -> Iterator[s
     closes it FAILED or KILLED; with `close=False` a block that succeeds leaves it open for the
     caller (a sweep closes it after its background evaluation).
     """
+    digests = where.data_digests or project_data_digests(where.root, cfg.data.raw_files)
     with runs.model_run(
         where.root,
         to_yaml(cfg.to_dict()),
-        project_data_digests(where.root, cfg.data.raw_files),
+        digests,
         where.experiment_id,
         run_name(cfg, with_seed=where.in_sweep),
         tags={
@@ -186,6 +191,7 @@ def model_run(cfg: Config, where: Destination, close: bool = True) -> Iterator[s
         parent_run_id=where.parent_run_id,
         close=close,
         entry_point=where.entry_point,
+        code_state=where.code_state,
     ) as run_id:
         yield run_id
 

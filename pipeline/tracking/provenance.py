@@ -111,14 +111,16 @@ def provenance(
     data_digests: Mapping[str, str],
     config_text: str,
     entry_point: str = "pipeline/train.py",
+    state: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Everything that says exactly what a run was made from, as tag name -> value.
 
-    Git state of `code_dir` (also as MLflow's source tags, with `entry_point` and the user), the
+    Git state of `code_dir` (or `state`, the sweep's, for a copy of its code shipped to a job:
+    the copy has no git), also as MLflow's source tags, with `entry_point` and the user; the
     DVC experiment, the run it reproduces, the SHA-256 of the resolved config, of uv.lock and of
     each data file, and the environment.
     """
-    state = git_state(code_dir)
+    state = dict(git_state(code_dir) if state is None else state)
     tags = {**state, **source(code_dir, entry_point, state)}
     tags[names.PARAMS_SHA256] = sha256_text(config_text)
     lock = code_dir / "uv.lock"

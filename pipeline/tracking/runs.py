@@ -121,18 +121,20 @@ def model_run(
     parent_run_id: str | None = None,
     close: bool = True,
     entry_point: str = "pipeline/train.py",
+    code_state: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """A `tracked_run` for one trained model, with its provenance logged before any work.
 
     Tags from `provenance.provenance` (`entry_point` is the command that made it, MLflow's
-    Source); artifacts: the resolved config (`config.yaml`) and, when the tree is dirty, the
-    uncommitted diff (`uncommitted.diff`, dvc.lock aside).
+    Source; `code_state`, the git state of shipped code); artifacts: the resolved config
+    (`config.yaml`) and, when the tree is dirty, the uncommitted diff (`uncommitted.diff`,
+    dvc.lock aside; a shipped job's is its sweep's parent run's).
     """
-    made_of = provenance.provenance(code_dir, data_digests, config_text, entry_point)
+    made_of = provenance.provenance(code_dir, data_digests, config_text, entry_point, code_state)
     tags = {**made_of, **(tags or {})}
     with tracked_run(experiment_id, run_name, tags, None, parent_run_id, close) as run_id:
         log_text(run_id, config_text, names.CONFIG_ARTIFACT)
-        if tags.get(names.GIT_DIRTY) == "true":
+        if tags.get(names.GIT_DIRTY) == "true" and code_state is None:
             log_text(run_id, provenance.uncommitted_diff(code_dir), names.DIFF_ARTIFACT)
         yield run_id
 
