@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.stack.cluster import RAY_FIRST, RAY_PORTS, RayNode, listening
 from pipeline.stack.processes import StackError, read_pid, spawn, stop_group
 from pipeline.stack.services import Service
 
@@ -136,8 +137,6 @@ class Forwarder(Service):
         return [self.stack.ports[name] for name in ("mlflow", "s3", "postgres")]
 
     def answers(self) -> bool:
-        from pipeline.stack.cluster import listening
-
         network = self.stack.network
         return network.exists() and listening(self.port, network.address)
 
@@ -236,3 +235,45 @@ def stop_host(stack: Stack, index: int, pid_file: Path) -> None:
         stop_group(pid, seconds=10)
     pid_file.unlink(missing_ok=True)
     lose_host(stack, index)
+
+
+class RayHost(RayNode):
+    """Ray node `index` (1, 2, ...) on a host of its own (pipeline/stack/hosts.py)."""
+
+    def __init__(self, stack: Stack, index: int) -> None:
+        super().__init__(stack, index)
+        self.name = f"host-{index}"
+        self.label = f"Ray host {index}"
+
+    @property
+    def address(self) -> str:
+        return self.stack.network.host_address(self.index)
+
+    def worker_ports(self) -> tuple[int, int]:
+        first = self.stack.port + 200  # a host of its own: the same ports as the others
+        return first, first + 99
+
+    @property
+    def own_ports(self) -> dict[str, int]:
+        first = self.stack.port + RAY_FIRST + 2 + len(RAY_PORTS)
+        return {name: first + i for i, name in enumerate(RAY_PORTS)}
+
+    def ports(self) -> list[int]:
+        return []  # in its own network: nothing on this machine's 127.0.0.1
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid in host_pids(self.stack, self.index) else None
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["HOME"] = str(self.stack.host_dir(self.index) / "home")  # its own caches
+        return env
+
+    def start(self) -> None:
+        make_host(self.stack, self.index)
+        spawn(host_world(self.stack, self.index, self.command()), self.log, self.environment(),
+              self.pid_file)  # fmt: skip
+
+    def stop(self) -> None:
+        stop_host(self.stack, self.index, self.pid_file)

@@ -12,7 +12,8 @@ import json
 import secrets
 from pathlib import Path
 
-from pipeline.stack.cluster import Munge, RayHost, RayNode, SlurmDaemon, ray_environment
+from pipeline.stack.cluster import Munge, RayNode, SlurmDaemon, ray_environment
+from pipeline.stack.hosts import Forwarder, Network, RayHost
 from pipeline.stack.processes import StackError, port_in_use
 from pipeline.stack.services import MlflowServer, ObjectStore, Postgres, Service
 from pipeline.stack.tls import make_certificates
@@ -88,8 +89,6 @@ class Stack:
                 "--ray-hosts with --tls: the certificates name 127.0.0.1 only; start the hosts' "
                 "stack without --tls (its network is the stack's own)."
             )
-        from pipeline.stack.hosts import Forwarder, Network
-
         self.network = Network(self) if self.ray_hosts else None
         self.forwarder = [Forwarder(self)] if self.ray_hosts else []
         self.ray: list[RayNode] = (

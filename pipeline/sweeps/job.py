@@ -153,16 +153,6 @@ def job_workspace(parent: dict[str, Any]) -> Path:
     return root
 
 
-def shipped_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> dict[str, Any]:
-    """A job on another machine: `task`'s objective and the job's outcome (its job.json),
-    returned through the launcher to the sweep, which writes job.json in its own folder."""
-    objective = task(cfg)
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    outcome_file = folder / names.JOB_FILE
-    outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
-    return {"objective": objective, "outcome": outcome, "folder": str(folder)}
-
-
 def run_job(cfg: DictConfig) -> float | None:
     """One configuration, `sweep.seeds` times, through the same core as `dvc repro`: a child run
     of the sweep per seed. Returns the mean validation accuracy over the seeds (an optimiser's

@@ -113,10 +113,20 @@ def pull_prepared(root: Path, remote: dict[str, str], digests: dict[str, str]) -
             )
 
 
+def shipped_task(task: Callable[[Any], Any], cfg: Any) -> dict[str, Any]:
+    """A job on another machine: `task`'s objective and the job's outcome (its job.json) and
+    folder, returned through the launcher to the sweep, which writes job.json in its own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    objective = task(cfg)
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    outcome_file = folder / names.JOB_FILE
+    outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+    return {"objective": objective, "outcome": outcome, "folder": str(folder)}
+
+
 def returning_outcome(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`task` as a launcher ships it: returning its objective with the job's outcome."""
-    from pipeline.sweeps.job import shipped_task
-
     return functools.partial(shipped_task, task)
 
 
