@@ -38,8 +38,8 @@ SLOW_FIXTURES = {"mnist", "model_file", "swept_project", "prepared", "stack", "b
 # --no-loadscope-reorder`, pyproject.toml) hands each file to one worker in this order, so the
 # short ones fill in around them and the workers end together.
 LONGEST_FIRST = (
-    "test_stack.py", "test_scaling.py", "test_sweep.py", "test_colour.py", "test_cluster.py",
-    "test_reproduce.py",
+    "test_hosts.py", "test_stack.py", "test_scaling.py", "test_sweep.py", "test_colour.py",
+    "test_cluster.py", "test_reproduce.py",
     "test_team_server.py", "test_slurm.py", "test_faults.py", "test_model.py",
     "test_sweep_dvc.py", "test_datasets.py", "test_predict.py", "test_search.py",
     "test_pipeline_e2e.py", "test_dvc_remote.py", "test_stack_tls.py", "test_tracking.py",

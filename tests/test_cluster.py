@@ -95,12 +95,14 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
         for child in finished:
             assert_complete_child(child, parent_id, epochs=20, examples=20000)
     assert not alive_in_group(group)
-    # Both nodes ran jobs, each job in a Ray worker process, not in the sweep's own; in the
-    # project folder and environment the nodes share: Ray's `uv run` hook (the tests run under
-    # `uv run`) shipped them no copy of the project to install an environment into.
+    # Both nodes ran jobs, each job in a Ray worker process, not in the sweep's own, on the
+    # code Ray shipped them (its working_dir, as on hosts of their own: tests/test_hosts.py),
+    # in the environment the nodes share: Ray's `uv run` hook (the tests run under `uv run`)
+    # installed no environment into it.
     assert {r.data.tags["ray.node_id"] for r in runs.values()} == set(ids.values())
     assert len({r.data.tags["pid"] for r in runs.values()}) >= 2
-    assert not list((folder / "ray").glob("session_*/runtime_resources/working_dir_files/*"))
+    assert list((folder / "ray").glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*"))
+    assert not list((folder / "ray").glob("session_*/runtime_resources/uv/*"))
     # The lost attempt: KILLED by the sweep's end, not left RUNNING, with the reason.
     lost = runs[killed_run]
     assert lost.info.status == "KILLED", lost.info.status

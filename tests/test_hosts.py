@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +163,143 @@ def test_a_sweep_runs_on_both_hosts_with_nothing_shared_but_the_network(
         made = sorted(p.relative_to(job).as_posix() for p in job.rglob("*") if p.is_file())
         assert made == ["job.json"], (job, made)
         assert json.loads((job / "job.json").read_text())["status"] == "FINISHED"
+
+
+def training_on(node_id: str, experiment: str) -> str | None:
+    """A run of `experiment` on the node `node_id` that has been RUNNING for two seconds."""
+    now_ms = time.time() * 1000
+    for r in child_runs(experiment):
+        mine = r.data.tags.get("ray.node_id") == node_id and r.info.status == "RUNNING"
+        if mine and now_ms - r.info.start_time > 2000:
+            return r.info.run_id
+    return None
+
+
+def accounted_for(experiment: str, attempt: str, other_node: str, may_survive: bool) -> None:
+    """Every job of the 4-job sweep has exactly one FINISHED run, and any other run of it ended
+    KILLED (a lost attempt, with the reason); nothing is left RUNNING. The `attempt` run was
+    lost (KILLED, its job FINISHED again on `other_node`), or with `may_survive` it finished."""
+    runs = {r.info.run_id: r for r in child_runs(experiment)}
+    shown = [(r.info.run_name, r.info.status, r.data.tags.get("ray.node_id", "")[:8])
+             for r in runs.values()]  # fmt: skip
+    jobs: dict[str, list] = {}
+    for r in runs.values():
+        jobs.setdefault(r.data.tags["sweep_overrides"], []).append(r)
+    assert len(jobs) == 4, shown
+    for tried in jobs.values():
+        statuses = sorted(r.info.status for r in tried)
+        assert statuses == ["FINISHED"] + ["KILLED"] * (len(tried) - 1), shown
+    lost = runs[attempt]
+    if lost.info.status == "FINISHED" and may_survive:
+        return
+    assert lost.info.status == "KILLED", shown
+    assert "a cluster node lost" in lost.data.tags["failure_reason"]
+    (again,) = [r for r in jobs[lost.data.tags["sweep_overrides"]] if r.info.status == "FINISHED"]
+    assert again.data.tags["ray.node_id"] == other_node, shown
+
+
+def all_hosts_back(project: Path, folder: Path) -> None:
+    """`up` again, then both hosts' nodes in Ray's list (a new node registers within seconds)."""
+    run([sys.executable, "-m", "pipeline.stack", "up", "--dir", str(folder)], project,
+        PYTHONPATH=str(ROOT))  # fmt: skip
+    deadline = time.monotonic() + 120  # ends only a hung test
+    while len(host_node_ids(project, folder)) < 2:
+        assert time.monotonic() < deadline, status(project, folder)
+        time.sleep(1)
+
+
+LONG = ["train.epochs=20", "train.max_examples=20000"]  # about 5 s a job: time to lose it
+
+
+def test_a_lost_host_s_job_runs_again_on_the_other_host(
+    hosts: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """Host 1 is lost while its job trains: every process in its namespace SIGKILLed and the
+    namespace removed. Its job runs again on host 2 (Ray's task retries) and finishes; the lost
+    attempt's run ends KILLED; nothing is left RUNNING; `up` brings the host back."""
+    from pipeline.stack.hosts import lose_host
+    from pipeline.stack.team import Stack
+
+    project, folder, env = hosts
+    stack = Stack(folder)
+    ids = host_node_ids(project, folder)
+    first, second = (ids[stack.network.host_address(i)] for i in (1, 2))
+    sweep = [sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+             *RAY, *LONG, "tracking.experiment_name=host-lost"]  # fmt: skip
+    process, _, errors = sweep_in_background(sweep, project, env, tmp_path)
+    with as_stack_user(env):
+        deadline = time.monotonic() + 600  # ends only a hung test
+        while (lost_run := training_on(first, "host-lost")) is None:
+            assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.3)
+        lose_host(stack, 1)
+        assert process.wait(timeout=900) == 0, errors.read_text()[-4000:]
+        accounted_for("host-lost", lost_run, second, may_survive=False)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert stack.network.namespace(1) not in left
+    all_hosts_back(project, folder)
+
+
+def test_a_host_cut_off_for_a_minute_loses_nothing(
+    hosts: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """Host 2's link is cut for 60 s while its job trains, then restored: the sweep ends 0 with
+    every job accounted for, its job finished on host 2 once the link was back, or run again on
+    host 1 with the cut attempt KILLED; no job counted twice, nothing RUNNING."""
+    from pipeline.stack.team import Stack
+
+    project, folder, env = hosts
+    stack = Stack(folder)
+    ids = host_node_ids(project, folder)
+    first, second = (ids[stack.network.host_address(i)] for i in (1, 2))
+    link = stack.network.veth(2)
+    sweep = [sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+             *RAY, *LONG, "tracking.experiment_name=host-cut"]  # fmt: skip
+    process, _, errors = sweep_in_background(sweep, project, env, tmp_path)
+    with as_stack_user(env):
+        deadline = time.monotonic() + 600  # ends only a hung test
+        while (cut_run := training_on(second, "host-cut")) is None:
+            assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.3)
+        subprocess.run(["ip", "link", "set", link, "down"], check=True)
+        time.sleep(60)  # the outage: its length is the test's subject
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+        assert process.wait(timeout=900) == 0, errors.read_text()[-4000:]
+        accounted_for("host-cut", cut_run, first, may_survive=True)
+    all_hosts_back(project, folder)
+
+
+def test_a_sweep_on_hosts_waits_for_a_server_that_comes_back(
+    hosts: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """The MLflow server is killed once the first run of a sweep on the hosts has finished and
+    started again 30 s later: the jobs on the hosts wait for it, and every run ends FINISHED
+    with its epochs' metrics, the parent with its summary."""
+    import signal
+
+    import mlflow
+
+    from pipeline.stack.team import Stack
+
+    project, folder, env = hosts
+    sweep = [sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8,12,16,20",
+             *RAY, *QUICK, "tracking.experiment_name=server-away"]  # fmt: skip
+    process, _, errors = sweep_in_background(sweep, project, env, tmp_path)
+    with as_stack_user(env):
+        deadline = time.monotonic() + 600  # ends only a hung test
+        while not [r for r in child_runs("server-away") if r.info.status == "FINISHED"]:
+            assert process.poll() is None and time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.3)
+        os.killpg(Stack(folder).server.pid(), signal.SIGKILL)
+    time.sleep(30)  # the outage: its length is the test's subject
+    run([sys.executable, "-m", "pipeline.stack", "up", "--dir", str(folder)], project,
+        PYTHONPATH=str(ROOT))  # fmt: skip
+    assert process.wait(timeout=900) == 0, errors.read_text()[-4000:]
+    with as_stack_user(env):
+        children = child_runs("server-away")
+        assert sorted(r.info.status for r in children) == ["FINISHED"] * 4, children
+        parent_id = children[0].data.tags["mlflow.parentRunId"]
+        for child in children:
+            assert_complete_child(child, parent_id, epochs=2, examples=2000)
+        summary = {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id)}
+    assert "summary.csv" in summary

@@ -110,7 +110,8 @@ def main(argv: list[str]) -> None:
         for row, service in zip(rows, stack.services, strict=True):
             answers = "answers" if row["answers"] else "does not answer"
             where = f"{row['address']}:{row['port']}"
-            node = f" node id {ray_ids.get(where, '-')}" if service in stack.ray else ""
+            found = ray_ids.get(where) or ray_ids.get(f":{row['port']}", "-")
+            node = f" node id {found}" if service in stack.ray else ""
             at = f" address {row['address']}" if row["address"] != "127.0.0.1" else ""
             print(
                 f"{row['service']:<22} port {row['port']:<6} pid {row['pid']!s:<8} "

@@ -122,17 +122,23 @@ class RayNode(Service):
 
 
 def ray_node_ids(address: str) -> dict[str, str]:
-    """The live nodes of the Ray cluster at `address`: "address:node manager port" -> id."""
+    """The live nodes of the Ray cluster at `address`: "address:node manager port" -> id, and
+    ":port" -> id where one node alone has that port (a node started on 127.0.0.1 reports the
+    machine's address)."""
     os.environ.update(ray_environment())  # before Ray reads its settings, at import
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        return {
-            f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}": n["NodeID"]
-            for n in ray.nodes()
-            if n["Alive"]
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        ids = {f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}": n["NodeID"] for n in alive}
+        ports = [n["NodeManagerPort"] for n in alive]
+        ids |= {
+            f":{n['NodeManagerPort']}": n["NodeID"]
+            for n in alive
+            if ports.count(n["NodeManagerPort"]) == 1
         }
+        return ids
     finally:
         ray.shutdown()
 
