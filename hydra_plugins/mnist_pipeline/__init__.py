@@ -12,15 +12,15 @@ class SlurmLauncher(slurm.SlurmLauncher):
 
 
 class RayLauncher(HydraRayLauncher):
-    """Hydra's Ray launcher, whose jobs may run where the sweep's folder is not: each job's
-    outcome comes back with its task (pipeline/sweeps/shipping.py)."""
-
-    def setup(self, *, hydra_context, task_function, config) -> None:  # noqa: ANN001
-        super().setup(
-            hydra_context=hydra_context,
-            task_function=shipping.returning_outcome(task_function),
-            config=config,
-        )
+    """Hydra's Ray launcher, whose jobs may run where the sweep's folder is not: each task
+    carries the sweep's parent run and data, and brings the job's outcome back
+    (pipeline/sweeps/shipping.py)."""
 
     def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001, ANN201
-        return [shipping.received(ret) for ret in super().launch(job_overrides, initial_job_idx)]
+        task = self.task_function
+        self.task_function = shipping.carrying(task, self.config.hydra.sweep.dir)
+        try:
+            returns = super().launch(job_overrides, initial_job_idx)
+        finally:
+            self.task_function = task
+        return [shipping.received(ret) for ret in returns]

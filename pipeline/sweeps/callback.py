@@ -108,9 +108,10 @@ class SweepCallback(Callback):
                 "experiment_id": experiment_id,
                 "tracking_uri": store.tracking_uri(config.tracking.uri),
             }
+            if ships_jobs(config.hydra.launcher):
+                info = shipped(config, root, info)
             write_json(sweep_dir / names.PARENT_FILE, info)
-            task_env = shipped(config, root, info) if ships_jobs(config.hydra.launcher) else None
-            check_capacity(config.hydra.launcher, task_env)  # a job no node can hold: now
+            check_capacity(config.hydra.launcher)  # a job no node can hold: now
             if loaded is not None:
                 loaded.result()
 
@@ -206,9 +207,9 @@ def stop(message: str) -> None:
     sys.exit(1)
 
 
-def shipped(config: DictConfig, root: Path, info: dict[str, Any]) -> dict[str, str]:
+def shipped(config: DictConfig, root: Path, info: dict[str, Any]) -> dict[str, Any]:
     """For a launcher that ships jobs (pipeline/sweeps/shipping.py): the prepared data pushed to
-    the DVC remote the jobs pull from, and the jobs' environment: the parent run, the data's
+    the DVC remote the jobs pull from, and what the jobs get beside the parent run: the data's
     digests, the code's git state, the remote (no secret)."""
     from pipeline.core.data import project_data_digests
     from pipeline.sweeps import shipping
@@ -217,14 +218,13 @@ def shipped(config: DictConfig, root: Path, info: dict[str, Any]) -> dict[str, s
     settings = validate(plain(config))
     remote = shipping.jobs_remote(root)
     shipping.ship_data(root, remote)
-    parent = {
+    return {
         **info,
         "shipped": True,
         "remote": remote,
         "digests": project_data_digests(root, settings.data.raw_files),
         "git": provenance.git_state(root),
     }
-    return shipping.task_environment(parent)
 
 
 def _plain(value: Any) -> Any:

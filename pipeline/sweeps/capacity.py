@@ -20,16 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import ConfigError
 
 
-def check_capacity(launcher: DictConfig, task_env: dict[str, str] | None = None) -> None:
+def check_capacity(launcher: DictConfig) -> None:
     """Fail with a `ConfigError` when no node of the launcher's cluster can hold one job (Ray's
     `ray_cluster` and the `slurm` preset; other launchers run jobs on this machine). Ray is
-    connected here, as the launcher would, with `task_env` added to its tasks' environment."""
+    connected here, as the launcher would connect, and stays so for it."""
     target = str(launcher.get("_target_", ""))
     if target.endswith("RayLauncher"):
         init = OmegaConf.to_container(launcher.ray.init, resolve=True)
-        runtime_env = init.setdefault("runtime_env", {}) or {}
-        runtime_env.setdefault("env_vars", {}).update(task_env or {})
-        init["runtime_env"] = runtime_env
         remote = OmegaConf.to_container(launcher.ray.remote, resolve=True)
         asked = {"CPU": remote.get("num_cpus") or 1, "GPU": remote.get("num_gpus") or 0}
         fits(asked, ray_nodes(init), "Ray", RAY_SETTINGS)

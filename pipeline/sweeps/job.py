@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -170,6 +171,8 @@ def run_job(cfg: DictConfig) -> float | None:
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
     outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
+    began = time.time()
+    outcome["seconds"] = seconds = {"started": round(began, 3)}  # where a job's time goes
     sweep_process = in_process(hc.launcher)  # then it leaves its last model to the sweep's end
     background = evaluator(low_priority=sweep_process)
     models: list[Future] = []
@@ -179,6 +182,7 @@ def run_job(cfg: DictConfig) -> float | None:
         parent = sweep_parent(Path(hc.sweep.dir))
         config = validate(plain(cfg))  # once: each seed is a copy with its own seed
         root = job_workspace(parent)
+        seconds["data"] = round(time.time() - began, 3)  # a shipped job's pull, and its check
         check_data_settings(config, root)
         load_keras()  # quietly: jobs a launcher runs elsewhere start here
         from pipeline.tracking import store
@@ -187,7 +191,8 @@ def run_job(cfg: DictConfig) -> float | None:
         experiment_id = store.setup(
             t.experiment_name, parent["tracking_uri"], wait_s=t.server_wait_s, patient=True
         )
-        scores = []
+        seconds["setup"] = round(time.time() - began - seconds["data"], 3)  # imports, store
+        scores, trainings = [], []
         for seed in range(config.seed, config.seed + config.sweep.seeds):
             where = experiment.Destination(
                 root,
@@ -199,16 +204,18 @@ def run_job(cfg: DictConfig) -> float | None:
                 data_digests=parent.get("digests") if parent.get("shipped") else None,
                 code_state=parent.get("git") if parent.get("shipped") else None,
             )
-            score, run_id, model = _train_model(
+            score, run_id, model, took = _train_model(
                 config.model_copy(update={"seed": seed}),
                 where,
                 background,
                 config.sweep.seeds == 1,
             )
             scores.append(score)
+            trainings.append(took)
             models.append(model)
             trained.append((score, run_id, where.out / FIGURES_DIR))
         outcome |= {"status": "FINISHED", "val_accuracy": scores}
+        seconds["training"] = round(sum(trainings), 3)
         objective = sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
         outcome["error"] = reason(exc)
@@ -233,6 +240,8 @@ def _record(outcome: dict[str, Any], models: list[Future], out: Path) -> dict[st
             f"job {outcome['job']} ({outcome['overrides']}) failed: {outcome['error']}",
             file=sys.stderr,
         )
+    if "seconds" in outcome:  # the rest of the job: logging, evaluation, waiting for them
+        outcome["seconds"]["ended"] = round(time.time(), 3)
     write_json(out / names.JOB_FILE, outcome)
     return outcome
 
@@ -263,13 +272,13 @@ def trainer() -> Trainer:
 
 def _train_model(
     config: Config, where: Any, background: BackgroundEvaluator, figures: bool
-) -> tuple[float, str, Future]:
+) -> tuple[float, str, Future, float]:
     """One model of the job, in its own run: trains it here, then queues the rest of its run
     for `background`: logging its inputs, epochs and model (saved from its detached state, so
     that the next seed trains meanwhile), scoring the test set, its evaluation, closing it.
     With `figures` (a job of one seed) its figures are drawn in its evaluation; else only their
     data is kept, and the job draws its median seed's at its end.
-    Returns its validation accuracy, its run and the queued work."""
+    Returns its validation accuracy, its run, the queued work and its training seconds."""
     from pipeline.core import model, training
     from pipeline.core.data import prepared
     from pipeline.tracking import experiment, runs
@@ -302,7 +311,8 @@ def _train_model(
             experiment.evaluate_model(config, where, run_id, probs, uri, trained.history, draw)
 
         future = background.model(run_id, finish)
-    return trained.history[names.VAL_ACCURACY][-1], run_id, future
+    took = trained.described[names.TRAIN_SECONDS]
+    return trained.history[names.VAL_ACCURACY][-1], run_id, future, took
 
 
 def sampler_seed(seed: int, sweep_dir: str) -> int:

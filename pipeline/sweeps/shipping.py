@@ -2,9 +2,10 @@
 
 A launcher that ships jobs (`ray_cluster`) gives each the project's code through Ray's runtime
 environment (`working_dir`: the project without its data, environments, stores and sweeps;
-conf/hydra/launcher/ray_cluster.yaml) and, in the task's environment (`SWEEP_ENV`), what the
-sweep's `parent_run.json` holds for jobs on this machine: the parent run, the tracking server,
-the data's digests, the code's git state and the DVC remote to pull the prepared data from.
+conf/hydra/launcher/ray_cluster.yaml) and, with its task (`carrying`), what the sweep's
+`parent_run.json` holds: the parent run, the tracking server, the data's digests, the code's git
+state and the DVC remote to pull the prepared data from (no secret: a node has its own
+credentials).
 
 The sweep pushes data/processed to that remote before the first job (`ship_data`); a job pulls it
 into its own copy's DVC cache and checks every shard against the digests the sweep expects
@@ -113,21 +114,30 @@ def pull_prepared(root: Path, remote: dict[str, str], digests: dict[str, str]) -
             )
 
 
-def shipped_task(task: Callable[[Any], Any], cfg: Any) -> dict[str, Any]:
-    """A job on another machine: `task`'s objective and the job's outcome (its job.json) and
-    folder, returned through the launcher to the sweep, which writes job.json in its own."""
+def shipped_task(task: Callable[[Any], Any], parent: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """A job on another machine: `task` run with the sweep's `parent` (the task carried it);
+    its objective, the job's outcome (its job.json) and folder returned through the launcher
+    to the sweep, which writes job.json in its own folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    objective = task(cfg)
+    os.environ[SWEEP_ENV] = json.dumps(parent)
+    try:
+        objective = task(cfg)
+    finally:
+        os.environ.pop(SWEEP_ENV, None)
     folder = Path(HydraConfig.get().runtime.output_dir)
     outcome_file = folder / names.JOB_FILE
     outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
     return {"objective": objective, "outcome": outcome, "folder": str(folder)}
 
 
-def returning_outcome(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`task` as a launcher ships it: returning its objective with the job's outcome."""
-    return functools.partial(shipped_task, task)
+def carrying(task: Callable[[Any], Any], sweep_dir: str) -> Callable[[Any], Any]:
+    """`task` as the launcher ships it: carrying the sweep's parent run and data (its
+    parent_run.json, read here), returning its objective with the job's outcome. Ray keeps a
+    node's worker for the next task of the same runtime environment, which this leaves as it
+    is: a warm worker runs the next job (and the next sweep's) without importing again."""
+    parent = json.loads((Path(sweep_dir) / names.PARENT_FILE).read_text(encoding="utf-8"))
+    return functools.partial(shipped_task, task, parent)
 
 
 def received(ret: Any) -> Any:
@@ -146,13 +156,8 @@ def received(ret: Any) -> Any:
     return ret
 
 
-def task_environment(parent: dict[str, Any]) -> dict[str, str]:
-    """The environment variables a shipped job gets: its parent run and data, no secret."""
-    return {SWEEP_ENV: json.dumps(parent)}
-
-
 def shipped_parent() -> dict[str, Any] | None:
-    """A shipped job's parent run and data (`task_environment`), or None on the sweep's own
+    """A shipped job's parent run and data (`shipped_task` sets it), or None on the sweep's own
     machine (the sweep folder's parent_run.json)."""
     text = os.environ.get(SWEEP_ENV)
     return json.loads(text) if text else None
