@@ -21,6 +21,7 @@ from helpers import (
     sweep_in,
     sweep_runs_in,
 )
+from pipeline.core.names import TRAINED_IN_TAG
 from pipeline.sweeps.stats import holm
 
 pytestmark = pytest.mark.slow  # real sweeps: several processes, training on MNIST
@@ -61,20 +62,27 @@ def download(run_id: str, path: str, prepared: Path) -> Path:
 def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
     prepared: Path,
 ) -> None:
-    """A 2 x 2 grid with sweep.seeds=2 on 1,000 training digits: 8 models, 4 configurations."""
+    """A 2 x 2 grid with sweep.seeds=2 on 1,000 training digits: 8 models, 4 configurations,
+    from 4 trainings (each 1-epoch model is its 2-epoch training's checkpoint)."""
     grid = ["model.hidden_units=16,32", "train.epochs=1,2", "sweep.seeds=2"]
     proc = sweep_in(prepared, "seeds", *grid, "tracking.registered_model=seeds-digits")
     assert "8 runs, 4 configurations, best first" in proc.stdout
     printed = proc.stdout + proc.stderr
     noise = re.findall(r"^[IWEF]\d{4} |absl|━|INFO mlflow|Registered model", printed, re.M)
-    assert not noise and printed.count("\nEpoch 1/") + printed.startswith("Epoch 1/") == 8
+    assert not noise and printed.count("\nEpoch 1/") + printed.startswith("Epoch 1/") == 4
     (parent,), children = sweep_runs_in(prepared, "seeds")
     names = sorted(c.info.run_name for c in children)
     assert names == sorted(
         f"mlp-h{h}-e{e}-n1000-s{s}" for h in (16, 32) for e in (1, 2) for s in (42, 43)
     )
+    by_name = {c.info.run_name: c for c in children}
     for child in children:
         assert_complete_child(child, parent.info.run_id, int(child.data.params["train.epochs"]))
+        if child.data.params["train.epochs"] == "1":
+            longer = by_name[child.info.run_name.replace("-e1-", "-e2-")]
+            assert child.data.tags[TRAINED_IN_TAG] == longer.info.run_id
+        else:
+            assert TRAINED_IN_TAG not in child.data.tags
     assert parent_artifacts(parent) >= {
         "summary.csv",
         "runs.csv",
@@ -83,14 +91,14 @@ def test_seeds_replicate_every_configuration_and_the_summary_aggregates_them(
         "figures/accuracy_heatmap.png",
         "figures/accuracy_vs_seconds.png",
     }
-    assert parent.data.metrics["jobs"] == 4 and parent.data.metrics["models"] == 8
+    assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["models"] == 8  # 2 trainings
     rows = list(csv.DictReader(download(parent.info.run_id, "summary.csv", prepared).open()))
     assert len(rows) == 4 and all(r["n"] == "2" for r in rows)
     means = [float(r["val_accuracy_mean"]) for r in rows]
     assert means == sorted(means, reverse=True)  # ranked on validation, not on test
     for row in rows:
         seeds = [c for c in children if c.data.tags["sweep_overrides"].startswith(row["config"])]
-        assert len(seeds) == 2
+        assert len(seeds) == 2, (row["config"], [c.data.tags["sweep_overrides"] for c in children])
         val = [c.data.metrics["val_accuracy"] for c in seeds]
         test = [c.data.metrics["test_accuracy"] for c in seeds]
         assert float(row["val_accuracy_mean"]) == pytest.approx(sum(val) / 2)
@@ -248,7 +256,14 @@ def test_an_interrupted_sweep_finishes_the_model_it_was_evaluating(prepared: Pat
     # first epoch ends, while job 0's figures are still being drawn (SIGINT, Ctrl-C, is handled
     # alike: tests/test_faults.py).
     sweep_dir = prepared / "multirun" / "interrupted"
-    cmd = [sys.executable, "-m", "pipeline.sweep", "-m", "train.epochs=1,500"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.sweep",
+        "-m",
+        "train.epochs=1,500",
+        "sweep.share_epochs=false",
+    ]
     cmd += ["train.batch_size=8", *QUICK_SWEEP, "tracking.experiment_name=interrupted"]
     cmd += [f"hydra.sweep.dir={sweep_dir}"]
     proc, _ = started_until(cmd, prepared, "Epoch 1/500")
@@ -270,4 +285,31 @@ def test_an_interrupted_sweep_finishes_the_model_it_was_evaluating(prepared: Pat
     assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) != []
     assert json.loads((sweep_dir / "0" / "job.json").read_text())["status"] == "FINISHED"
     assert json.loads((sweep_dir / "1" / "job.json").read_text())["status"] == "FAILED"
+    assert parent.info.status in ("FAILED", "KILLED")
+
+
+def test_a_shared_training_stopped_by_sigterm_keeps_its_finished_checkpoints(
+    prepared: Path,
+) -> None:
+    """Epoch counts 1, 2 and 500 share one training; SIGTERM as its epoch 3 starts: the 1- and
+    2-epoch models (checkpoints taken before the signal) are complete FINISHED runs, the
+    training's run ends KILLED, no run is RUNNING and none is made for an epoch not reached."""
+    cmd = [sys.executable, "-m", "pipeline.sweep", "-m", "train.epochs=1,2,500"]
+    cmd += ["train.batch_size=8", *QUICK_SWEEP, "tracking.experiment_name=shared-stop"]
+    cmd += [f"hydra.sweep.dir={prepared / 'multirun' / 'shared-stop'}"]
+    proc, _ = started_until(cmd, prepared, "Epoch 3/500")
+    proc.send_signal(signal.SIGTERM)
+    said = proc.stdout.read()
+    assert proc.wait(timeout=120) != 0
+    (parent,), children = sweep_runs_in(prepared, "shared-stop")
+    runs = {c.data.params["train.epochs"]: c for c in children}
+    assert sorted(runs, key=int) == ["1", "2", "500"], said[-3000:]
+    killed = runs["500"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["failure_reason"] == "KeyboardInterrupt: received SIGTERM"
+    for epochs in (1, 2):
+        made = runs[str(epochs)]
+        assert made.info.status == "FINISHED", said[-3000:]
+        assert made.data.tags[TRAINED_IN_TAG] == killed.info.run_id
+        assert_complete_child(made, parent.info.run_id, epochs=epochs)
     assert parent.info.status in ("FAILED", "KILLED")

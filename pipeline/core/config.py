@@ -266,6 +266,13 @@ class TrackingConfig(Section):
 
 class SweepConfig(Section):
     seeds: PositiveInt
+    share_epochs: Annotated[bool, Says("true or false")]
+    # Set by the sweep (pipeline/sweeps/plan.py), never by hand: the epoch counts below
+    # train.epochs this job's training also makes a model of, each its own run.
+    also_epochs: Annotated[
+        list[PositiveInt] | None,
+        Says("a list of an integer or null", "a list of epoch counts below train.epochs"),
+    ]
 
 
 class RegistryConfig(Section):
@@ -373,7 +380,18 @@ def validate(data: dict[str, Any]) -> Config:
         first = min(errors, key=lambda e: e["type"] not in ("extra_forbidden", "missing"))
         raise ConfigError(_explain(first, data)) from None
     check_dataset(cfg.data)
+    also = cfg.sweep.also_epochs or []
+    if any(k >= cfg.train.epochs for k in also) or len(set(also)) != len(also):
+        raise ConfigError(
+            f"sweep.also_epochs must be distinct epoch counts below train.epochs "
+            f"({cfg.train.epochs}), received {also}; the sweep sets it (pipeline/sweeps/plan.py)."
+        )
     return cfg
+
+
+# Keys that make an epoch depend on the total epoch count (a learning-rate schedule, early
+# stopping): a sweep over train.epochs that sets one trains each epoch count alone.
+EPOCH_DEPENDENT: tuple[str, ...] = ()
 
 
 # What each format needs, which the other leaves null.

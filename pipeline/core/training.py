@@ -228,11 +228,35 @@ class Detached:
     def __init__(self, arrays: list[np.ndarray], shadow: keras.Model) -> None:
         self._arrays, self._shadow = arrays, shadow
 
+    def with_arrays(self, arrays: list[np.ndarray]) -> Detached:
+        """Another state (an `EpochSnapshots` copy) of the same model, put into the same shadow."""
+        return Detached(arrays, self._shadow)
+
     def model(self) -> keras.Model:
         targets = [*self._shadow.weights, *self._shadow.optimizer.variables]
         for target, value in zip(targets, self._arrays, strict=True):
             target.assign(value)
         return self._shadow
+
+
+class EpochSnapshots(keras.callbacks.Callback):
+    """A Keras callback copying the model's weights and optimizer state at the end of each of
+    `epochs` (counted from 1). Nothing in an epoch depends on the total epoch count (a constant
+    learning rate, each epoch's order the next draw of the seeded generator), so the copy after
+    epoch k is, bit for bit, what a training of k epochs alone ends with. Copying draws no
+    random number."""
+
+    def __init__(self, epochs: Sequence[int]) -> None:
+        super().__init__()
+        self.epochs = set(epochs)
+        self.taken: dict[int, list[np.ndarray]] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch + 1 in self.epochs:
+            model = self.model
+            self.taken[epoch + 1] = [
+                np.array(v) for v in (*model.weights, *model.optimizer.variables)
+            ]
 
 
 @dataclass

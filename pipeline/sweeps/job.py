@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.paths import FIGURES_DIR, PARAMS_FILE
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import BackgroundEvaluator, evaluator
+from pipeline.sweeps.plan import own_overrides
 from pipeline.sweeps.stats import median_seed
 
 if TYPE_CHECKING:
@@ -170,13 +172,19 @@ def run_job(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     overrides = " ".join(hc.overrides.task)
-    outcome: dict[str, Any] = {"job": hc.job.num, "overrides": overrides, "status": "FAILED"}
+    outcome: dict[str, Any] = {
+        "job": hc.job.num,
+        "overrides": own_overrides(overrides),
+        "status": "FAILED",
+    }
     began = time.time()
     outcome["seconds"] = seconds = {"started": round(began, 3)}  # where a job's time goes
     sweep_process = in_process(hc.launcher)  # then it leaves its last model to the sweep's end
     background = evaluator(low_priority=sweep_process)
     models: list[Future] = []
-    trained: list[tuple[float, str, Path]] = []  # each model's validation accuracy, run, figures
+    # Per epoch count (the job's own, and its checkpoints'): each seed's validation accuracy,
+    # run and figures folder.
+    trained: dict[int, list[tuple[float, str, Path]]] = {}
     objective = None
     try:
         parent = sweep_parent(Path(hc.sweep.dir))
@@ -192,6 +200,8 @@ def run_job(cfg: DictConfig) -> float | None:
             t.experiment_name, parent["tracking_uri"], wait_s=t.server_wait_s, patient=True
         )
         seconds["setup"] = round(time.time() - began - seconds["data"], 3)  # imports, store
+        also = list(config.sweep.also_epochs or [])  # the plan's checkpoints (plan.py)
+        shipped = bool(parent.get("shipped"))
         scores, trainings = [], []
         for seed in range(config.seed, config.seed + config.sweep.seeds):
             where = experiment.Destination(
@@ -199,30 +209,34 @@ def run_job(cfg: DictConfig) -> float | None:
                 out / f"s{seed}",
                 experiment_id,
                 parent_run_id=parent["run_id"],
-                tags={names.OVERRIDES_TAG: overrides, **cluster_tags()},
+                tags={names.OVERRIDES_TAG: own_overrides(overrides), **cluster_tags()},
                 entry_point="pipeline/sweep.py",
-                data_digests=parent.get("digests") if parent.get("shipped") else None,
-                code_state=parent.get("git") if parent.get("shipped") else None,
+                data_digests=parent.get("digests") if shipped else None,
+                code_state=parent.get("git") if shipped else None,
             )
-            score, run_id, model, took = _train_model(
+            made = _train_models(
                 config.model_copy(update={"seed": seed}),
                 where,
                 background,
                 config.sweep.seeds == 1,
+                also,
+                models,
             )
-            scores.append(score)
-            trainings.append(took)
-            models.append(model)
-            trained.append((score, run_id, where.out / FIGURES_DIR))
+            scores.append(made[0].score)
+            trainings.append(made[0].seconds)
+            for one in made:
+                trained.setdefault(one.epochs, []).append((one.score, one.run_id, one.figures))
         outcome |= {"status": "FINISHED", "val_accuracy": scores}
         seconds["training"] = round(sum(trainings), 3)
         objective = sum(scores) / len(scores)
     except Exception as exc:  # the summary reports it; the other jobs go on
         outcome["error"] = reason(exc)
     finally:
-        if len(trained) > 1:  # the figures of the configuration's median seed, once evaluated
-            _, run_id, folder = median_seed(trained, key=lambda t: t[0])
-            background.queue_after(functools.partial(_draw_figures, run_id, folder, background))
+        for seeds in trained.values():  # each configuration's median seed's figures
+            if len(seeds) > 1:
+                _, run_id, folder = median_seed(seeds, key=lambda t: t[0])
+                draw = functools.partial(_draw_figures, run_id, folder, background)
+                background.queue_after(draw)
         ended = background.queue_after(functools.partial(_record, outcome, models, out))
     if sweep_process and not search.is_search(hc.sweeper):
         return objective
@@ -270,49 +284,188 @@ def trainer() -> Trainer:
     return Trainer()
 
 
-def _train_model(
-    config: Config, where: Any, background: BackgroundEvaluator, figures: bool
-) -> tuple[float, str, Future, float]:
-    """One model of the job, in its own run: trains it here, then queues the rest of its run
-    for `background`: logging its inputs, epochs and model (saved from its detached state, so
-    that the next seed trains meanwhile), scoring the test set, its evaluation, closing it.
-    With `figures` (a job of one seed) its figures are drawn in its evaluation; else only their
-    data is kept, and the job draws its median seed's at its end.
-    Returns its validation accuracy, its run, the queued work and its training seconds."""
-    from pipeline.core import model, training
-    from pipeline.core.data import prepared
+@dataclass(frozen=True)
+class Made:
+    """One model a job made: its epoch count, validation accuracy, run, figures folder and
+    training seconds."""
+
+    epochs: int
+    score: float
+    run_id: str
+    figures: Path
+    seconds: float
+
+
+def _train_models(
+    config: Config,
+    where: Any,
+    background: BackgroundEvaluator,
+    figures: bool,
+    also: list[int],
+    models: list[Future],
+) -> list[Made]:
+    """One training of the job's configuration, in its own run, and the models of the epoch
+    counts `also` taken from it (`EpochSnapshots`), each in a run of its own: the run a
+    training of that many epochs alone would make, tagged with the run that trained it.
+
+    Each model is trained here, then the rest of its run is queued for `background` (its work
+    futures are added to `models`): logging its inputs, epochs and model (from its detached
+    state, so that the next seed trains meanwhile), scoring the test set, its evaluation,
+    closing it. With `figures` (a job of one seed) its figures are drawn in its evaluation; else
+    only their data is kept, and the job draws its median seed's at its end. A training that
+    fails at epoch j still makes the models of the counts below j; the others' runs fail with
+    its reason."""
+    from pipeline.core import training
     from pipeline.tracking import experiment, runs
 
-    with experiment.model_run(config, where, close=False) as run_id:  # `background` closes it
+    snapshots = training.EpochSnapshots(also)
+    with experiment.model_run(own_config(config), where, close=False) as run_id:
         splits = experiment.training_splits(config, where.root)
         logger = experiment.epoch_logger(run_id, live=False)  # one call, after the model
         background.training_starts()
         try:
-            trained = experiment.train(config, splits, trainer(), [logger])
-        except BaseException:
+            trained = experiment.train(config, splits, trainer(), [logger, snapshots])
+        except BaseException as exc:
             with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
-                experiment.log_inputs(run_id, config, splits)
+                experiment.log_inputs(run_id, own_config(config), splits)
                 runs.log_epochs(run_id, logger.held)
+            if also and snapshots.model is not None:
+                kept = trainer().detach(snapshots.model, config.model, config.train)
+                _checkpoints(config, where, background, figures, run_id, snapshots, kept,
+                             logger.held, splits, models, exc)  # fmt: skip
             raise
         experiment.write_reports(trained, where.out)
         kept = trainer().detach(trained.model, config.model, config.train)
+        models.append(
+            _finish_later(
+                background,
+                own_config(config),
+                where,
+                run_id,
+                kept,
+                logger.held,
+                trained,
+                splits,
+                figures,
+            )  # fmt: skip
+        )
+    made = [Made(config.train.epochs, trained.history[names.VAL_ACCURACY][-1], run_id,
+                 where.out / FIGURES_DIR, trained.described[names.TRAIN_SECONDS])]  # fmt: skip
+    made += _checkpoints(config, where, background, figures, run_id, snapshots, kept,
+                         logger.held, splits, models)  # fmt: skip
+    return made
 
-        def finish(turn: Callable[[], None]) -> None:
-            """In the background, taking `turn`s with training between its calls."""
-            experiment.log_inputs(run_id, config, splits)
-            turn()
-            example = training.head(splits[1], experiment.EXAMPLE_INPUTS)
-            uri = experiment.log_model(kept, run_id, where.out, example, trained.described)
-            turn()  # the epochs after the model: MLflow reads every metric's history of a run
-            runs.log_epochs(run_id, logger.held)  # when it logs a model to it, per metric
-            turn()
-            probs = model.predict(kept.model(), prepared(where.root, "test"))
-            draw = background.draw if figures else None
-            experiment.evaluate_model(config, where, run_id, probs, uri, trained.history, draw)
 
-        future = background.model(run_id, finish)
-    took = trained.described[names.TRAIN_SECONDS]
-    return trained.history[names.VAL_ACCURACY][-1], run_id, future, took
+def own_config(config: Config, epochs: int | None = None) -> Config:
+    """`config` as a model of it records it: without the plan's `sweep.also_epochs`, and with
+    `epochs` for a checkpoint's."""
+    sweep = config.sweep.model_copy(update={"also_epochs": None})
+    train = config.train.model_copy(update={"epochs": epochs or config.train.epochs})
+    return config.model_copy(update={"sweep": sweep, "train": train})
+
+
+def _finish_later(
+    background: BackgroundEvaluator,
+    config: Config,
+    where: Any,
+    run_id: str,
+    kept: Any,
+    held: list,
+    trained: Any,
+    splits: tuple,
+    figures: bool,
+) -> Future:
+    """Queue the rest of a trained model's run for `background`: its inputs, model, epochs
+    (`held`), test scores and evaluation; return the work's future."""
+    from pipeline.core import model, training
+    from pipeline.core.data import prepared
+    from pipeline.tracking import experiment, runs
+
+    def finish(turn: Callable[[], None]) -> None:
+        """In the background, taking `turn`s with training between its calls."""
+        experiment.log_inputs(run_id, config, splits)
+        turn()
+        example = training.head(splits[1], experiment.EXAMPLE_INPUTS)
+        uri = experiment.log_model(kept, run_id, where.out, example, trained.described)
+        turn()  # the epochs after the model: MLflow reads every metric's history of a run
+        runs.log_epochs(run_id, held)  # when it logs a model to it, per metric
+        turn()
+        probs = model.predict(kept.model(), prepared(where.root, "test"))
+        draw = background.draw if figures else None
+        experiment.evaluate_model(config, where, run_id, probs, uri, trained.history, draw)
+
+    return background.model(run_id, finish)
+
+
+def _checkpoints(
+    config: Config,
+    where: Any,
+    background: BackgroundEvaluator,
+    figures: bool,
+    trained_in: str,
+    snapshots: Any,
+    kept: Any,
+    held: list,
+    splits: tuple,
+    models: list[Future],
+    failure: BaseException | None = None,
+) -> list[Made]:
+    """The models of the checkpoints `snapshots` took of the training in run `trained_in`,
+    each in its own run (its own config, name, k epochs of metrics, model, scores, figures).
+    After the training's `failure`, a count it did not reach gets a FAILED run saying so; after
+    an interrupt (Ctrl-C, SIGTERM), none: the sweep is stopping."""
+    from pipeline.core import training
+    from pipeline.tracking import experiment
+
+    made = []
+    stopping = isinstance(failure, KeyboardInterrupt)
+    for k in sorted(snapshots.epochs):
+        if stopping and k not in snapshots.taken:
+            continue
+        cfg = own_config(config, k)
+        overrides = own_overrides(where.tags[names.OVERRIDES_TAG], k)
+        here = replace(
+            where,
+            out=where.out.parent / f"e{k}" / where.out.name,
+            tags={**where.tags, names.OVERRIDES_TAG: overrides, names.TRAINED_IN_TAG: trained_in},
+        )
+        try:
+            with experiment.model_run(cfg, here, close=False) as run_id:
+                if k not in snapshots.taken:
+                    raise PipelineError(
+                        f"its training (run {trained_in}) stopped before epoch {k}: "
+                        f"{reason(failure) if failure else 'no model of that epoch'}"
+                    )
+                rows = held[:k]
+                keys = (*training.HISTORY_KEYS, training.EPOCH_SECONDS)
+                history = {key: [logs[key] for _, _, logs in rows] for key in keys}
+                net = snapshots.model
+                described = {
+                    names.TRAIN_SECONDS: round(sum(history[training.EPOCH_SECONDS]), 3),
+                    "train_examples": training.shape_of(splits[0])[0],
+                    "model_params": int(net.count_params()),
+                    "model_layers": len(net.layers),
+                }
+                model_k = experiment.Trained(None, history, described)
+                experiment.write_reports(model_k, here.out)
+                models.append(
+                    _finish_later(
+                        background,
+                        cfg,
+                        here,
+                        run_id,
+                        kept.with_arrays(snapshots.taken[k]),
+                        rows,
+                        model_k,
+                        splits,
+                        figures,
+                    )  # fmt: skip
+                )
+        except PipelineError:
+            continue  # its run ended FAILED, with the reason
+        made.append(Made(k, history[names.VAL_ACCURACY][-1], run_id, here.out / FIGURES_DIR,
+                         described[names.TRAIN_SECONDS]))  # fmt: skip
+    return made
 
 
 def sampler_seed(seed: int, sweep_dir: str) -> int:

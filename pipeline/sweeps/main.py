@@ -41,6 +41,12 @@ def cli(argv: list[str] | None = None) -> None:
         return
     if not {"-m", "--multirun"} & set(argv) and not set(PRINT_ONLY) & set(argv):
         argv = ["-m", *argv]  # a sweep of one job, never Hydra's "run" mode
+    if not any(a.startswith(("+search=", "hydra/sweeper=", "search=")) for a in argv):
+        # epoch counts share one training (plan.py); beside the other overrides, since
+        # Hydra's argument parser takes them in one run
+        at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), None)
+        at = len(argv) if at is None else at
+        argv = [*argv[:at], "hydra/sweeper=sharing", *argv[at:]]
     sys.argv = [sys.argv[0], *argv]
     _run()
 

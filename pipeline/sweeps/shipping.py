@@ -78,28 +78,13 @@ def ship_data(root: Path, remote: dict[str, str]) -> None:
 
 def pull_prepared(root: Path, remote: dict[str, str], digests: dict[str, str]) -> None:
     """data/processed in this job's copy of the project at `root`: pulled from `remote` into
-    the copy's own DVC cache (once per copy), each split checked against the sweep's
-    `digests`."""
-    if not (root / PROCESSED_DIR / MANIFEST).exists():
-        setup = [
-            ("config", "--local", "core.no_scm", "true"),  # the copy is not a git repository
-            ("remote", "add", "--local", "--force", remote["name"], remote["url"]),
-            *(
-                ("remote", "modify", "--local", remote["name"], key, value)
-                for key, value in remote.items()
-                if key not in ("name", "url")
-            ),
-        ]
-        for args in setup:
-            done = _dvc(root, *args)
-            if done.returncode != 0:
-                raise DataError(f"`dvc {' '.join(args[:3])}` failed: {done.stderr.strip()}")
-        pulled = _dvc(root, "pull", "-r", remote["name"], str(PROCESSED_DIR))
-        if pulled.returncode != 0:
-            raise DataError(
-                f"`dvc pull -r {remote['name']} {PROCESSED_DIR}` from {remote['url']} failed "
-                f"(exit {pulled.returncode}) on this node: {pulled.stderr.strip()[-500:]}"
-            )
+    the copy's own DVC cache (once per copy: the jobs that share a node's copy take turns), each
+    split checked against the sweep's `digests`."""
+    from filelock import FileLock
+
+    with FileLock(root / ".dvc" / "pull.lock"):
+        if not (root / PROCESSED_DIR / MANIFEST).exists():
+            _pull(root, remote)
     read_manifest.cache_clear()
     for split in SPLITS:
         shards = Shards(root / PROCESSED_DIR, split)
@@ -112,6 +97,28 @@ def pull_prepared(root: Path, remote: dict[str, str], digests: dict[str, str]) -
                 f"{shards.digest[:12]}, the sweep's is {str(expected)[:12]}: the remote holds "
                 "other data. Run the sweep again (it pushes its data first)."
             )
+
+
+def _pull(root: Path, remote: dict[str, str]) -> None:
+    setup = [
+        ("config", "--local", "core.no_scm", "true"),  # the copy is not a git repository
+        ("remote", "add", "--local", "--force", remote["name"], remote["url"]),
+        *(
+            ("remote", "modify", "--local", remote["name"], key, value)
+            for key, value in remote.items()
+            if key not in ("name", "url")
+        ),
+    ]
+    for args in setup:
+        done = _dvc(root, *args)
+        if done.returncode != 0:
+            raise DataError(f"`dvc {' '.join(args[:3])}` failed: {done.stderr.strip()}")
+    pulled = _dvc(root, "pull", "-r", remote["name"], str(PROCESSED_DIR))
+    if pulled.returncode != 0:
+        raise DataError(
+            f"`dvc pull -r {remote['name']} {PROCESSED_DIR}` from {remote['url']} failed "
+            f"(exit {pulled.returncode}) on this node: {pulled.stderr.strip()[-500:]}"
+        )
 
 
 def shipped_task(task: Callable[[Any], Any], parent: dict[str, Any], cfg: Any) -> dict[str, Any]:
