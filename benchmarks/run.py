@@ -14,9 +14,13 @@ side by side on the same machine:
   (f) seconds per epoch of Keras `fit` tuned the documented way (`benchmarks/fit.py`: float32,
       XLA, `steps_per_execution` = one epoch) on the same data, against the train stage's loop;
   (g) `sweep_efficiency` of the standard grid with `sweep.seeds=3` (60 models) and the default
-      launcher: the sum over its models of epochs x steady seconds per epoch, over the sweep's
+      launcher: the epochs actually trained x their steady seconds per epoch, over the sweep's
       wall time; and the same grid's wall time with `hydra/launcher=joblib`, 2 workers, at 1 and
       at 2 TensorFlow threads each;
+  (j) the same grid trained with `sweep.share_epochs=false` (every epoch count alone) against
+      the default (each configuration once, its smaller counts taken as checkpoints): the
+      wall-time ratio, and how many of the 60 (hidden, epochs, seed) models have the same
+      `weights_sha256` and validation accuracy in both;
   (h) the web app under load against `mlflow models serve` on the same champion model
       (benchmarks/serve.py): requests per second at 8 clients and their ratio, p50 and p95
       latency, a single client's p50, zero errors, answers as `pipeline.predict --json`'s;
@@ -27,7 +31,7 @@ side by side on the same machine:
 Prints a table, writes `benchmarks/results.json` and the table into `docs/benchmarks.md`.
 Command: `uv run python benchmarks/run.py` (`MNIST_MIRROR` or `--mirror` names the local copy of
 the four MNIST files; the default is `../shared/data/mnist` beside the project); with `--only
-sweeps`, only (d) and (g), about 15 minutes; with `--only serve`, only (h) and (i), about two
+sweeps`, only (d), (g) and (j), about 18 minutes; with `--only serve`, only (h) and (i), about two
 minutes; with `--only waits`, what users wait for: (c), (d), (g) on the basic launcher, (i) and
 `uv run`'s overhead, about 7 minutes; each keeps the other results.
 """
@@ -71,6 +75,8 @@ TARGETS: dict[str, tuple[str, float, bool]] = {
     "train_peak_rss_mb": ("(e) train stage peak RSS, MB", 1500.0, False),
     "loop_vs_tuned_fit": ("(f) tuned `fit` s/epoch / pipeline s/epoch", 1.0, True),
     "sweep_efficiency": ("(g) 60-model grid: steady training s / wall s", 0.85, True),
+    "sharing_speedup": ("(j) 60-model grid: wall unshared / wall shared", 1.5, True),
+    "sharing_same_models": ("(j) models alike in both (weights, val accuracy), of 60", 60, True),
     "app_vs_mlflow_serve": ("(h) app req/s / `mlflow models serve` req/s, 8 clients", 2.0, True),
     "app_p95_ms": ("(h) app p95 latency at 8 clients, ms", 150.0, False),
     "app_single_client_p50_ms": ("(h) app p50 latency, 1 client, ms", 15.0, False),
@@ -82,6 +88,7 @@ GRID = ["+grid=hidden_epochs", "sweep.seeds=3"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 LAUNCHER_ARGS = {  # how (g)'s grid is run
     "basic": [],
+    "basic_unshared": ["sweep.share_epochs=false"],
     "joblib_1_thread": [*JOBLIB, "train.intra_op_threads=1", "train.inter_op_threads=1"],
     "joblib_2_threads": JOBLIB,
 }
@@ -162,13 +169,8 @@ def sweep_jobs(project: Path, experiment: str) -> tuple[float, list[float]]:
     return span / 1000, [r.data.metrics["train_seconds"] for r in runs]
 
 
-def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dict[str, Any]:
-    """(g) for the sweep logged to `experiment`: the sum over its models of epochs x steady
-    seconds per epoch, over `wall` x `workers` (the jobs run side by side). A model's steady
-    seconds per epoch are the median epoch time of all models of its hidden size: compilation,
-    paid once per hidden size by the first of them, drops out of the median."""
-    import statistics
-
+def grid_runs(project: Path, experiment: str) -> list[Any]:
+    """The 60 FINISHED model runs of the standard grid logged to `experiment`."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -180,6 +182,25 @@ def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dic
     ]
     if len(runs) != 60 or any(r.info.status != "FINISHED" for r in runs):
         raise BenchmarkError(f"the grid in {experiment} made {len(runs)} runs, expected 60")
+    return runs
+
+
+def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dict[str, Any]:
+    """(g) for the sweep logged to `experiment`: the epochs its trainings ran x steady seconds
+    per epoch, over `wall` x `workers` (the jobs run side by side). A model taken as a
+    checkpoint of a longer training (tagged `trained_in`) ran no epoch of its own, so it counts
+    for nothing: where epoch counts share trainings, (g) is still the share of the wall time
+    spent training, not the models held. A training's steady seconds per epoch are the median
+    epoch time of all trainings of its hidden size: compilation, paid once per hidden size by
+    the first of them, drops out of the median."""
+    import statistics
+
+    import mlflow
+
+    from pipeline.core.names import TRAINED_IN_TAG
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = [r for r in grid_runs(project, experiment) if TRAINED_IN_TAG not in r.data.tags]
     epochs_of: dict[str, list[float]] = {}
     for r in runs:
         history = client.get_metric_history(r.info.run_id, "epoch_seconds")
@@ -193,6 +214,8 @@ def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dic
     )
     fitting = sum(r.data.metrics["train_seconds"] for r in runs)
     return {
+        "trainings": len(runs),
+        "epochs_trained": sum(int(r.data.params["train.epochs"]) for r in runs),
         "training_s": round(training, 1),
         "wall_s": round(wall, 1),
         "workers": workers,
@@ -207,10 +230,29 @@ def efficiency(project: Path, experiment: str, wall: float, workers: int) -> dic
     }
 
 
+def models_alike(project: Path, shared: str, alone: str) -> int:
+    """(j): how many (hidden, epochs, seed) models of the grid in `shared` have the weights
+    digest and validation accuracy of the same model in `alone`."""
+    from pipeline.core.names import WEIGHTS_SHA256_TAG
+
+    def models(experiment: str) -> dict[tuple[str, ...], tuple[str, float]]:
+        return {
+            tuple(r.data.params[k] for k in ("model.hidden_units", "train.epochs", "seed")): (
+                r.data.tags[WEIGHTS_SHA256_TAG],
+                r.data.metrics["val_accuracy"],
+            )
+            for r in grid_runs(project, experiment)
+        }
+
+    one, other = models(shared), models(alone)
+    return sum(1 for key, model in one.items() if other.get(key) == model)
+
+
 def measure_sweeps(
     project: Path, env: dict[str, str], launchers: tuple[str, ...] = LAUNCHERS
 ) -> dict[str, Any]:
-    """(d), then (g): the standard grid with 3 seeds, basic launcher, then joblib."""
+    """(d), then (g) and (j): the standard grid with 3 seeds, basic launcher shared and
+    unshared, then joblib."""
     py = sys.executable
     print(f"sweep {SWEEP} ...", flush=True)
     sweep_wall, _, _ = timed([py, "-m", "pipeline.sweep", "-m", SWEEP], project, env)
@@ -229,6 +271,8 @@ def measure_sweeps(
         "sweep_wall_s": round(sweep_wall, 2),
         "sweep_startup_s": round(sweep_wall - span, 2),
         "sweep_efficiency": grids["basic"]["efficiency"],
+        "sharing_speedup": round(grids["basic_unshared"]["wall_s"] / grids["basic"]["wall_s"], 2),
+        "sharing_same_models": models_alike(project, "basic", "basic_unshared"),
         "grid_3_seeds": grids,
     }
 
@@ -279,7 +323,7 @@ def measure_waits(project: Path, env: dict[str, str], work: Path) -> dict[str, A
     print("pipeline.predict ...", flush=True)
     results = {"noop_repro_s": round(noop, 2), "predict_cli_s": timed_predict(project, env, image)}
     results |= uv_run_costs(project, env, image)
-    return results | measure_sweeps(project, env, launchers=("basic",))
+    return results | measure_sweeps(project, env, launchers=("basic", "basic_unshared"))
 
 
 def steady(epoch_seconds: list[float]) -> float:
@@ -394,9 +438,16 @@ def table(results: dict[str, Any]) -> str:
     grids = results["grid_3_seeds"]
     rows.append("")
     rows.append(
-        "Standard grid with `sweep.seeds=3` (60 models, 285 epochs): "
+        "Standard grid with `sweep.seeds=3` (60 models; 285 epochs trained alone, 150 "
+        "shared): "
         + "; ".join(
-            f"{name.replace('_', ' ')}: {g['wall_s']} s wall, {g['training_s']} s of steady "
+            f"{name.replace('_', ' ')}: {g['wall_s']} s wall, "
+            + (
+                f"{g['trainings']} trainings of {g['epochs_trained']} epochs, "
+                if "trainings" in g
+                else ""
+            )
+            + f"{g['training_s']} s of steady "
             f"training in {g['workers']} worker(s), efficiency {g['efficiency']}"
             + (f" ({g['fit_s']} s in `fit`, {g['fit_share']} of it)" if "fit_s" in g else "")
             for name, g in grids.items()
@@ -426,7 +477,11 @@ def write_doc(results: dict[str, Any]) -> None:
     _, tail = rest.split(END, 1)
     when = results["taken"]
     lines = f"Taken {when['all']}."
-    parts = {"sweeps": "(d), (g)", "serve": "(h), (i)", "waits": "(c), (d), (g), (i), uv run"}
+    parts = {
+        "sweeps": "(d), (g), (j)",
+        "serve": "(h), (i)",
+        "waits": "(c), (d), (g), (j), (i), uv run",
+    }
     later = {k: v for k, v in when.items() if k in parts and v != when["all"]}
     if later:
         lines = f"(a)-(c), (e), (f) and the rest taken {when['all']}." + "".join(

@@ -24,6 +24,7 @@ from helpers import (
     chromium,
     copy_project,
     mirror,
+    needs,
     run,
     team_stack,
 )
@@ -94,12 +95,8 @@ def default_config():
 def browser() -> Iterator:
     """A headless Chromium for a module's tests. Under `.ci/run` (CI set) a missing browser
     fails the test; elsewhere it skips, saying why."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; .ci/run installs them")
-        pytest.skip(reason)
+    needs(CHROMIUM, "chromium")
+    needs(CHROMEDRIVER, "chromium-driver")
     driver = chromium()
     yield driver
     driver.quit()

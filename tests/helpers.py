@@ -18,9 +18,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -475,15 +476,38 @@ def broken_mirror(case: str, folder: Path) -> Iterator[str]:
 OXYGEN = Path("/usr/share/icons/oxygen/base")  # Debian's oxygen-icon-theme: real colour PNGs
 
 
-def needs(path: Path, package: str) -> None:
-    """A test's real component: missing, it fails under CI (.ci/run installs `package`) and is
-    skipped elsewhere, saying why."""
-    if Path(path).exists():
-        return
-    reason = f"{path} not found (apt-get install {package})"
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """`call()`'s result, or its exception; a deadline that only ends a hung test (a timeout
+    that did not work), not a measure of speed: speed is measured in benchmarks/."""
+    done: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            done["value"] = call()
+        except BaseException as exc:  # re-raised in the test's thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s: it hung"
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
+
+
+def unavailable(reason: str) -> NoReturn:
+    """The one place a test gives up on a missing component or power: under CI (.ci/run, which
+    installs and runs as root) the test fails, elsewhere it is skipped, each saying `reason`."""
     if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run installs it")
+        pytest.fail(f"{reason}; .ci/run provides it, so under CI this is a failure")
     pytest.skip(reason)
+
+
+def needs(path: Path, package: str) -> None:
+    """A test's real component at `path`: missing, `unavailable` (`package` installs it)."""
+    if not Path(path).exists():
+        unavailable(f"{path} not found (apt-get install {package})")
 
 
 def oxygen_icons(
@@ -515,10 +539,16 @@ def fashion_mirror() -> str | None:
 
 
 def started_until(
-    cmd: list[str], cwd: Path, prefix: str, stderr: int = subprocess.STDOUT, **env: str
+    cmd: list[str],
+    cwd: Path,
+    prefix: str,
+    stderr: int = subprocess.STDOUT,
+    new_session: bool = False,
+    **env: str,
 ) -> tuple[subprocess.Popen, str]:
-    """`cmd` started in `cwd` (unbuffered, stderr into stdout unless `stderr` says otherwise),
-    read until it prints a line starting with `prefix`; returns the process and that line."""
+    """`cmd` started in `cwd` (unbuffered, stderr into stdout unless `stderr` says otherwise;
+    in a process group of its own with `new_session`), read until it prints a line starting
+    with `prefix`; returns the process and that line."""
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -526,6 +556,7 @@ def started_until(
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
+        start_new_session=new_session,
     )
     assert proc.stdout is not None
     for line in proc.stdout:

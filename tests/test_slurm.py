@@ -24,16 +24,20 @@ from helpers import (
     run_env,
     sweep_in_background,
     team_stack,
+    unavailable,
 )
 
-pytestmark = [
-    pytest.mark.slow,  # the team's stack and a SLURM cluster
-    pytest.mark.skipif(
-        shutil.which("slurmctld", path="/usr/sbin:/usr/bin") is None,
-        reason="SLURM's slurmctld not found: install Debian's slurm-wlm and munge packages "
-        "(`apt-get install slurmctld slurmd slurm-client munge`; .ci/run does this)",
-    ),
-]
+pytestmark = pytest.mark.slow  # the team's stack and a SLURM cluster
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_installed() -> None:
+    if shutil.which("slurmctld", path="/usr/sbin:/usr/bin") is None:
+        unavailable(
+            "SLURM's slurmctld not found: install Debian's slurm-wlm and munge packages "
+            "(`apt-get install slurmctld slurmd slurm-client munge`)"
+        )
+
 
 SLURM = [
     "hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=20",

@@ -6,6 +6,8 @@ MLflow. Every name a run, a sweep folder or the registry carries is spelled here
 
 # ---- tags ------------------------------------------------------------------------------------
 FAILURE_TAG = "failure_reason"
+RESUMED_FROM_TAG = "resumed_from"  # a training resumed from a checkpoint: the run that made it
+RESUMED_AT_TAG = "resumed_at_epoch"  # ... and its epoch
 HOST_TAG, PID_TAG = "host", "pid"  # the process that has the run open
 MODEL_URI_TAG = "model_uri"
 MODEL_SHA256_TAG = "model_sha256"  # of models/model.keras: evaluate checks it before loading

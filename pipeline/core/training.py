@@ -30,6 +30,7 @@ from pipeline.core.config import ModelConfig, TrainConfig
 from pipeline.core.data import prepared
 from pipeline.core.errors import PipelineError
 from pipeline.core.model import build_model, compile_model
+from pipeline.core.resume import Checkpoints
 from pipeline.core.streaming import Streamed
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -339,6 +340,7 @@ class Trainer:
         val: Split | Streamed,
         cfg: TrainConfig,
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        checkpoints: Checkpoints | None = None,
     ) -> tuple[dict[str, list[float]], float]:
         """Fit a compiled `model` for `cfg.epochs` epochs of shuffled batches of `cfg.batch_size`.
 
@@ -348,6 +350,9 @@ class Trainer:
         per-epoch history (HISTORY_KEYS and EPOCH_SECONDS) and the seconds it took. Shuffling
         draws from NumPy's global generator, which `set_determinism` seeds: a split in memory
         is shuffled whole, a `Streamed` one through its bounded buffer (core/streaming.py).
+        With `checkpoints` (core/resume.py), the training's state is saved at each epoch's end,
+        and a training that finds one of its own there resumes after its epoch (its history
+        begins with the epochs done; callbacks see the epochs that run).
         """
         start = time.perf_counter()
         streamed = isinstance(train, Streamed)
@@ -361,9 +366,15 @@ class Trainer:
         steps = self.compiled_steps(model, first, cfg)
         hooks = keras.callbacks.CallbackList(list(callbacks), model=model, epochs=cfg.epochs)
         history: dict[str, list[float]] = {k: [] for k in (*HISTORY_KEYS, EPOCH_SECONDS)}
+        resumed = checkpoints.restore(model, cfg.epochs) if checkpoints else None
+        if checkpoints is not None:
+            checkpoints.resumed = resumed
+        if resumed is not None:
+            history = {k: list(resumed.history[k]) for k in history}
+            print(f"train: resuming from epoch {resumed.epoch} ({checkpoints.folder})")
         model.stop_training = False
         hooks.on_train_begin()
-        for epoch in range(cfg.epochs):
+        for epoch in range(resumed.epoch if resumed else 0, cfg.epochs):
             hooks.on_epoch_begin(epoch)
             began = time.perf_counter()
             model.reset_metrics()
@@ -385,6 +396,8 @@ class Trainer:
             hooks.on_epoch_end(epoch, logs)
             for key in history:
                 history[key].append(logs[key])
+            if checkpoints is not None:
+                checkpoints.save(epoch + 1, model, history)
             shown = " - ".join(f"{k}: {logs[k]:.4f}" for k in HISTORY_KEYS)
             print(f"Epoch {epoch + 1}/{cfg.epochs} - {logs[EPOCH_SECONDS]:.2f}s - {shown}")
             if model.stop_training:

@@ -18,8 +18,10 @@ evaluating of a trained model to its background (pipeline/sweeps/).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # TensorFlow is imported where a model is built or trained, s
     import keras  # stage's own process, which only scores predictions, never loads it.
 
     from pipeline.core import training
+    from pipeline.core.resume import Checkpoints, Resumed
 
 Split = tuple[Any, Any]  # (images, labels): arrays, or tensors for training
 EXAMPLE_INPUTS = 5  # validation images the logged model's signature is read from
@@ -245,14 +248,16 @@ def train(
     splits: tuple[Split, Split],
     trainer: training.Trainer,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    checkpoints: Checkpoints | None = None,
 ) -> Trained:
     """Build and fit the configured model on (train, val) `splits` with `trainer` (which may
-    hand out its last model, reset, with its compiled steps: core/training.py)."""
+    hand out its last model, reset, with its compiled steps: core/training.py), resuming from
+    and saving to `checkpoints` where given (core/resume.py)."""
     from pipeline.core import training
 
     examples, *shape = training.shape_of(splits[0])
     net = trainer.new_model(cfg.model, cfg.train, len(cfg.data.class_names), shape)
-    history, seconds = trainer.fit(net, *splits, cfg.train, callbacks)
+    history, seconds = trainer.fit(net, *splits, cfg.train, callbacks, checkpoints)
     described = {
         names.TRAIN_SECONDS: round(seconds, 3),
         "train_examples": examples,
@@ -305,11 +310,55 @@ def train_model(cfg: Config, where: Destination, run_id: str) -> Trained:
 
     splits = training_splits(cfg, where.root)
     log_inputs(run_id, cfg, splits)
-    trained = train(cfg, splits, training.Trainer(), [epoch_logger(run_id)])
+    checkpoints = stage_checkpoints(cfg, where.root, run_id)
+    trained = train(cfg, splits, training.Trainer(), [epoch_logger(run_id)], checkpoints)
+    if checkpoints.resumed is not None:
+        resumed_into(run_id, checkpoints.resumed, trained.history)
     write_reports(trained, where.out)
     example = training.head(splits[1], EXAMPLE_INPUTS)
     log_model(trained.model, run_id, where.out, example, trained.described)
+    checkpoints.clear()
     return trained
+
+
+def stage_checkpoints(cfg: Config, root: Path, run_id: str) -> Checkpoints:
+    """The train stage's checkpoints (models/resume/), keyed by its code, config and data."""
+    from pipeline.core.resume import RESUME_DIR, Checkpoints, code_digest, config_digest
+
+    data = {split: prepared(root, split).digest for split in ("train", "val")}
+    key = {
+        "code": code_digest(root),
+        "config": config_digest(cfg.to_dict()),
+        "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+    }
+    return Checkpoints(root / RESUME_DIR, key, run_id)
+
+
+def resumed_into(run_id: str, resumed: Resumed, history: dict[str, list[float]]) -> None:
+    """Run `run_id` resumed a training: it gets the epochs done before (their metrics, from the
+    checkpoint) and tags naming where it resumed; the run that made the checkpoint, if still
+    RUNNING (its process was killed), ends KILLED saying where its training went on."""
+    import mlflow
+
+    now = time.time()
+    rows = [
+        (epoch + 1, now, {k: v[epoch] for k, v in history.items()})
+        for epoch in range(resumed.epoch)
+    ]
+    runs.log_epochs(run_id, rows)
+    runs.set_tags(
+        run_id, {names.RESUMED_FROM_TAG: resumed.run_id or "", names.RESUMED_AT_TAG: resumed.epoch}
+    )
+    if resumed.run_id and resumed.run_id != run_id:
+        client = mlflow.MlflowClient()
+        with contextlib.suppress(Exception):  # a run of another store, or gone
+            if client.get_run(resumed.run_id).info.status == "RUNNING":
+                client.set_tag(
+                    resumed.run_id,
+                    names.FAILURE_TAG,
+                    f"stopped after epoch {resumed.epoch}; its training resumed in run {run_id}",
+                )
+                client.set_terminated(resumed.run_id, "KILLED")
 
 
 def evaluate_model(
