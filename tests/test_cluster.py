@@ -25,6 +25,7 @@ from helpers import (
     sweep_in_background,
     team_stack,
 )
+from pipeline.core.names import TRAINED_IN_TAG
 from pipeline.stack.processes import alive_in_group, read_pid
 
 pytestmark = pytest.mark.slow  # the team's stack and a Ray cluster of two nodes
@@ -146,3 +147,33 @@ def test_a_job_no_node_can_hold_fails_at_once(
     assert "Traceback" not in proc.stderr and "No available node types" not in proc.stderr
     with as_stack_user(env):
         assert child_runs("too-big") == []
+
+
+def test_a_ray_sweep_over_epoch_counts_shares_them_and_makes_the_same_models(
+    cluster: tuple[Path, Path, dict],
+) -> None:
+    """On the stack's Ray nodes, a sweep over 1 and 2 epochs trains once: its 1-epoch run is
+    tagged with the 2-epoch run that made it; an unshared sweep (`sweep.share_epochs=false`) of
+    the same configurations makes both models with the same weights."""
+    project, _, env = cluster
+    digests = {}
+    for experiment, share in (("ray-shared", "true"), ("ray-alone", "false")):
+        sweep = [
+            sys.executable, "-m", "pipeline.sweep", "-m", "model.hidden_units=8",
+            "train.epochs=1,2", "train.max_examples=2000", f"sweep.share_epochs={share}",
+            f"tracking.experiment_name={experiment}", *RAY,
+        ]  # fmt: skip
+        proc = subprocess.run(
+            sweep, cwd=project, env=run_env(**env), capture_output=True, text=True, timeout=900
+        )  # fmt: skip  (ends only a hung test)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert ("from 1 trainings (2 epochs, not 3)" in proc.stderr) == (share == "true")
+        with as_stack_user(env):
+            runs = {r.data.params["train.epochs"]: r for r in child_runs(experiment)}
+        assert sorted(runs) == ["1", "2"] and {r.info.status for r in runs.values()} == {
+            "FINISHED"
+        }
+        trained_in = runs["1"].data.tags.get(TRAINED_IN_TAG)
+        assert trained_in == (runs["2"].info.run_id if share == "true" else None)
+        digests[experiment] = {k: r.data.tags["weights_sha256"] for k, r in runs.items()}
+    assert digests["ray-shared"] == digests["ray-alone"]
