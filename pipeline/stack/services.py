@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.core.paths import PACKAGE_DIR
+from pipeline.stack import nodelay
 from pipeline.stack.processes import (
     StackError,
     alive_in_group,
@@ -315,6 +317,7 @@ class MlflowServer(Service):
         """The server's environment: the stack's secrets, never its command line."""
         drop = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
         env = {k: v for k, v in os.environ.items() if k not in drop}
+        pythonpath = env.get("PYTHONPATH")
         secrets = self.stack.secrets
         env.update(
             PGPASSWORD=secrets["postgres_password"],
@@ -326,6 +329,8 @@ class MlflowServer(Service):
             MLFLOW_AUTH_ADMIN_PASSWORD=secrets["admin_password"],
             MLFLOW_FLASK_SERVER_SECRET_KEY=secrets["flask_secret"],
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+            # the server's event loop is the project's (`--loop`, below)
+            PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), pythonpath])),
         )
         if self.stack.tls:
             env["AWS_CA_BUNDLE"] = str(self.stack.ca)
@@ -354,10 +359,11 @@ class MlflowServer(Service):
             "--artifacts-destination", f"s3://{self.stack.bucket}/mlflow",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.WORKERS),
         ]  # fmt: skip
+        uvicorn = f"--loop {nodelay.__name__}:{nodelay.Loop.__name__}"  # answers without delay
         if self.stack.tls:
             key, cert = (shlex.quote(str(self.stack.tls_dir / n)) for n in TLS_FILES)
-            cmd += ["--uvicorn-opts", f"--ssl-keyfile {key} --ssl-certfile {cert}"]
-        spawn(cmd, self.log, self.environment(), self.pid_file)
+            uvicorn += f" --ssl-keyfile {key} --ssl-certfile {cert}"
+        spawn([*cmd, "--uvicorn-opts", uvicorn], self.log, self.environment(), self.pid_file)
 
     def wait(self) -> None:
         super().wait()
