@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import ROOT, run_env, use_store
+from helpers import ROOT, run_env, use_store, within
 from pipeline.core import names
 from pipeline.core.config import flatten
 from pipeline.tracking import runs, store
@@ -251,3 +251,33 @@ def test_two_evaluations_at_once_end_with_one_champion_and_every_decision(
     assert champion.tags["promotion.accuracy"] == "0.98"
     kept = [v for v in versions if v.tags["promotion.decision"].startswith("kept")]
     assert {v.tags["promotion.accuracy"] for v in kept} >= {"0.9", "0.89"}
+
+
+def test_a_sweeps_epoch_logger_logs_ended_epochs_while_training_goes_on(
+    experiment_id: str,
+) -> None:
+    """A sweep's run shows its epochs as they end (by a thread, batched), not only once its
+    model is trained; what the thread has not logged when training ends is handed back once,
+    and nothing twice."""
+    from pipeline.tracking.experiment import epoch_logger
+
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(experiment_id).info.run_id
+    logger = epoch_logger(run_id, every=0.05)
+    logger.on_epoch_end(0, {"loss": 0.5})
+    logger.on_epoch_end(1, {"loss": 0.4})
+
+    def logged() -> list[int]:
+        while len(client.get_metric_history(run_id, "loss")) < 2:
+            time.sleep(0.05)
+        return [m.step for m in client.get_metric_history(run_id, "loss")]
+
+    assert within(60, logged) == [1, 2]  # training has not ended: epoch 3 is still to come
+    logger.on_epoch_end(2, {"loss": 0.3})
+    logger.on_train_end()
+    rest = logger.rest()
+    runs.log_epochs(run_id, rest)
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.5, 0.4, 0.3]
+    assert [r[0] for r in logger.held] == [1, 2, 3]

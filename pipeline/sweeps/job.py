@@ -39,6 +39,8 @@ from pipeline.sweeps.stats import median_seed
 if TYPE_CHECKING:
     from pipeline.core.training import Trainer  # TensorFlow: imported once a job trains
 
+LIVE_EPOCHS_S = 2.0  # a model in training shows its epochs in MLflow at most this late
+
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
     """The config without Hydra's own node, resolved, as plain data: a job's, or the sweep's
@@ -308,10 +310,10 @@ def _train_models(
     counts `also` taken from it (`EpochSnapshots`), each in a run of its own: the run a
     training of that many epochs alone would make, tagged with the run that trained it.
 
-    Each model is trained here, then the rest of its run is queued for `background` (its work
-    futures are added to `models`): logging its inputs, epochs and model (from its detached
-    state, so that the next seed trains meanwhile), scoring the test set, its evaluation,
-    closing it. With `figures` (a job of one seed) its figures are drawn in its evaluation; else
+    Each model is trained here, its epochs logged as they end (`LIVE_EPOCHS_S`), then the rest
+    of its run is queued for `background` (its work futures are added to `models`): logging
+    its inputs, its last epochs and its model (from its detached state, so that the next seed
+    trains meanwhile), scoring the test set, its evaluation, closing it. With `figures` (a job of one seed) its figures are drawn in its evaluation; else
     only their data is kept, and the job draws its median seed's at its end. A training that
     fails at epoch j still makes the models of the counts below j; the others' runs fail with
     its reason."""
@@ -321,14 +323,14 @@ def _train_models(
     snapshots = training.EpochSnapshots(also)
     with experiment.model_run(own_config(config), where, close=False) as run_id:
         splits = experiment.training_splits(config, where.root)
-        logger = experiment.epoch_logger(run_id, live=False)  # one call, after the model
+        logger = experiment.epoch_logger(run_id, every=LIVE_EPOCHS_S)
         background.training_starts()
         try:
             trained = experiment.train(config, splits, trainer(), [logger, snapshots])
         except BaseException as exc:
             with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
                 experiment.log_inputs(run_id, own_config(config), splits)
-                runs.log_epochs(run_id, logger.held)
+                runs.log_epochs(run_id, logger.rest())
             if also and snapshots.model is not None:
                 kept = trainer().detach(snapshots.model, config.model, config.train)
                 _checkpoints(config, where, background, figures, run_id, snapshots, kept,
@@ -343,7 +345,7 @@ def _train_models(
                 where,
                 run_id,
                 kept,
-                logger.held,
+                logger.rest,
                 trained,
                 splits,
                 figures,
@@ -370,13 +372,13 @@ def _finish_later(
     where: Any,
     run_id: str,
     kept: Any,
-    held: list,
+    epochs: Callable[[], list],
     trained: Any,
     splits: tuple,
     figures: bool,
 ) -> Future:
-    """Queue the rest of a trained model's run for `background`: its inputs, model, epochs
-    (`held`), test scores and evaluation; return the work's future."""
+    """Queue the rest of a trained model's run for `background`: its inputs, model, the epochs
+    not logged yet (`epochs()`), test scores and evaluation; return the work's future."""
     from pipeline.core import model, training
     from pipeline.core.data import prepared
     from pipeline.tracking import experiment, runs
@@ -387,8 +389,8 @@ def _finish_later(
         turn()
         example = training.head(splits[1], experiment.EXAMPLE_INPUTS)
         uri = experiment.log_model(kept, run_id, where.out, example, trained.described)
-        turn()  # the epochs after the model: MLflow reads every metric's history of a run
-        runs.log_epochs(run_id, held)  # when it logs a model to it, per metric
+        turn()
+        runs.log_epochs(run_id, epochs())
         turn()
         probs = model.predict(kept.model(), prepared(where.root, "test"))
         draw = background.draw if figures else None
@@ -455,7 +457,7 @@ def _checkpoints(
                         here,
                         run_id,
                         kept.with_arrays(snapshots.taken[k]),
-                        rows,
+                        functools.partial(list, rows),
                         model_k,
                         splits,
                         figures,

@@ -23,6 +23,7 @@ import csv
 import functools
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -214,24 +215,53 @@ def training_splits(cfg: Config, root: Path) -> tuple[Split, Split]:
     )
 
 
-def epoch_logger(run_id: str, live: bool = True) -> keras.callbacks.Callback:
+def epoch_logger(run_id: str, every: float = 0.0) -> keras.callbacks.Callback:
     """A Keras callback logging each epoch's metrics to `run_id` (step = epoch, from 1, timed
-    when the epoch ended) as the epoch ends; with `live=False` it keeps them in its `held`
-    list (rows of `runs.log_epochs`), to be logged in one call."""
+    when the epoch ended): as the epoch ends, or with `every` seconds, by a thread of its own
+    at most that often (those ended since), so that training does not wait for the store. It
+    keeps every row in its `held` list (rows of `runs.log_epochs`); `rest()` stops its thread
+    and returns the rows it has not logged."""
     import keras
 
-    held: list[tuple[int, float, dict[str, float]]] = []
+    class EpochLogger(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: list[tuple[int, float, dict[str, float]]] = []
+            self._sent = 0
+            self._lock = threading.Lock()  # one send at a time
+            self._stop = threading.Event()
+            self._thread: threading.Thread | None = None
 
-    def log(epoch: int, logs: dict[str, float] | None) -> None:
-        row = (epoch + 1, time.time(), dict(logs or {}))
-        if live:
-            runs.log_epochs(run_id, [row])
-        else:
-            held.append(row)
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.held.append((epoch + 1, time.time(), dict(logs or {})))
+            if not every:
+                self._send()
+            elif self._thread is None:
+                self._thread = threading.Thread(target=self._sending, daemon=True)
+                self._thread.start()
 
-    callback = keras.callbacks.LambdaCallback(on_epoch_end=log)
-    callback.held = held
-    return callback
+        def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+            self._stop.set()  # what is left goes with `rest()`
+
+        def _sending(self) -> None:
+            while not self._stop.wait(every):
+                with contextlib.suppress(Exception):  # not now: the rest is logged later
+                    self._send()
+
+        def _send(self) -> None:
+            with self._lock:
+                rows = self.held[self._sent :]
+                if rows:
+                    runs.log_epochs(run_id, rows)
+                    self._sent += len(rows)
+
+        def rest(self) -> list[tuple[int, float, dict[str, float]]]:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            return self.held[self._sent :]
+
+    return EpochLogger()
 
 
 def log_inputs(run_id: str, cfg: Config, splits: tuple[Split, Split]) -> None:
