@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +16,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from helpers import ROOT, run_env
+from helpers import ROOT, run_env, unavailable
+from pipeline.stack.hosts import check_can_make_hosts
 from pipeline.stack.processes import StackError, port_in_use
 from pipeline.stack.services import postgres_program
 from pipeline.stack.team import FORMAT, Stack, free_port_base
@@ -60,14 +65,27 @@ def test_a_port_out_of_range_is_refused(tmp_path: Path, port: int) -> None:
         Stack(tmp_path / "new", port=port)
 
 
-def test_a_port_in_use_is_found_and_auto_avoids_it(tmp_path: Path) -> None:
+def test_auto_passes_over_a_run_of_ports_one_of_which_is_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--port auto` tries runs of ports at random; one whose MLflow port is taken (held open
+    while it chooses) is passed over for the next."""
+    folder = tmp_path / "new"
+
+    def ports(base: int) -> set[int]:
+        return {p for s in Stack(folder, port=base).services for p in s.ports()}
+
+    first = free_port_base(folder)
+    second = next(
+        b for b in iter(lambda: free_port_base(folder), None) if not ports(b) & ports(first)
+    )
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", first))
         taken.listen()
-        assert port_in_use(taken.getsockname()[1])
-    base = free_port_base(tmp_path / "new")
-    stack = Stack(tmp_path / "new", port=base)
-    assert not any(port_in_use(p) for s in stack.services for p in s.ports())
+        assert port_in_use(first)
+        candidates = iter([first, second])
+        monkeypatch.setattr(random, "randrange", lambda *_: next(candidates))
+        assert free_port_base(folder) == second
 
 
 def test_a_missing_program_names_the_debian_package() -> None:
@@ -97,3 +115,31 @@ def test_certificates_chain_to_the_ca_and_keys_are_private(tmp_path: Path) -> No
     before = (tmp_path / "server.pem").read_bytes()
     make_certificates(tmp_path)  # kept: clients that trust the CA go on trusting it
     assert (tmp_path / "server.pem").read_bytes() == before
+
+
+def test_hosts_on_a_machine_that_cannot_make_namespaces_are_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """`up --ray-hosts` without the capabilities namespaces need (root's, here dropped with
+    util-linux's setpriv) says so in one line and makes nothing: no folder, no process."""
+    folder = tmp_path / "stack"
+    command = [sys.executable, "-m", "pipeline.stack", "up", "--ray-hosts", "2",
+               "--dir", str(folder), "--port", "auto"]  # fmt: skip
+    if os.geteuid() == 0:
+        check_can_make_hosts()  # root can: the refusal below is the dropped capabilities'
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            unavailable("util-linux's setpriv is missing")
+        drop = "-net_admin,-sys_admin"
+        command = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    refused = subprocess.run(
+        command, cwd=ROOT, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert re.fullmatch(
+        r"error: --ray-hosts makes network namespaces, links and mounts, which needs root with "
+        r"CAP_NET_ADMIN and CAP_SYS_ADMIN, and this process lacks CAP_NET_ADMIN and "
+        r"CAP_SYS_ADMIN: .*--ray-nodes N.*\n",
+        refused.stderr,
+    ), refused.stderr
+    assert not folder.exists()

@@ -51,6 +51,24 @@ def ip_program() -> str:
     return found
 
 
+CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}  # name -> bit in /proc's CapEff
+
+
+def check_can_make_hosts() -> None:
+    """Before anything starts: the `ip` program, and the capabilities its namespaces, links
+    and mounts need, which this process has (as root) or not."""
+    ip_program()
+    status = Path("/proc/self/status").read_text().splitlines()
+    effective = int(next(ln for ln in status if ln.startswith("CapEff:")).split()[1], 16)
+    missing = [name for name, bit in CAPABILITIES.items() if not effective >> bit & 1]
+    if missing:
+        raise StackError(
+            f"--ray-hosts makes network namespaces, links and mounts, which needs root with "
+            f"{' and '.join(CAPABILITIES)}, and this process lacks {' and '.join(missing)}: run "
+            "`up` as root, or use --ray-nodes N (Ray nodes on this machine's own network)."
+        )
+
+
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run([ip_program(), *args], capture_output=True, text=True)
     if check and done.returncode != 0:

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 
 from pipeline.stack.cluster import Munge, RayNode, SlurmDaemon, ray_environment
-from pipeline.stack.hosts import Forwarder, Network, RayHost
+from pipeline.stack.hosts import Forwarder, Network, RayHost, check_can_make_hosts
 from pipeline.stack.processes import StackError, port_in_use
 from pipeline.stack.services import MlflowServer, ObjectStore, Postgres, Service
 from pipeline.stack.tls import make_certificates
@@ -250,6 +250,8 @@ class Stack:
         """Start every service that does not answer, in an order that lets each find the ones
         it needs; return once all answer."""
         starting = [s for s in self.services if not (s.pid() and s.answers())]
+        if self.ray_hosts and starting:
+            check_can_make_hosts()
         busy = [(port, s.label) for s in starting for port in s.ports() if port_in_use(port)]
         if busy:
             port, label = busy[0]
