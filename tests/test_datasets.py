@@ -2,6 +2,7 @@
 pictures (real MNIST digits saved as PNG and JPEG) end to end, bad folders, and the class names
 that reach figures, predict and the web app."""
 
+import csv
 import hashlib
 import json
 import subprocess
@@ -354,4 +355,9 @@ def test_a_folder_of_twelve_pictures_trains_and_is_warned_about(
     history = (project / "reports/history.csv").read_text().splitlines()
     assert len(history) == 1 + 5 and "nan" not in "".join(history)  # the default 5 epochs
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "Traceback" not in proc.stderr
+    with (project / "reports/predictions.csv").open() as fh:
+        predicted = list(csv.DictReader(fh))
+    assert len(predicted) == counts["test"]["examples"]  # every test picture, evaluated
+    right = sum(row["actual"] == row["predicted"] for row in predicted)
+    assert metrics["test_accuracy"] == pytest.approx(right / len(predicted))
+    assert "Traceback" not in proc.stderr

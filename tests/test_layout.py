@@ -301,4 +301,6 @@ def test_every_imported_package_is_a_declared_dependency() -> None:
 )
 def test_the_benchmark_and_the_image_maker_start(script: str) -> None:
     proc = run([sys.executable, script, "--help"], ROOT)
-    assert proc.stdout.startswith("usage:")
+    summary = (ROOT / script).read_text().split('"""')[1].strip().splitlines()[0]
+    assert proc.stdout.startswith(f"usage: {Path(script).name}"), proc.stdout
+    assert summary in " ".join(proc.stdout.split()), proc.stdout  # its own docstring's summary

@@ -83,8 +83,13 @@ def test_up_again_keeps_what_runs_and_a_taken_port_is_one_line(
 ) -> None:
     project, folder, _ = stacked
     before = json.loads((folder / "stack.json").read_text())
+    from pipeline.stack.team import Stack
+
+    pids = {s["service"]: s["pid"] for s in Stack(folder).status()}
+    assert len(pids) == 3 and None not in pids.values(), pids  # PostgreSQL, S3, MLflow
     run([*STACK, "up", "--dir", str(folder)], project)  # all running: nothing restarted
     assert json.loads((folder / "stack.json").read_text()) == before
+    assert {s["service"]: s["pid"] for s in Stack(folder).status()} == pids
     other = run(
         [*STACK, "up", "--dir", str(tmp_path / "other"), "--port", str(before["port"])],
         project,
@@ -113,12 +118,18 @@ def test_pipeline_on_the_stack_keeps_every_artifact_in_the_bucket(
         assert client.get_model_version_by_alias("mnist-digits", "champion").run_id == run_id
 
     digit = ROOT / "docs" / "images" / "confusion-matrix.png"  # any picture is read
-    predicted = run(
-        ["python", "-m", "pipeline.predict", str(digit), "--json",
-         "--model-uri", "models:/mnist-digits@champion"],
-        project, **env,
-    )  # fmt: skip
-    assert json.loads(predicted.stdout.splitlines()[0])["digit"] in range(10)
+    answers = [
+        json.loads(
+            run(
+                ["python", "-m", "pipeline.predict", str(digit), "--json", *source], project, **env
+            ).stdout.splitlines()[0]
+        )
+        for source in (
+            ["--model-uri", "models:/mnist-digits@champion"],
+            ["--model", "models/model.keras"],
+        )
+    ]
+    assert answers[0] == answers[1]  # the champion from the stack is the model dvc repro made
     compared = run(["python", "-m", "pipeline.compare"], project, **env)
     assert trained.info.run_name in compared.stdout, compared.stdout
     port = free_port()
