@@ -46,6 +46,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
             yield project, folder, env
 
 
+def checkpoint_files(run_id: str) -> list[str]:
+    """The files of run `run_id`'s kept checkpoint (its `resume/` folder)."""
+    import mlflow
+
+    return [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "resume")]
+
+
 def node_ids(project: Path, folder: Path) -> dict[str, str]:
     """`status`'s Ray lines: the node's label -> its node id."""
     status = run(
@@ -57,13 +64,16 @@ def node_ids(project: Path, folder: Path) -> dict[str, str]:
 
 
 def training_on(node_id: str, experiment: str) -> str | None:
-    """A run of `experiment` on the node `node_id` that has been RUNNING for two seconds: it
-    is training (a sweep job's run logs its epochs once the model is trained)."""
-    now_ms = time.time() * 1000
+    """A run of `experiment` on the node `node_id` that is training and has kept a checkpoint
+    of an epoch in the run (pipeline/sweeps/resuming.py)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
     for r in child_runs(experiment):
-        mine = r.data.tags.get("ray.node_id") == node_id and r.info.status == "RUNNING"
-        if mine and now_ms - r.info.start_time > 2000:
-            return r.info.run_id
+        if r.data.tags.get("ray.node_id") == node_id and r.info.status == "RUNNING":
+            kept = {a.path for a in client.list_artifacts(r.info.run_id, "resume")}
+            if "resume/checkpoint.json" in kept:
+                return r.info.run_id
     return None
 
 
@@ -71,8 +81,9 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
     cluster: tuple[Path, Path, dict], tmp_path: Path
 ) -> None:
     """A 4-job sweep over two nodes; the second node is killed (SIGKILL to its process group)
-    while one of its jobs trains. The lost attempt's run ends KILLED by the sweep's end; the
-    job runs again on the head and finishes, as do the other three."""
+    while one of its jobs trains, after it kept a checkpoint in its run. The job runs again on
+    the head, resumes from that checkpoint and finishes, as do the other three; the lost
+    attempt's run ends KILLED, saying where its training went on."""
     project, folder, env = cluster
     ids = node_ids(project, folder)
     assert set(ids) == {"the Ray head", "Ray node 1"}, ids
@@ -95,6 +106,8 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
         finished = [r for r in runs.values() if r.info.status == "FINISHED"]
         for child in finished:
             assert_complete_child(child, parent_id, epochs=20, examples=20000)
+        left = {r.info.run_id: checkpoint_files(r.info.run_id) for r in finished}
+        left = {run_id: files for run_id, files in left.items() if files}
     assert not alive_in_group(group)
     # Both nodes ran jobs, each job in a Ray worker process, not in the sweep's own, on the
     # code Ray shipped them (its working_dir, as on hosts of their own: tests/test_hosts.py),
@@ -104,18 +117,22 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(
     assert len({r.data.tags["pid"] for r in runs.values()}) >= 2
     assert list((folder / "ray").glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*"))
     assert not list((folder / "ray").glob("session_*/runtime_resources/uv/*"))
-    # The lost attempt: KILLED by the sweep's end, not left RUNNING, with the reason.
-    lost = runs[killed_run]
-    assert lost.info.status == "KILLED", lost.info.status
-    assert "a cluster node lost" in lost.data.tags["failure_reason"]
-    assert "RUNNING" not in {r.info.status for r in runs.values()}
-    assert "runs left RUNNING by a lost process ended KILLED" in said, said[-3000:]
     # Every job finished: the lost one retried on the head (Ray's task retries), its run the
-    # lost attempt's configuration, complete; the summary counts the 4 and the lost attempt.
+    # lost attempt's configuration, complete (all 20 epochs); the summary counts the 4 and the
+    # lost attempt.
     assert process.returncode == 0, said[-3000:]
     assert len(finished) == 4 and "5 runs, 4 configurations" in said, said[-3000:]
+    lost = runs[killed_run]
     (retry,) = [r for r in finished if r.info.run_name == lost.info.run_name]
     assert retry.data.tags["ray.node_id"] == ids["the Ray head"]
+    # It resumed where the lost attempt's last checkpoint was, not from the start.
+    assert retry.data.tags["resumed_from"] == killed_run
+    assert 1 <= int(retry.data.tags["resumed_at_epoch"]) < 20
+    assert not left, left  # no finished run keeps its checkpoints
+    # The lost attempt: KILLED, not left RUNNING, saying where its training went on.
+    assert lost.info.status == "KILLED", lost.info.status
+    assert f"its training resumed in run {retry.info.run_id}" in lost.data.tags["failure_reason"]
+    assert "RUNNING" not in {r.info.status for r in runs.values()}
 
 
 def test_a_job_no_node_can_hold_fails_at_once(

@@ -176,7 +176,8 @@ def training_on(node_id: str, experiment: str) -> str | None:
 def accounted_for(experiment: str, attempt: str, other_node: str, may_survive: bool) -> None:
     """Every job of the 4-job sweep has exactly one FINISHED run, and any other run of it ended
     KILLED (a lost attempt, with the reason); nothing is left RUNNING. The `attempt` run was
-    lost (KILLED, its job FINISHED again on `other_node`), or with `may_survive` it finished."""
+    lost (KILLED, its job FINISHED again on `other_node`, from its checkpoint if it had kept
+    one), or with `may_survive` it finished."""
     runs = {r.info.run_id: r for r in child_runs(experiment)}
     shown = [(r.info.run_name, r.info.status, r.data.tags.get("ray.node_id", "")[:8])
              for r in runs.values()]  # fmt: skip
@@ -191,9 +192,14 @@ def accounted_for(experiment: str, attempt: str, other_node: str, may_survive: b
     if lost.info.status == "FINISHED" and may_survive:
         return
     assert lost.info.status == "KILLED", shown
-    assert "a cluster node lost" in lost.data.tags["failure_reason"]
     (again,) = [r for r in jobs[lost.data.tags["sweep_overrides"]] if r.info.status == "FINISHED"]
     assert again.data.tags["ray.node_id"] == other_node, shown
+    reason = lost.data.tags["failure_reason"]
+    if again.data.tags.get("resumed_from"):  # the lost attempt had kept a checkpoint in its run
+        assert again.data.tags["resumed_from"] == attempt, shown
+        assert reason.endswith(f"its training resumed in run {again.info.run_id}"), reason
+    else:
+        assert "a cluster node lost" in reason, reason
 
 
 def all_hosts_back(project: Path, folder: Path) -> None:

@@ -23,6 +23,7 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under it
 SWEEP_TAG, SWEEP_PARENT = "sweep", "parent"  # a sweep's parent run: sweep=parent
 OVERRIDES_TAG = "sweep_overrides"
 RAY_NODE_TAG = "ray.node_id"  # a sweep job run by Ray: the node it ran on
+RAY_TASK_TAG = "ray.task_id"  # ... and its task, the same in every attempt Ray makes of it
 TRAINED_IN_TAG = "trained_in"  # a checkpoint's run: the run whose longer training made it
 SLURM_JOB_TAG = "slurm.job_id"  # a sweep job run by SLURM: its job id (ARRAY_TASK for an array)
 FIGURES_TAG = "figures"  # a model's figures: drawn, or on demand (`pipeline.runs --figures`)

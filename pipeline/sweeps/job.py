@@ -34,6 +34,7 @@ from pipeline.core.paths import FIGURES_DIR, PARAMS_FILE
 from pipeline.sweeps import search
 from pipeline.sweeps.finishing import BackgroundEvaluator, evaluator
 from pipeline.sweeps.plan import own_overrides
+from pipeline.sweeps.resuming import job_checkpoints
 from pipeline.sweeps.stats import median_seed
 
 if TYPE_CHECKING:
@@ -120,7 +121,10 @@ def cluster_tags() -> dict[str, str]:
         import ray
 
         if ray.is_initialized():
-            tags[names.RAY_NODE_TAG] = ray.get_runtime_context().get_node_id()
+            context = ray.get_runtime_context()
+            tags[names.RAY_NODE_TAG] = context.get_node_id()
+            if (task := context.get_task_id()) is not None:
+                tags[names.RAY_TASK_TAG] = task
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array and task:
         tags[names.SLURM_JOB_TAG] = f"{array}_{task}"  # as squeue and scancel name it
@@ -313,10 +317,12 @@ def _train_models(
     Each model is trained here, its epochs logged as they end (`LIVE_EPOCHS_S`), then the rest
     of its run is queued for `background` (its work futures are added to `models`): logging
     its inputs, its last epochs and its model (from its detached state, so that the next seed
-    trains meanwhile), scoring the test set, its evaluation, closing it. With `figures` (a job of one seed) its figures are drawn in its evaluation; else
-    only their data is kept, and the job draws its median seed's at its end. A training that
-    fails at epoch j still makes the models of the counts below j; the others' runs fail with
-    its reason."""
+    trains meanwhile), scoring the test set, its evaluation, closing it. With `figures` (a job
+    of one seed) its figures are drawn in its evaluation; else only their data is kept, and the
+    job draws its median seed's at its end. A training that fails at epoch j still makes the
+    models of the counts below j; the others' runs fail with its reason. On a launcher that
+    runs a lost job again, the training keeps its checkpoints in its run and resumes a lost
+    attempt's (resuming.py)."""
     from pipeline.core import training
     from pipeline.tracking import experiment, runs
 
@@ -324,9 +330,11 @@ def _train_models(
     with experiment.model_run(own_config(config), where, close=False) as run_id:
         splits = experiment.training_splits(config, where.root)
         logger = experiment.epoch_logger(run_id, every=LIVE_EPOCHS_S)
+        checkpoints = job_checkpoints(config, where.root, where.out, run_id, where.tags, also)
         background.training_starts()
         try:
-            trained = experiment.train(config, splits, trainer(), [logger, snapshots])
+            callbacks = [logger, snapshots]
+            trained = experiment.train(config, splits, trainer(), callbacks, checkpoints)
         except BaseException as exc:
             with contextlib.suppress(Exception):  # the run, closed now, keeps what it got
                 experiment.log_inputs(run_id, own_config(config), splits)
@@ -334,8 +342,12 @@ def _train_models(
             if also and snapshots.model is not None:
                 kept = trainer().detach(snapshots.model, config.model, config.train)
                 _checkpoints(config, where, background, figures, run_id, snapshots, kept,
-                             logger.held, splits, models, exc)  # fmt: skip
+                             _epochs(logger, checkpoints), splits, models, exc)  # fmt: skip
             raise
+        if checkpoints is not None:
+            if checkpoints.resumed is not None:
+                experiment.resumed_into(run_id, checkpoints.resumed, trained.history)
+            checkpoints.clear()
         experiment.write_reports(trained, where.out)
         kept = trainer().detach(trained.model, config.model, config.train)
         models.append(
@@ -354,8 +366,18 @@ def _train_models(
     made = [Made(config.train.epochs, trained.history[names.VAL_ACCURACY][-1], run_id,
                  where.out / FIGURES_DIR, trained.described[names.TRAIN_SECONDS])]  # fmt: skip
     made += _checkpoints(config, where, background, figures, run_id, snapshots, kept,
-                         logger.held, splits, models)  # fmt: skip
+                         _epochs(logger, checkpoints), splits, models)  # fmt: skip
     return made
+
+
+def _epochs(logger: Any, checkpoints: Any) -> list:
+    """Every epoch of a training (rows of `runs.log_epochs`): a resumed one's from before too."""
+    from pipeline.tracking import experiment
+
+    resumed = checkpoints.resumed if checkpoints is not None else None
+    if resumed is None:
+        return logger.held
+    return [*experiment.resumed_rows(resumed, resumed.history), *logger.held]
 
 
 def own_config(config: Config, epochs: int | None = None) -> Config:

@@ -351,17 +351,32 @@ def train_model(cfg: Config, where: Destination, run_id: str) -> Trained:
     return trained
 
 
-def stage_checkpoints(cfg: Config, root: Path, run_id: str) -> Checkpoints:
-    """The train stage's checkpoints (models/resume/), keyed by its code, config and data."""
-    from pipeline.core.resume import RESUME_DIR, Checkpoints, code_digest, config_digest
+def training_key(cfg: Config, root: Path) -> dict[str, str]:
+    """What a checkpoint of `cfg`'s training is keyed by: its code, config and data."""
+    from pipeline.core.resume import code_digest, config_digest
 
     data = {split: prepared(root, split).digest for split in ("train", "val")}
-    key = {
+    return {
         "code": code_digest(root),
         "config": config_digest(cfg.to_dict()),
         "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
     }
-    return Checkpoints(root / RESUME_DIR, key, run_id)
+
+
+def stage_checkpoints(cfg: Config, root: Path, run_id: str) -> Checkpoints:
+    """The train stage's checkpoints (models/resume/), keyed by its code, config and data."""
+    from pipeline.core.resume import RESUME_DIR, Checkpoints
+
+    return Checkpoints(root / RESUME_DIR, training_key(cfg, root), run_id)
+
+
+def resumed_rows(resumed: Resumed, history: dict[str, list[float]]) -> list[tuple]:
+    """The epochs a resumed training did before (rows of `runs.log_epochs`), from `history`."""
+    now = time.time()
+    return [
+        (epoch + 1, now, {k: v[epoch] for k, v in history.items()})
+        for epoch in range(resumed.epoch)
+    ]
 
 
 def resumed_into(run_id: str, resumed: Resumed, history: dict[str, list[float]]) -> None:
@@ -370,12 +385,7 @@ def resumed_into(run_id: str, resumed: Resumed, history: dict[str, list[float]])
     RUNNING (its process was killed), ends KILLED saying where its training went on."""
     import mlflow
 
-    now = time.time()
-    rows = [
-        (epoch + 1, now, {k: v[epoch] for k, v in history.items()})
-        for epoch in range(resumed.epoch)
-    ]
-    runs.log_epochs(run_id, rows)
+    runs.log_epochs(run_id, resumed_rows(resumed, history))
     runs.set_tags(
         run_id, {names.RESUMED_FROM_TAG: resumed.run_id or "", names.RESUMED_AT_TAG: resumed.epoch}
     )
