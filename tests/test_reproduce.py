@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import sha256
@@ -14,7 +13,7 @@ import mlflow
 import pytest
 import yaml
 
-from helpers import copy_project, run, started_until, use_store
+from helpers import copy_project, run, started_until, use_store, within
 
 pytestmark = pytest.mark.slow  # real reproductions: git worktrees, locked environments, training
 
@@ -275,9 +274,16 @@ def test_a_stopped_reproduction_ends_its_processes_and_removes_its_worktree(
         PIPELINE_ENV_CACHE=str(root.parent / "envs"),
     )
     worktree = line.split(" in ", 1)[1].split(" (", 1)[0]
-    time.sleep(4)
-    assert worktrees(root) == 2
+
+    assert worktrees(root) == 2  # made before the line is printed
     if stop == "SIGTERM":
+
+        def dvc_running() -> str:
+            """The reproduction's first line of DVC running a stage ('' if it ended first)."""
+            assert proc.stdout is not None
+            return next((ln for ln in proc.stdout if ln.startswith("Running stage")), "")
+
+        assert within(120, dvc_running).startswith("Running stage")
         proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in err, err

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from helpers import (
     serving,
     started_until,
     team_stack,
+    within,
 )
 from pipeline.core.config import params_yaml_text
 from pipeline.stack.processes import read_pid
@@ -196,14 +198,32 @@ def newest_run(env: dict[str, str]):
 
 
 def test_object_store_lost_while_a_run_uploads_its_model(stacked: tuple[Path, Path, dict]) -> None:
-    """The store is killed while the model trains: its upload fails, the run ends FAILED with
-    one line naming the server, the local model stays; once `up` brings the store back,
-    `dvc repro` completes."""
+    """The store is killed while the run's model is on its way to the bucket (the logged
+    model's first files are in, its 78 MB model.keras not yet): the upload fails, the run ends
+    FAILED with one line naming the server, the local model stays and the bucket holds no part
+    of its model.keras; once `up` brings the store back, `dvc repro` completes."""
     project, folder, env = stacked
-    # The store stays down: the upload's retries need not wait the default 2 minutes for it.
-    longer = ["train.epochs=4", "train.max_examples=10000", "tracking.server_wait_s=1"]
-    (project / "params.yaml").write_text(params_yaml_text(longer))
+    # A model of 6.5 million weights (and Adam's two copies), so that its upload takes a while;
+    # the store stays down: the upload's retries need not wait the default 2 minutes for it.
+    big = ["model.hidden_units=8192", "train.epochs=1", "train.max_examples=2000",
+           "tracking.server_wait_s=1"]  # fmt: skip
+    (project / "params.yaml").write_text(params_yaml_text(big))
+    before = set(keys_in_bucket(folder))
     training, _ = started_until(["dvc", "repro", "train"], project, "Epoch 1/", **env)
+
+    def upload_begun() -> str | None:
+        """The folder in the bucket of the logged model being uploaded, once its first file
+        is in (None: the training ended first)."""
+        while training.poll() is None:
+            new = set(keys_in_bucket(folder)) - before
+            begun = [k for k in new if "/models/m-" in k]
+            if begun:
+                return begun[0].split("/artifacts/")[0]
+            time.sleep(0.05)
+        return None
+
+    model_folder = within(600, upload_begun)
+    assert model_folder is not None, training.communicate()[0]
     os.killpg(read_pid(folder / "run" / "s3.pid"), signal.SIGKILL)
     said, _ = training.communicate(timeout=600)
     assert training.returncode != 0
@@ -214,6 +234,7 @@ def test_object_store_lost_while_a_run_uploads_its_model(stacked: tuple[Path, Pa
     assert (project / "models" / "model.keras").is_file()  # the local output stays
 
     run([*STACK, "up", "--dir", str(folder)], project)  # starts the store alone, same data
+    assert f"{model_folder}/artifacts/data/model.keras" not in keys_in_bucket(folder)
     run(["dvc", "repro"], project, **env)
     again = newest_run(env)
     assert again.info.status == "FINISHED" and again.info.run_id != failed.info.run_id
@@ -221,25 +242,63 @@ def test_object_store_lost_while_a_run_uploads_its_model(stacked: tuple[Path, Pa
 
 
 def test_no_secret_in_runs_logs_or_tracked_files(stacked: tuple[Path, Path, dict]) -> None:
+    """No password or key of the stack is in: a run's params, tags, metrics or dataset records;
+    a registered model's or version's tags, description or source; a logged model's tags,
+    params or metrics; any object in the bucket (binary ones too); the services' logs; any file
+    of the project, tracked or not (outputs, a sweep's folder, the DVC cache), but
+    .dvc/config.local, which holds the remote's keys by design and which git ignores."""
     project, folder, env = stacked
-    secrets = json.loads((folder / "secrets.json").read_text()).values()
-    places: dict[str, str] = {}
+    if not (project / "models" / "run.json").exists():
+        run(["dvc", "repro"], project, **env)
+    sweep = ["python", "-m", "pipeline.sweep", "train.max_examples=1000",
+             "tracking.experiment_name=no-secret"]  # fmt: skip
+    run(sweep, project, **env)
+    run(["dvc", "push", "-r", "stack"], project)
+    secrets = [s.encode() for s in json.loads((folder / "secrets.json").read_text()).values()]
+    places: dict[str, bytes] = {}
     with as_stack_user(env):
+        client = mlflow.MlflowClient()
         for found in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+            datasets = [
+                (d.dataset.name, d.dataset.digest, d.dataset.source, d.dataset.schema,
+                 d.dataset.profile, [(t.key, t.value) for t in d.tags])
+                for d in found.inputs.dataset_inputs
+            ]  # fmt: skip
+            data = found.data
             places[f"run {found.info.run_id}"] = json.dumps(
-                [found.data.params, found.data.tags, found.data.metrics]
-            )
-    client = bucket(folder)
+                [data.params, data.tags, data.metrics, datasets], default=str
+            ).encode()
+        for model in client.search_registered_models():
+            places[f"registered {model.name}"] = json.dumps(
+                [model.tags, model.description]
+            ).encode()
+            for version in client.search_model_versions(f"name = '{model.name}'"):
+                places[f"version {model.name}/{version.version}"] = json.dumps(
+                    [version.tags, version.description, version.source]
+                ).encode()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        for logged in mlflow.search_logged_models(
+            experiment_ids=experiments, output_format="list"
+        ):
+            metrics = [(m.key, m.value) for m in logged.metrics or []]
+            places[f"logged {logged.model_id}"] = json.dumps(
+                [logged.tags, logged.params, metrics], default=str
+            ).encode()
+    s3 = bucket(folder)
     for key in keys_in_bucket(folder):
-        if key.endswith((".yaml", ".json", ".txt", ".diff", ".csv", "MLmodel")):
-            body = client.get_object(Bucket="team-bucket", Key=key)["Body"].read()
-            places[key] = body.decode(errors="replace")
+        places[f"s3 {key}"] = s3.get_object(Bucket="team-bucket", Key=key)["Body"].read()
     for log in (folder / "logs").iterdir():
-        places[str(log)] = log.read_text(errors="replace")
-    tracked = run(["git", "ls-files"], project).stdout.split()
-    for name in tracked:
-        if (project / name).is_file():
-            places[name] = (project / name).read_text(errors="replace")
+        places[str(log)] = log.read_bytes()
+    for path in project.rglob("*"):
+        where = path.relative_to(project).as_posix()
+        if path.is_file() and not where.startswith((".venv/", ".dvc/config.local")):
+            places[where] = path.read_bytes()
     leaks = [(where, s[:4]) for where, text in places.items() for s in secrets if s in text]
     assert not leaks
-    assert len(places) > 20
+    # Each kind of place was searched, with what it holds: not an empty list.
+    assert {w.split()[0] for w in places} >= {"run", "registered", "version", "logged", "s3"}
+    assert any(w.startswith("s3 ") and w.endswith("model.keras") for w in places)
+    assert any(w.startswith("s3 dvc/") for w in places)  # DVC's pushed (binary) objects
+    assert {"models/run.json", "reports/metrics.json", "dvc.lock"} <= set(places)
+    assert any(w.startswith("multirun/") and w.endswith("summary.csv") for w in places)
+    assert any(w.startswith(".dvc/cache/") for w in places)
