@@ -475,18 +475,20 @@ def write_doc(results: dict[str, Any]) -> None:
         raise BenchmarkError(f"{DOC} lacks the markers {BEGIN} and {END}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    when = results["taken"]
+    when = results["taken"]  # in the order the parts were taken, the newest last
     lines = f"Taken {when['all']}."
     parts = {
-        "sweeps": "(d), (g), (j)",
-        "serve": "(h), (i)",
-        "waits": "(c), (d), (g), (j), (i), uv run",
+        "sweeps": ["(d)", "(g)", "(j)"],
+        "serve": ["(h)", "(i)"],
+        "waits": ["(c)", "(d)", "(g)", "(j)", "(i)", "uv run"],
     }
-    later = {k: v for k, v in when.items() if k in parts and v != when["all"]}
+    later = [k for k, v in when.items() if k in parts and v != when["all"]]
     if later:
-        lines = f"(a)-(c), (e), (f) and the rest taken {when['all']}." + "".join(
-            f"\n\n{parts[k]} taken {v}." for k, v in later.items()
-        )
+        lines = f"(a)-(c), (e), (f) and the rest taken {when['all']}."
+        for i, key in enumerate(later):  # each measure under the part that took it last
+            newer = {m for k in later[i + 1 :] for m in parts[k]}
+            if own := [m for m in parts[key] if m not in newer]:
+                lines += f"\n\n{', '.join(own)} taken {when[key]}."
     DOC.write_text(f"{head}{BEGIN}\n{lines}\n\n{table(results)}\n{END}{tail}", encoding="utf-8")
 
 
@@ -531,7 +533,8 @@ def main() -> int:
                 results = earlier | part
                 if "grid_3_seeds" in part:
                     results["grid_3_seeds"] = earlier["grid_3_seeds"] | part["grid_3_seeds"]
-                results["taken"] = {**earlier["taken"], args.only: now}
+                before = {k: v for k, v in earlier["taken"].items() if k != args.only}
+                results["taken"] = {**before, args.only: now}  # the newest last
             else:
                 results = measure(mirror, Path(work))
                 results["taken"] = {"all": now, "sweeps": now, "serve": now}
