@@ -13,6 +13,7 @@ from helpers import copy_project, run, use_store
 
 pytestmark = pytest.mark.slow  # real training, several dvc experiments
 
+TEST_PAIRS, ALLOWED = 10, 5  # seed pairs, and promotions among them the test allows
 EPOCHS = ["-S", "train.epochs=2"]  # full data, 2 epochs: about 97% validation accuracy
 
 SEED_PAIRS = """
@@ -27,26 +28,30 @@ cfg = load_params(Path("params.yaml"))
 train_cfg = cfg.train.model_copy(update={"epochs": int(sys.argv[1])})
 val = prepared(Path("."), "val")
 right, trainer = {}, training.Trainer()
-for seed in range(42, 62):
+first, pairs = int(sys.argv[2]), int(sys.argv[3])
+for seed in range(first, first + 2 * pairs):
     training.set_determinism(seed, cfg.train.intra_op_threads, cfg.train.inter_op_threads)
     net = trainer.new_model(cfg.model, train_cfg, 10, (28, 28, 1))
     tensors = [training.prepared_tensors(Path("."), split) for split in ("train", "val")]
     trainer.fit(net, *tensors, train_cfg)
     right[seed] = model.predict(net, val).argmax(1) == val.labels()
-pairs = [mcnemar_greater(right[s + 1], right[s]) for s in range(42, 62, 2)]
+pairs = [mcnemar_greater(right[s + 1], right[s]) for s in range(first, first + 2 * pairs, 2)]
 print(json.dumps([[int(a), int(b), p] for a, b, p in pairs]))
 """
 
 
 def test_ten_seed_pairs_of_one_configuration_seldom_displace_each_other(prepared: Path) -> None:
     """Seeds 43, 45, ... challenge seeds 42, 44, ... in the default configuration (5 epochs on
-    all training digits): at alpha 0.05 (one-sided), at most 1 of the 10 may be promoted. (Two
-    seeds are two models, not one: at 2 epochs, less converged, 3 of 10 were promoted here.)"""
-    out = run(["python", "-c", SEED_PAIRS, "5"], prepared).stdout
+    all training digits): at alpha 0.05 (one-sided), at most `ALLOWED` (5) of the 10 may be
+    promoted. Two seeds are two models, and one is often right on significantly more
+    validation examples: benchmarks/champion.py measured 8 promotions in 40 other pairs (0.20,
+    95% interval 0.09-0.36; docs/models.md). At 0.20, 10 pairs promote more than 5 in 0.6% of
+    draws of seeds; what the test guards is that the rule does not promote most challengers."""
+    out = run(["python", "-c", SEED_PAIRS, "5", "42", str(TEST_PAIRS)], prepared).stdout
     pairs = json.loads(out.strip().splitlines()[-1])
     promoted = [p for _, _, p in pairs if p < 0.05]
     print(f"seed pairs (only challenger right, only champion right, p): {pairs}")
-    assert len(pairs) == 10 and len(promoted) <= 1, pairs
+    assert len(pairs) == TEST_PAIRS and len(promoted) <= ALLOWED, pairs
     assert all(a + b > 0 for a, b, _ in pairs)  # the seeds do disagree on some examples
 
 
