@@ -2,11 +2,13 @@
 taken from a longer training is, bit for bit, the model of k epochs alone (the seed MLP and the
 CNN, in memory and streamed); a real sweep over two epoch counts makes both runs from one
 training, complete and the same as an unshared sweep's, under the basic and the joblib launcher;
-and a checkpoint-made run reproduces bit for bit."""
+a checkpoint-made run reproduces bit for bit; a training that fails at epoch 2 still makes epoch
+1's run."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import ROOT, assert_complete_child, run_env, sweep_in, sweep_runs_in
+from helpers import (
+    ROOT,
+    assert_complete_child,
+    run_env,
+    started_until,
+    sweep_in,
+    sweep_runs_in,
+)
 
 pytestmark = pytest.mark.slow  # real training on real MNIST
 
@@ -125,3 +134,39 @@ def test_a_checkpoint_made_run_reproduces_bit_for_bit(prepared: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduced: bit for bit." in proc.stdout, proc.stdout
+
+
+def test_a_training_that_fails_at_epoch_2_finishes_epoch_1s_run_and_fails_the_rest(
+    prepared: Path,
+) -> None:
+    """A sweep over epochs 1, 2, 3 trains once, streaming its data from the shards each epoch;
+    once epoch 1 has ended, a training shard is cut in half, so epoch 2 fails reading it. The
+    1-epoch run is complete and FINISHED; the 2-epoch run FAILED, naming the training's run and
+    its reason; the training's own (3-epoch) run FAILED with that reason; nothing RUNNING."""
+    from pipeline.core.shards import Shards
+
+    shard = Shards(prepared / "data" / "processed", "train").files()[0]
+    whole = shard.read_bytes()
+    sweep = ["python", "-m", "pipeline.sweep", "-m", "model.hidden_units=16",
+             "train.epochs=1,2,3", "train.in_memory_mb=0", "train.max_examples=null",
+             "tracking.experiment_name=cut"]  # fmt: skip
+    try:
+        proc, _ = started_until(sweep, prepared, "Epoch 1/3", stderr=subprocess.PIPE)
+        with shard.open("r+b") as fh:
+            fh.truncate(len(whole) // 2 + 3)  # not a whole number of records
+        out, err = proc.communicate(timeout=600)
+    finally:
+        shard.write_bytes(whole)
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    (parent,), children = sweep_runs_in(prepared, "cut")
+    runs = {int(re.search(r"-e(\d+)-", c.info.run_name)[1]): c for c in children}
+    assert sorted(runs) == [1, 2, 3] and "RUNNING" not in {c.info.status for c in children}
+    trained = runs[3]
+    assert trained.info.status == "FAILED"
+    assert_complete_child(runs[1], parent.info.run_id, epochs=1, examples=None)
+    assert runs[1].data.tags["trained_in"] == trained.info.run_id
+    assert runs[2].info.status == "FAILED" and runs[2].data.params["train.epochs"] == "2"
+    said = runs[2].data.tags["failure_reason"]
+    assert f"its training (run {trained.info.run_id}) stopped before epoch 2" in said, said
+    assert trained.data.tags["failure_reason"], trained.data.tags  # the training's own reason
+    print(f"2-epoch run: {said}\ntraining run: {trained.data.tags['failure_reason']}")

@@ -456,6 +456,8 @@ def _checkpoints(
         try:
             with experiment.model_run(cfg, here, close=False) as run_id:
                 if k not in snapshots.taken:
+                    with contextlib.suppress(Exception):  # its config, for the runs table
+                        experiment.log_inputs(run_id, cfg, splits)
                     raise PipelineError(
                         f"its training (run {trained_in}) stopped before epoch {k}: "
                         f"{reason(failure) if failure else 'no model of that epoch'}"
