@@ -53,8 +53,10 @@ def test_postgres_restarted_between_stages_and_evaluate_logs_to_trains_run(
     )
     run(["dvc", "repro", "train"], project, **env)
     trained = json.loads((project / "models/run.json").read_text())["run_id"]
+    server = Stack(folder).server.pid()
     Stack(folder).postgres.stop()  # every connection the server holds is gone
     stack_command(folder, "up")
+    assert Stack(folder).server.pid() == server  # `up` started PostgreSQL alone: it survived
     run(["dvc", "repro", "evaluate"], project, **env)
     with as_stack_user(env):
         (one,) = runs_in(url, "pg-restart")
