@@ -10,6 +10,7 @@ kept-alive connection then waited for the client's delayed ACK, about 40 ms on L
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
@@ -20,5 +21,7 @@ class Loop(asyncio.SelectorEventLoop):
     def _accept_connection2(self, protocol_factory: Any, conn: socket.socket, *args: Any,
                             **kwargs: Any) -> Any:  # fmt: skip
         if conn.family in (socket.AF_INET, socket.AF_INET6):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # a connection its client already reset is asyncio's to close, not this loop's end
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return super()._accept_connection2(protocol_factory, conn, *args, **kwargs)
