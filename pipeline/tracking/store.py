@@ -175,22 +175,23 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
-def _health_within(uri: str, wait_s: float) -> None:
+def _health_within(uri: str, wait_s: float) -> bool:
     """Wait up to `wait_s` for the server's health check to answer, saying so once (as
-    `ServerAway` does)."""
+    `ServerAway` does); whether it answered."""
     import time
 
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
             check_server(uri, timeout=5)
-            return
+            return True
         except PipelineError as exc:
             reason = type(exc.__cause__).__name__ if exc.__cause__ else "no answer"
             for handler in logging.getLogger("urllib3.connectionpool").handlers:
                 if isinstance(handler, ServerAway):
                     handler.say(reason)
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    return False
 
 
 def check_store() -> None:
@@ -201,8 +202,8 @@ def check_store() -> None:
     if is_server(uri):
         waiting = [h for h in logging.getLogger("urllib3.connectionpool").handlers
                    if isinstance(h, ServerAway)]  # fmt: skip
-        if waiting and waiting[0].wait_s:
-            _health_within(uri, waiting[0].wait_s)
+        if waiting and waiting[0].wait_s and _health_within(uri, waiting[0].wait_s):
+            return  # it answered: a blip right after is for the requests' own retries
         check_server(uri)
 
 
@@ -221,9 +222,8 @@ def connect(
     if is_server(uri):
         if wait_s is not None:
             wait_for_server(uri, wait_s)
-        if patient and wait_s:
-            _health_within(uri, wait_s)
-        check_server(uri)
+        if not (patient and wait_s and _health_within(uri, wait_s)):
+            check_server(uri)
         for key, value in SERVER_SETTINGS.items():  # unless the user chose otherwise
             os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
