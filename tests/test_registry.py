@@ -31,22 +31,29 @@ def examples(challenger: int, champion, trained_on: np.ndarray | None = None) ->
     return registry.Examples(LABELS, "sha", right_on_first(challenger), score, KEYS, seen)
 
 
-@pytest.fixture
-def champion(tmp_path: Path) -> str:
-    """A registered model `decide` whose version 1 is the champion, right on 900 of the 1,000
-    and trained on none of them; returns the model's name."""
+def first_champion(tmp_path: Path, name: str, trained_on: np.ndarray | None = None) -> str:
+    """Register version 1 of `name` in a fresh sqlite store: the champion, right on 900 of the
+    1,000, having trained on `trained_on` (none by default); returns its run."""
     use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    experiment = client.create_experiment("decide", artifact_location=str(tmp_path / "mlruns"))
+    experiment = client.create_experiment(name, artifact_location=str(tmp_path / "mlruns"))
     run_id = client.create_run(experiment).info.run_id
     logged = mlflow.initialize_logged_model(
         name="model", source_run_id=run_id, experiment_id=experiment
     )
     rule = RegistryConfig(promote="significant", alpha=0.05)
     version, promoted = registry.register(
-        run_id, f"models:/{logged.model_id}", "decide", rule, examples(900, 0)
+        run_id, f"models:/{logged.model_id}", name, rule, examples(900, 0, trained_on)
     )
     assert (version, promoted) == ("1", True)
+    return run_id
+
+
+@pytest.fixture
+def champion(tmp_path: Path) -> str:
+    """A registered model `decide` whose version 1 is the champion, right on 900 of the 1,000
+    and trained on none of them; returns the model's name."""
+    first_champion(tmp_path, "decide")
     return "decide"
 
 
@@ -93,17 +100,10 @@ def test_never_registers_only_and_a_champion_that_cannot_be_scored_gives_way(
 
 
 def test_a_champion_is_judged_only_on_the_examples_it_did_not_train_on(tmp_path: Path) -> None:
-    use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # the champion trained on the first 950 (where the challenger wins)
+    run_id = first_champion(tmp_path, "seen", KEYS[:950])
     client = mlflow.MlflowClient()
-    experiment = client.create_experiment("seen", artifact_location=str(tmp_path / "mlruns"))
-    run_id = client.create_run(experiment).info.run_id
-    logged = mlflow.initialize_logged_model(
-        name="model", source_run_id=run_id, experiment_id=experiment
-    )
     rule = RegistryConfig(promote="significant", alpha=0.05)
-    trained_on = KEYS[:950]  # the champion trained on the first 950 (where the challenger wins)
-    registry.register(run_id, f"models:/{logged.model_id}", "seen", rule,
-                      examples(900, 0, trained_on))  # fmt: skip
     evidence, promoted = registry.decide("seen", "1", rule, examples(950, 900))
     assert not promoted  # on the 50 it never saw, both are wrong
     assert (

@@ -79,8 +79,9 @@ class Checkpoints:
     def _state(model: Any) -> list[Any]:
         return [*model.variables, *model.optimizer.variables]
 
-    def save(self, epoch: int, model: Any, history: dict[str, list[float]]) -> None:
-        """Write the training's state after `epoch` epochs (counted from 1)."""
+    def save(self, epoch: int, model: Any, history: dict[str, list[float]]) -> str:
+        """Write the training's state after `epoch` epochs (counted from 1); return the name
+        of its arrays' file."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"state-{epoch:05d}.npz"
         part = self.folder / f".{name}.part"
@@ -108,6 +109,7 @@ class Checkpoints:
         for old in self.folder.glob("state-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+        return name
 
     def refusal(self) -> str | None:
         """Why the checkpoint in the folder cannot resume this training (None: it can, or

@@ -35,21 +35,21 @@ class RunCheckpoints(Checkpoints):
 
     _kept: str | None = None  # the arrays' file of the checkpoint the run holds
 
-    def save(self, epoch: int, model: Any, history: dict[str, list[float]]) -> None:
-        super().save(epoch, model, history)
+    def save(self, epoch: int, model: Any, history: dict[str, list[float]]) -> str:
+        name = super().save(epoch, model, history)
         from pipeline.tracking import runs
 
-        name = json.loads((self.folder / CHECKPOINT).read_text(encoding="utf-8"))["file"]
         try:  # the arrays first: a checkpoint.json in the run names arrays already there
             runs.log_artifact(str(self.run_id), self.folder / name, ARTIFACTS)
             runs.log_artifact(str(self.run_id), self.folder / CHECKPOINT, ARTIFACTS)
         except Exception as exc:  # the training goes on; a retry finds the one before
             print(f"sweep: the checkpoint of epoch {epoch} was not kept in run {self.run_id} "
                   f"({type(exc).__name__}: {exc})", file=sys.stderr)  # fmt: skip
-            return
+            return name
         before, self._kept = self._kept, name
         if before is not None:
             self._delete(f"{ARTIFACTS}/{before}")
+        return name
 
     def clear(self) -> None:
         super().clear()
